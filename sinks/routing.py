@@ -1,0 +1,72 @@
+"""Which topic lands in which ClickHouse tables, and how a decoded record becomes rows there."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+RowMaker = Callable[[Mapping[str, Any]], Iterable[Mapping[str, Any]]]
+
+
+def _one(record: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+    return (record,)
+
+
+def _ledger(record: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+    for d in record["debits"]:
+        yield {
+            "event_id": record["event_id"],
+            "occurred_at": record["occurred_at"],
+            "account_id": record["account_id"],
+            "grant_id": d["grant_id"],
+            "campaign": d["campaign"],
+            "amount_micro": d["amount_micro"],
+            "balance_after_micro": d["balance_after_micro"],
+            "policy_version": record["policy_version"],
+        }
+
+
+def _dead_letter(record: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+    row = dict(record)
+    headers = record.get("headers") or []
+    if isinstance(headers, Mapping):
+        headers = list(headers.items())
+    # Bytes land as String columns (ClickHouse strings are byte strings), so nothing is lost.
+    row["headers"] = [(h["key"] if isinstance(h, Mapping) else h[0],
+                       (h["value"] if isinstance(h, Mapping) else h[1]) or b"") for h in headers]
+    row["key"] = record.get("key") or b""
+    return (row,)
+
+
+def _alert(record: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+    row = dict(record)
+    evidence = record.get("evidence")
+    if isinstance(evidence, Mapping):
+        row.setdefault("sample_event_ids", list(evidence.get("sample_event_ids") or []))
+        row["evidence"] = json.dumps(evidence, sort_keys=True, default=str)
+    row.setdefault("limit_value", record.get("limit"))
+    row.setdefault("updated_at", record.get("last_seen_at"))
+    return (row,)
+
+
+@dataclass(frozen=True)
+class Route:
+    topic_key: str
+    schema: str
+    tables: tuple[tuple[str, RowMaker], ...]
+    # Records of usage-enriched carry their input partition/offset; a processor replay re-sends some,
+    # and the sink drops every record at or below the highest input offset it already stored.
+    guarded: bool = False
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("usage-enriched", "UsageEnriched", (("events", _one), ("credit_ledger", _ledger)), guarded=True),
+    Route("refinement-feed", "RefinementSample", (("refinement_samples", _one),)),
+    Route("dead-letters", "DeadLetter", (("dead_letters", _dead_letter),)),
+    Route("gaming-alerts", "GamingAlert", (("gaming_alerts", _alert),)),
+    Route("gaming-reviews", "ReviewDecision", (("alert_reviews", _one),)),
+    Route("credit-grants", "CreditGrant", (("credit_grants", _one),)),
+    Route("subscription-changes", "SubscriptionChange", (("subscription_changes", _one),)),
+)

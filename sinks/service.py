@@ -1,0 +1,321 @@
+"""The ClickHouse sink: batched, idempotent inserts with offsets committed only after the batch is
+stored.
+
+Exactly once, by construction:
+1. Before inserting a batch of partition P covering offsets [s, e], the sink records that plan in
+   ``sink_batches`` (with the replay guard before and after it).
+2. Every table insert of that batch carries ``insert_deduplication_token`` = group:topic:P:s-e:table,
+   and dependent materialized views deduplicate too.
+3. Only then is offset e+1 committed.
+After a crash the consumer restarts at s; the sink finds the plan starting at s, re-forms exactly
+[s, e] and re-inserts with the same tokens, so ClickHouse drops whatever had already landed.
+
+It is a plain aiokafka consumer run as a Faust service rather than an agent because it needs what
+agents hide: per-partition offset ranges, manual commits and pausing while ClickHouse is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+from mode import Service
+
+from sinks.clickhouse_client import connect
+from sinks.routing import ROUTES, Route
+from sinks.tables import INSERT_COLUMNS, dedup_settings
+from streams.codec import DecodeError, Decoder
+from streams.settings import Settings
+
+log = logging.getLogger("creditflow.sink")
+
+_RETRY_MAX_S = 30.0
+# (table, column names, column-oriented data, deduplication token)
+_Insert = tuple[str, list[str], list[list[Any]], str]
+
+
+@dataclass
+class _Partition:
+    tp: TopicPartition
+    route: Route
+    records: list[Any] = field(default_factory=list)
+    guard: int = -1
+    # Set after a restart: the first batch must end exactly here to reproduce the recorded plan.
+    replay_end: int | None = None
+    first_at: float = 0.0
+
+
+@dataclass
+class SinkStats:
+    batches: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    dropped_replays: int = 0
+    undecodable: int = 0
+    retries: int = 0
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, sink: ClickHouseSink) -> None:
+        self.sink = sink
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        # Uncommitted buffers are dropped: whoever gets the partition re-reads them from Kafka.
+        for tp in revoked:
+            self.sink.parts.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self.sink.restore(assigned)
+
+
+class ClickHouseSink(Service):
+    def __init__(self, settings: Settings, bootstrap: str, names: Mapping[str, str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.group = f"{settings.app_id}-sink"
+        self.routes: dict[str, Route] = {names[r.topic_key]: r for r in ROUTES}
+        self.decoders: dict[str, Decoder] = {}
+        self.columns: dict[str, list[str]] = {}
+        self.parts: dict[TopicPartition, _Partition] = {}
+        self.stats = SinkStats()
+        # One thread owns the ClickHouse client: chDB is one engine per process, and a blocking
+        # insert must not stall the processor agents sharing this event loop.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self.consumer: AIOKafkaConsumer | None = None
+        self._client: Any = None
+
+    async def ch(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+
+    def _client_sync(self) -> Any:
+        if self._client is None:
+            self._client = connect(self.settings.resolved_clickhouse_url)
+        return self._client
+
+    async def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run a read query on the sink's own ClickHouse client (the one chDB session)."""
+
+        def run() -> list[tuple[Any, ...]]:
+            return list(self._client_sync().query(sql, parameters=parameters).result_rows)
+
+        result: list[tuple[Any, ...]] = await self.ch(run)
+        return result
+
+    async def on_start(self) -> None:
+        self.columns = {table: list(cols) for table, cols in INSERT_COLUMNS.items()}
+        await self.ch(self._client_sync)
+        for topic, route in self.routes.items():
+            self.decoders[topic] = Decoder(route.schema, None)
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.settings.sink_batch_rows,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+            # While ClickHouse is away the loop stops polling on purpose; do not leave the group.
+            max_poll_interval_ms=24 * 3600 * 1000,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+        )
+        await self.consumer.start()
+        self.consumer.subscribe(topics=list(self.routes), listener=_Listener(self))
+
+    async def on_stop(self) -> None:
+        if self.consumer is not None:
+            try:
+                await self._flush(force=True)
+            except Exception:  # shutting down: replay will redo whatever did not land
+                log.exception("final sink flush failed; the batch will be replayed")
+            await self.consumer.stop()
+        self.executor.shutdown(wait=True)
+
+    async def restore(self, assigned: Sequence[TopicPartition]) -> None:
+        """Re-arm newly assigned partitions from the recorded plans: a batch planned at the committed
+        offset is replayed exactly; otherwise the guard continues from the last stored batch."""
+        assert self.consumer is not None
+        if not assigned:
+            return
+        committed: dict[TopicPartition, int] = {}
+        missing = []
+        for tp in assigned:
+            offset = await self.consumer.committed(tp)
+            if offset is None:
+                missing.append(tp)
+            else:
+                committed[tp] = offset
+        if missing:
+            committed.update(await self.consumer.beginning_offsets(missing))
+        # One query for the whole assignment: a rebalance callback that dawdles gets the member
+        # evicted from the group.
+        rows = await self._plans(assigned, committed)
+        for tp in assigned:
+            part = _Partition(tp, self.routes[tp.topic])
+            plan = rows.get(tp)
+            if plan is not None:
+                start, end, before, after = plan
+                if start == committed[tp]:
+                    part.replay_end, part.guard = end, before
+                else:
+                    part.guard = after
+            self.parts[tp] = part
+
+    async def _plans(self, assigned: Sequence[TopicPartition],
+                     committed: Mapping[TopicPartition, int]) -> dict[TopicPartition, tuple[int, int, int, int]]:
+        """The last recorded plan at or before the committed offset, per partition."""
+        keys = [(tp.topic, tp.partition, committed[tp]) for tp in assigned]
+        rows = await self.query(
+            "SELECT b.topic, b.partition, argMax(b.start_offset, b.start_offset), "
+            "argMax(b.end_offset, b.start_offset), argMax(b.guard_before, b.start_offset), "
+            "argMax(b.guard_after, b.start_offset) "
+            "FROM sink_batches AS b FINAL "
+            "INNER JOIN (SELECT k.1 AS topic, k.2 AS partition, k.3 AS committed "
+            "            FROM (SELECT arrayJoin({keys:Array(Tuple(String, Int32, Int64))}) AS k)) AS c "
+            "ON b.topic = c.topic AND b.partition = c.partition "
+            "WHERE b.consumer_group = {g:String} AND b.start_offset <= c.committed "
+            "GROUP BY b.topic, b.partition",
+            {"g": self.group, "keys": keys},
+        )
+        return {TopicPartition(t, p): (s, e, b, a) for t, p, s, e, b, a in rows}
+
+    @Service.task
+    async def _run(self) -> None:
+        while self.consumer is None and not self.should_stop:
+            await asyncio.sleep(0.05)
+        assert self.consumer is not None
+        consumer = self.consumer
+        while not self.should_stop:
+            batches = await consumer.getmany(timeout_ms=200, max_records=self.settings.sink_batch_rows)
+            now = time.monotonic()
+            for tp, records in batches.items():
+                part = self.parts.get(tp)
+                if part is None:
+                    continue
+                if not part.records:
+                    part.first_at = now
+                part.records.extend(records)
+            await self._flush(force=False)
+
+    def _due(self, force: bool) -> list[_Partition]:
+        now = time.monotonic()
+        total = sum(len(p.records) for p in self.parts.values())
+        due = []
+        for part in self.parts.values():
+            if not part.records:
+                continue
+            if part.replay_end is not None:
+                if part.records[-1].offset >= part.replay_end:
+                    due.append(part)
+            elif force or total >= self.settings.sink_batch_rows or \
+                    now - part.first_at >= self.settings.sink_flush_seconds:
+                due.append(part)
+        return due
+
+    async def _flush(self, force: bool) -> None:
+        due = self._due(force)
+        if not due:
+            return
+        plans: list[tuple[Any, ...]] = []
+        inserts: list[_Insert] = []
+        commits: dict[TopicPartition, OffsetAndMetadata] = {}
+        after_guard: dict[TopicPartition, int] = {}
+        for part in due:
+            if part.replay_end is not None:
+                take = [r for r in part.records if r.offset <= part.replay_end]
+                rest = [r for r in part.records if r.offset > part.replay_end]
+            else:
+                take, rest = part.records, []
+            start, end = take[0].offset, take[-1].offset
+            guard_before = part.guard
+            rows_by_table, guard_after = self._rows(part, take)
+            plans.append((self.group, part.tp.topic, part.tp.partition, start, end, guard_before, guard_after,
+                          sum(len(v) for v in rows_by_table.values()), time.time_ns() // 1_000_000))
+            for table, rows in rows_by_table.items():
+                if not rows:
+                    continue
+                cols = self.columns[table]
+                data = [[row.get(c) for row in rows] for c in cols]
+                token = f"{self.group}:{part.tp.topic}:{part.tp.partition}:{start}-{end}:{table}"
+                inserts.append((table, cols, data, token))
+            commits[part.tp] = OffsetAndMetadata(end + 1, "")
+            after_guard[part.tp] = guard_after
+            part.records = rest
+            part.first_at = time.monotonic()
+
+        await self._store(plans, inserts)
+        for part in due:
+            part.guard = after_guard[part.tp]
+            part.replay_end = None
+        assert self.consumer is not None
+        try:
+            await self.consumer.commit(commits)
+        except Exception as exc:  # a rebalance took the partition: its new owner replays the same plan
+            log.warning("offset commit failed after a stored batch (will be deduplicated): %r", exc)
+        self.stats.batches += len(due)
+
+    def _rows(self, part: _Partition, records: Sequence[Any]) -> tuple[dict[str, list[Mapping[str, Any]]], int]:
+        decoder = self.decoders[part.tp.topic]
+        route = part.route
+        guard = part.guard
+        out: dict[str, list[Mapping[str, Any]]] = {t: [] for t, _ in route.tables}
+        for rec in records:
+            try:
+                value = decoder.decode(rec.value)
+            except DecodeError as exc:
+                # Inputs are dead-lettered by the processor that consumes them; outputs are ours.
+                self.stats.undecodable += 1
+                log.warning("undecodable record %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, exc)
+                continue
+            if route.guarded:
+                if value["source_offset"] <= guard:
+                    self.stats.dropped_replays += 1
+                    continue
+                guard = value["source_offset"]
+            for table, make in route.tables:
+                out[table].extend(make(value))
+        return out, guard
+
+    async def _store(self, plans: list[tuple[Any, ...]], inserts: list[_Insert]) -> None:
+        def store() -> None:
+            client = self._client_sync()
+            client.insert("sink_batches", plans, column_names=list(INSERT_COLUMNS["sink_batches"]))
+            for table, cols, data, token in inserts:
+                client.insert(
+                    table, data, column_names=cols, column_oriented=True,
+                    settings=dedup_settings(token),
+                )
+
+        delay = 0.5
+        while True:
+            try:
+                await self.ch(store)
+                break
+            except Exception as exc:
+                # ClickHouse is away or refused the batch: keep the batch, do not commit, do not poll
+                # (so memory stays bounded), and try again with backoff until it comes back.
+                self.stats.retries += 1
+                log.warning("ClickHouse insert failed (%r); retrying in %.1fs", exc, delay)
+                if self.should_stop:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+                self._client = None
+        for _table, _cols, data, _token in inserts:
+            self.stats.rows[_table] = self.stats.rows.get(_table, 0) + (len(data[0]) if data else 0)
+
+
+def register_sink(app: faust.App, settings: Settings, bootstrap: str, names: Mapping[str, str]) -> ClickHouseSink:
+    sink = ClickHouseSink(settings, bootstrap, names, loop=None)
+    app.service(sink)  # type: ignore[arg-type]  # Faust accepts instances too, its stub says classes
+    app.creditflow_sink = sink  # type: ignore[attr-defined]
+    return sink

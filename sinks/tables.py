@@ -1,0 +1,95 @@
+"""Column lists of the tables the sink writes, in insert order.
+
+Use them with column-oriented inserts::
+
+    client.insert("events", columns, column_names=EVENTS_COLUMNS, column_oriented=True,
+                  settings=dedup_settings(token))
+
+where ``columns[i]`` is the list of values of ``EVENTS_COLUMNS[i]``. Columns filled by a DEFAULT
+(``inserted_at``) are left out on purpose. Value types clickhouse-connect expects: DateTime64
+columns take timezone-aware ``datetime`` (or naive UTC); Bool takes bool; Nullable columns take
+None; String takes str or bytes; Map takes dict. Non-nullable columns reject None.
+``tests/integration/test_clickhouse_schema.py`` checks these lists against the migrated schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+EVENTS_COLUMNS: tuple[str, ...] = (
+    "event_id", "occurred_at", "processed_at", "account_id", "team_id", "org_id", "plan", "model",
+    "surface", "session_id", "outcome", "error_code", "input_tokens", "output_tokens",
+    "cached_tokens", "thinking_tokens", "context_window_tokens", "reasoning_steps", "tool_calls",
+    "latency_ms", "category", "is_extended_context", "is_complex_reasoning", "is_tool_use",
+    "multiplier", "priority", "list_micro", "charged_micro", "subsidy_micro", "grant_funded_micro",
+    "subscription_funded_micro", "sampled", "policy_version", "source_partition", "source_offset",
+)
+
+CREDIT_LEDGER_COLUMNS: tuple[str, ...] = (
+    "event_id", "occurred_at", "account_id", "grant_id", "campaign", "amount_micro",
+    "balance_after_micro", "policy_version",
+)
+
+CREDIT_GRANTS_COLUMNS: tuple[str, ...] = (
+    "event_type", "grant_id", "account_id", "campaign", "amount_micro", "granted_at", "expires_at",
+    "priority", "occurred_at",
+)
+
+SUBSCRIPTION_CHANGES_COLUMNS: tuple[str, ...] = (
+    "change_id", "account_id", "change", "from_plan", "to_plan", "occurred_at",
+)
+
+REFINEMENT_SAMPLES_COLUMNS: tuple[str, ...] = (
+    "event_id", "account_id", "occurred_at", "model", "category", "priority", "outcome", "error_code",
+    "reason", "input_tokens", "output_tokens", "cached_tokens", "thinking_tokens",
+    "context_window_tokens", "reasoning_steps", "tool_calls", "policy_version", "prompt_fingerprint",
+)
+
+DEAD_LETTERS_COLUMNS: tuple[str, ...] = (
+    "dead_letter_id", "source_topic", "source_partition", "source_offset", "key", "original",
+    "headers", "error_kind", "message", "failed_at",
+)
+
+GAMING_ALERTS_COLUMNS: tuple[str, ...] = (
+    "alert_id", "dedup_key", "rule_id", "rule_name", "rule_revision", "entity_type", "entity_id",
+    "related_entities", "plan", "grant_id", "window_start", "window_end", "severity", "score",
+    "observed", "limit_value", "counter_signals", "evidence", "sample_event_ids",
+    "estimated_credits_exposed_micro", "suggested_action", "first_seen_at", "last_seen_at",
+    "firings", "status", "updated_at",
+)
+
+ALERT_REVIEWS_COLUMNS: tuple[str, ...] = (
+    "decision_id", "alert_id", "rule_id", "entity_type", "entity_id", "verdict", "reviewer", "note",
+    "decided_at", "allow_until",
+)
+
+SINK_BATCHES_COLUMNS: tuple[str, ...] = (
+    "consumer_group", "topic", "partition", "start_offset", "end_offset", "guard_before",
+    "guard_after", "rows", "planned_at",
+)
+
+INSERT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "events": EVENTS_COLUMNS,
+    "credit_ledger": CREDIT_LEDGER_COLUMNS,
+    "credit_grants": CREDIT_GRANTS_COLUMNS,
+    "subscription_changes": SUBSCRIPTION_CHANGES_COLUMNS,
+    "refinement_samples": REFINEMENT_SAMPLES_COLUMNS,
+    "dead_letters": DEAD_LETTERS_COLUMNS,
+    "gaming_alerts": GAMING_ALERTS_COLUMNS,
+    "alert_reviews": ALERT_REVIEWS_COLUMNS,
+    "sink_batches": SINK_BATCHES_COLUMNS,
+}
+
+
+def dedup_settings(token: str) -> dict[str, Any]:
+    """Insert settings that make a replayed block land once, in the table and in every
+    materialized view fed from it (verified on chDB / ClickHouse 26.9; see the schema tests).
+    The token must be derived from exactly what the batch holds (topic, partition, offset range):
+    the same token with different rows would be silently dropped."""
+    if not token:
+        raise ValueError("an insert_deduplication_token must not be empty")
+    return {
+        "insert_deduplication_token": token,
+        "insert_deduplicate": 1,
+        "deduplicate_blocks_in_dependent_materialized_views": 1,
+    }

@@ -1,0 +1,49 @@
+"""The one faust.App, and the roles it runs.
+
+Topics and tables are declared next to the agents that own them (``streams/agents.py``); which agents
+and services a worker runs follows ``Settings.role``: ``all`` (default), ``processor`` or ``sink``.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from streams.settings import Role, Settings
+
+
+def create_app(settings: Settings, bootstrap: str) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{bootstrap}",
+        # Agents receive raw bytes: the Avro codec decodes in batches and dead-letters what it cannot read.
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        store="memory://",
+        datadir=str(settings.data_dir / "faust"),
+        processing_guarantee="at_least_once",
+        producer_acks=-1,
+        producer_linger_ms=5,
+        producer_max_batch_size=512 * 1024,
+        producer_compression_type="lz4",
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=10_000,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=max(4096, settings.process_batch * 2),
+        web_enabled=False,
+        table_standby_replicas=0,
+        # Recovery must replay the whole changelog: account state is the ledger's memory.
+        table_cleanup_interval=3600.0,
+    )
+    from streams.agents import register_processor
+    from streams.topics import topic_names
+
+    names = topic_names(settings)
+    if settings.role in (Role.ALL, Role.PROCESSOR):
+        register_processor(app, settings, names)
+    if settings.role in (Role.ALL, Role.SINK):
+        from sinks.service import register_sink
+
+        register_sink(app, settings, bootstrap, names)
+    return app

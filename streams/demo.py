@@ -1,0 +1,154 @@
+"""``creditflow demo``: the whole pipeline on one machine, end to end, with a summary at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sinks.service import ClickHouseSink
+from streams.generator import Generator
+from streams.producer import CreditflowProducer
+from streams.runtime import build, prepare
+from streams.settings import Role, Settings
+
+CREDITS_BY_CATEGORY = """
+SELECT category,
+       count() AS events,
+       CAST(sum(list_micro) AS Decimal128(6)) / 1000000 AS list_credits,
+       CAST(sum(charged_micro) AS Decimal128(6)) / 1000000 AS charged_credits,
+       CAST(sum(subsidy_micro) AS Decimal128(6)) / 1000000 AS subsidy_credits,
+       CAST(sum(grant_funded_micro) AS Decimal128(6)) / 1000000 AS grant_funded,
+       CAST(sum(subscription_funded_micro) AS Decimal128(6)) / 1000000 AS subscription_funded
+FROM events
+WHERE startsWith(account_id, {prefix:String})
+GROUP BY category
+ORDER BY list_credits DESC
+"""
+
+GRANT_UTILISATION = """
+SELECT g.campaign,
+       count() AS grants,
+       CAST(sum(g.amount_micro) AS Decimal128(6)) / 1000000 AS granted,
+       CAST(sum(ifNull(l.used, 0)) AS Decimal128(6)) / 1000000 AS used,
+       round(sum(ifNull(l.used, 0)) / greatest(sum(g.amount_micro), 1), 4) AS utilisation
+FROM (SELECT grant_id, any(campaign) AS campaign, any(amount_micro) AS amount_micro
+      FROM credit_grants FINAL
+      WHERE event_type = 'ISSUED' AND startsWith(account_id, {prefix:String})
+      GROUP BY grant_id) AS g
+LEFT JOIN (SELECT grant_id, sum(amount_micro) AS used FROM credit_ledger
+           WHERE startsWith(account_id, {prefix:String}) GROUP BY grant_id) AS l USING (grant_id)
+GROUP BY g.campaign
+ORDER BY g.campaign
+"""
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=False)
+
+
+async def _produce(settings: Settings, bootstrap: str, gen: Generator, n: int, console: Console) -> None:
+    async with CreditflowProducer(settings, bootstrap_servers=bootstrap) as producer:
+        for grant in gen.grants():
+            await producer.emit_grant(grant)
+        await producer.flush()
+        with _progress(console) as progress:
+            task = progress.add_task("producing events", total=n)
+            for i, ev in enumerate(gen.events(n), 1):
+                await producer.emit_interaction(ev)
+                if i % 1000 == 0:
+                    progress.update(task, completed=i)
+                    await asyncio.sleep(0)
+            await producer.flush()
+            progress.update(task, completed=n)
+
+
+async def _wait_landed(sink: ClickHouseSink, prefix: str, n: int, timeout: float, console: Console) -> int:
+    deadline = time.monotonic() + timeout
+    landed = 0
+    with _progress(console) as progress:
+        task = progress.add_task("landed in ClickHouse", total=n)
+        while time.monotonic() < deadline:
+            rows = await sink.query("SELECT count() FROM events WHERE startsWith(account_id, {p:String})",
+                                    {"p": prefix})
+            landed = int(rows[0][0])
+            progress.update(task, completed=landed)
+            if landed >= n:
+                break
+            await asyncio.sleep(0.5)
+    return landed
+
+
+def _table(title: str, header: list[str], rows: list[tuple[Any, ...]]) -> Table:
+    t = Table(title=title)
+    for i, h in enumerate(header):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*[f"{v:,}" if isinstance(v, int) else str(v) for v in r])
+    return t
+
+
+async def _run(settings: Settings, bootstrap: str, events: int, accounts: int, seed: int, timeout: float,
+               console: Console) -> int:
+    pipeline = build(settings, bootstrap)
+    app = pipeline.app
+    sink: ClickHouseSink = app.creditflow_sink  # type: ignore[attr-defined]
+    run_id = settings.topic_prefix.strip(".-_") or secrets.token_hex(3)
+    prefix = f"{run_id}-acct"
+    gen = Generator(accounts=accounts, seed=seed, account_prefix=prefix)
+    started = time.monotonic()
+    await app.start()
+    try:
+        await _produce(settings, bootstrap, gen, events, console)
+        landed = await _wait_landed(sink, prefix, events, timeout, console)
+        elapsed = time.monotonic() - started
+        rows = await sink.query(CREDITS_BY_CATEGORY, {"prefix": prefix})
+        console.print(_table("credits by feature category (this run)",
+                             ["category", "events", "list", "charged", "subsidy", "from grants",
+                              "from subscription"], rows))
+        grants = await sink.query(GRANT_UTILISATION, {"prefix": prefix})
+        console.print(_table("grant utilisation by campaign", ["campaign", "grants", "granted", "used",
+                                                               "utilisation"], grants))
+        ok = landed == events
+        style = "green" if ok else "red"
+        console.print(f"[{style}]{landed:,} of {events:,} events landed in ClickHouse "
+                      f"in {elapsed:.1f}s[/{style}] (run {run_id}, sink batches {sink.stats.batches}, "
+                      f"dead letters {sink.stats.rows.get('dead_letters', 0)})")
+        return 0 if ok else 1
+    finally:
+        with contextlib.suppress(Exception):
+            await app.stop()
+
+
+def run_demo(settings: Settings, *, events: int, accounts: int, seed: int, timeout: float) -> int:
+    console = Console()
+    run_id = secrets.token_hex(3)
+    # Each run has its own topics and consumer groups, so a rerun never mixes with an earlier one.
+    settings = settings.model_copy(update={
+        "role": Role.ALL,
+        "topic_prefix": settings.topic_prefix or f"demo-{run_id}.",
+        "app_id": f"{settings.app_id}-demo-{run_id}",
+    })
+    broker = None
+    try:
+        console.print("[bold]creditflow demo[/bold]: starting Kafka (KRaft) and ClickHouse (chDB)...")
+        bootstrap, broker = prepare(settings)
+        reused = bool(broker is not None and getattr(broker, "reused", False))
+        console.print(f"kafka {bootstrap}{' (reused)' if reused else ''}; "
+                      f"clickhouse {settings.resolved_clickhouse_url}")
+        if reused:
+            broker = None  # not ours to stop
+        return asyncio.run(_run(settings, bootstrap, events, accounts, seed, timeout, console))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted; stopping what the demo started[/yellow]")
+        return 130
+    finally:
+        if broker is not None:
+            broker.stop()

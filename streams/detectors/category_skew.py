@@ -1,0 +1,94 @@
+"""CF-007 weighted-category skew: nearly every request steered into a multiplied category with the
+bare minimum that qualifies it (one tool call, exactly the minimum reasoning steps) and little output."""
+
+from __future__ import annotations
+
+from .base import (
+    DAY_MS,
+    ORG_PLANS,
+    Cfg,
+    Detector,
+    Firing,
+    Obs,
+    State,
+    both,
+    bucket,
+    ramp,
+    ratio_text,
+    window_exposed,
+)
+
+
+class CategorySkew(Detector):
+    id = "CF-007"
+    revision = 1
+    name = "Weighted-category skew"
+    signal = ("Share of requests in multiplied categories at least `cohort_ratio` x the plan cohort's share "
+              "(`cohort_weighted_share`, overridable per plan as `cohort_weighted_share_<PLAN>`), with at "
+              "least `min_minimal_share` of them qualifying by the bare minimum (tool calls == "
+              "`min_tool_calls`, reasoning steps == `min_reasoning_steps`).")
+    window = "two day-buckets (24-48 hours)"
+    counter_signal_doc = "team/enterprise plan (automation); substantial outputs on most requests"
+    suggested_action = "Compare with the plan cohort; consider capping the multiplier for this account."
+    defaults = {"cohort_weighted_share": "0.35", "cohort_ratio": "2.4", "min_requests": 30,
+                "min_minimal_share": "0.6", "min_tool_calls": 1, "min_reasoning_steps": 3,
+                "small_output_tokens": 300, "min_score": "0.5"}
+
+    def initial(self) -> State:
+        return {"win": {"b": None, "cur": {}, "prev": {}}}
+
+    def observe(self, state: State, obs: Obs, cfg: Cfg) -> None:
+        s = self.slot(state)
+        cur = bucket(s["win"], int(obs["occurred_at"]) // DAY_MS)
+        cur["n"] = cur.get("n", 0) + 1
+        cat = obs["category"]
+        cur["list"] = cur.get("list", 0) + int(obs["list_micro"])
+        cur["charged"] = cur.get("charged", 0) + int(obs["charged_micro"])
+        if cat == "STANDARD_CHAT":
+            return
+        cur["w"] = cur.get("w", 0) + 1
+        if (cat == "TOOL_USE" and int(obs["tool_calls"]) == cfg["min_tool_calls"]) or (
+            cat == "COMPLEX_REASONING" and int(obs["reasoning_steps"]) == cfg["min_reasoning_steps"]
+        ):
+            cur["min"] = cur.get("min", 0) + 1
+        if int(obs["output_tokens"]) <= cfg["small_output_tokens"]:
+            cur["small"] = cur.get("small", 0) + 1
+
+    def evaluate(self, state: State, now_ms: int, cfg: Cfg) -> Firing | None:
+        s = self.slot(state)
+        win = s["win"]
+        n = both(win, "n")
+        w = both(win, "w")
+        if n < cfg["min_requests"] or w == 0:
+            return None
+        plan = state["_"].get("plan")
+        cohort = float(cfg.get(f"cohort_weighted_share_{plan}", cfg["cohort_weighted_share"]))
+        limit = min(0.95, cohort * cfg["cohort_ratio"])
+        share = w / n
+        minimal = both(win, "min") / w
+        if share < limit or minimal < cfg["min_minimal_share"]:
+            return None
+        counters: list[tuple[str, float]] = []
+        if plan in ORG_PLANS:
+            counters.append((f"{plan} plan (automation is expected)", 0.6))
+        small = both(win, "small") / w
+        if small < 0.3:
+            counters.append(("substantial outputs on most weighted requests", 0.7))
+        lst = both(win, "list")
+        charged = both(win, "charged")
+        return self.fire(
+            state, cfg,
+            base=ramp(minimal, cfg["min_minimal_share"], 0.95),
+            counters=counters,
+            observed=f"{ratio_text(share)} weighted share, {ratio_text(minimal)} bare-minimum qualifiers, "
+                     f"charged/list {ratio_text(charged / lst if lst else 1.0)}",
+            limit=f"weighted share {ratio_text(limit)} (cohort {cohort}), "
+                  f"minimum share {cfg['min_minimal_share']}",
+            window_start=(win["b"] - 1) * DAY_MS, window_end=now_ms,
+            counts={"requests": n, "weighted_requests": w, "minimal_qualifiers": both(win, "min"),
+                    "list_micro": lst, "charged_micro": charged},
+            exposed_micro=window_exposed(state["_"]),
+        )
+
+
+DETECTOR = CategorySkew()

@@ -1,0 +1,78 @@
+"""CF-010 error/refusal probing: bursts of refused or invalid requests (testing limits, policy
+filters or the metering itself)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import MINUTE_MS, Cfg, Detector, Firing, Obs, State, both, bucket, ramp, ratio_text, window_exposed
+
+
+class Probing(Detector):
+    id = "CF-010"
+    revision = 1
+    name = "Error/refusal probing"
+    signal = ("At least `min_bad` refused or invalid requests (outcome REFUSED or an error code in "
+              "`probe_codes`) in the burst window, and at least `min_bad_share` of all requests in it.")
+    window = "two `bucket_minutes`-minute buckets (10-20 minutes)"
+    counter_signal_doc = "one repeated non-refusal error code (a broken integration, not a probe)"
+    suggested_action = "Throttle the account and review the refused requests' categories."
+    defaults = {"bucket_minutes": 10, "min_bad": 15, "full_bad": 60, "min_bad_share": "0.5",
+                "probe_codes": "E_REFUSED,E_INVALID_REQUEST,E_POLICY_VIOLATION,E_CONTEXT_LENGTH,E_BAD_TOOL",
+                "min_score": "0.5"}
+
+    def initial(self) -> State:
+        return {"win": {"b": None, "cur": {}, "prev": {}}, "codes": {}}
+
+    def observe(self, state: State, obs: Obs, cfg: Cfg) -> None:
+        s = self.slot(state)
+        cur = bucket(s["win"], int(obs["occurred_at"]) // (cfg["bucket_minutes"] * MINUTE_MS))
+        cur["n"] = cur.get("n", 0) + 1
+        outcome = obs["outcome"]
+        if outcome == "SUCCESS":
+            return
+        code = obs.get("error_code") or outcome
+        if outcome == "REFUSED" or code in cfg["_probe_codes"]:
+            cur["bad"] = cur.get("bad", 0) + 1
+            codes = s["codes"]
+            codes[code] = codes.get(code, 0) + 1
+            if len(codes) > 8:
+                del codes[min(codes, key=lambda k: codes[k])]
+            if outcome == "REFUSED":
+                cur["ref"] = cur.get("ref", 0) + 1
+
+    def prepare(self, cfg: dict[str, Any]) -> None:
+        codes = cfg["probe_codes"]
+        # A comma-separated string or a TOML array.
+        items = codes.split(",") if isinstance(codes, str) else list(codes)
+        cfg["_probe_codes"] = frozenset(str(c).strip() for c in items if str(c).strip())
+
+    def evaluate(self, state: State, now_ms: int, cfg: Cfg) -> Firing | None:
+        s = self.slot(state)
+        win = s["win"]
+        if win["b"] is None:
+            return None
+        bucket_ms = cfg["bucket_minutes"] * MINUTE_MS
+        # A burst is only current while its buckets are; an old burst was judged when it happened.
+        if now_ms // bucket_ms > win["b"] + 1:
+            return None
+        bad = both(win, "bad")
+        n = both(win, "n")
+        if bad < cfg["min_bad"] or bad < n * cfg["min_bad_share"]:
+            return None
+        counters: list[tuple[str, float]] = []
+        refused = both(win, "ref")
+        if refused * 5 < bad and len(s["codes"]) <= 1:
+            counters.append(("one repeated error code (looks like a broken integration)", 0.5))
+        return self.fire(
+            state, cfg, base=ramp(bad, cfg["min_bad"], cfg["full_bad"]), counters=counters,
+            observed=f"{bad} refused/invalid of {n} requests ({ratio_text(bad / n)})",
+            limit=f"{cfg['min_bad']} and share {cfg['min_bad_share']}",
+            window_start=(win["b"] - 1) * bucket_ms, window_end=now_ms,
+            counts={"requests": n, "refused_or_invalid": bad, "refused": refused,
+                    **{f"code:{k}": v for k, v in s["codes"].items()}},
+            exposed_micro=window_exposed(state["_"]),
+        )
+
+
+DETECTOR = Probing()

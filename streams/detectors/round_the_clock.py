@@ -1,0 +1,99 @@
+"""CF-001 round-the-clock bot: requests in (nearly) every hour of the last 24."""
+
+from __future__ import annotations
+
+from .base import (
+    HOUR_MS,
+    ORG_PLANS,
+    PAID_PLANS,
+    Cfg,
+    Detector,
+    Firing,
+    Obs,
+    State,
+    ramp,
+    window_exposed,
+    window_total,
+)
+
+
+class RoundTheClock(Detector):
+    id = "CF-001"
+    revision = 1
+    name = "Round-the-clock bot"
+    signal = ("Requests in at least `min_active_hours` of the last 24 hours (and at least `min_events` "
+              "of them): people sleep, scripts do not.")
+    window = "rolling 24 hours, hour buckets (ring of 24 slots)"
+    counter_signal_doc = ("the six quietest hours under `rhythm_ratio` of the six busiest; a quiet gap of "
+                          "`quiet_gap_hours` or more inside the window; a team/enterprise "
+                          "plan (service integrations run all day); mostly subscription-funded usage")
+    suggested_action = "Rate-limit grant-funded usage and check for automation on a free grant."
+    defaults = {"min_active_hours": 20, "min_events": 48, "quiet_gap_hours": 3, "min_history_hours": 20,
+                "rhythm_ratio": "0.25",
+                "min_score": "0.5"}
+
+    def initial(self) -> State:
+        # slot i holds the count of absolute hour hr[i] (hour % 24 == i)
+        return {"hr": [-1] * 24, "c": [0] * 24}
+
+    def observe(self, state: State, obs: Obs, cfg: Cfg) -> None:
+        s = self.slot(state)
+        h = int(obs["occurred_at"]) // HOUR_MS
+        i = h % 24
+        if s["hr"][i] != h:
+            if s["hr"][i] > h:
+                return  # a very late event; its hour already left the ring
+            s["hr"][i] = h
+            s["c"][i] = 0
+        s["c"][i] += 1
+
+    def evaluate(self, state: State, now_ms: int, cfg: Cfg) -> Firing | None:
+        s = self.slot(state)
+        common = state["_"]
+        if common["first"] is None or now_ms - common["first"] < cfg["min_history_hours"] * HOUR_MS:
+            return None
+        now_h = now_ms // HOUR_MS
+        active = events = run = longest_quiet = 0
+        for h in range(now_h - 23, now_h + 1):
+            i = h % 24
+            if s["hr"][i] == h and s["c"][i] > 0:
+                active += 1
+                events += s["c"][i]
+                run = 0
+            else:
+                run += 1
+                longest_quiet = max(longest_quiet, run)
+        if active < cfg["min_active_hours"] or events < cfg["min_events"]:
+            return None
+        counters: list[tuple[str, float]] = []
+        # People who use the product at all hours still have a night: their six quietest hours are
+        # a small fraction of their six busiest, where a script's are of the same order.
+        counts = sorted(s["c"][h % 24] if s["hr"][h % 24] == h else 0 for h in range(now_h - 23, now_h + 1))
+        rhythm = sum(counts[:6]) / max(1, sum(counts[-6:]))
+        if rhythm < cfg["rhythm_ratio"]:
+            text = f"strong daily rhythm: quietest 6 hours at {round(rhythm * 100)}% of the busiest 6"
+            counters.append((text, 0.45))
+        if longest_quiet >= cfg["quiet_gap_hours"]:
+            counters.append((f"quiet gap of {longest_quiet}h in the window", 0.5))
+        plan = common.get("plan")
+        if plan in ORG_PLANS:
+            counters.append((f"{plan} plan: service integrations legitimately run all day", 0.5))
+        gf = window_total(common, "gf")
+        charged = sum(window_total(common, c) for c in ("EXTENDED_CONTEXT", "COMPLEX_REASONING", "TOOL_USE",
+                                                         "STANDARD_CHAT"))
+        if plan in PAID_PLANS and charged > 0 and gf * 5 < charged:
+            counters.append(("mostly subscription-funded usage", 0.6))
+        return self.fire(
+            state, cfg,
+            base=ramp(active, cfg["min_active_hours"], 24),
+            counters=counters,
+            observed=f"{active} active hours of 24",
+            limit=str(cfg["min_active_hours"]),
+            window_start=(now_h - 23) * HOUR_MS,
+            window_end=now_ms,
+            counts={"events": events, "active_hours": active, "longest_quiet_hours": longest_quiet},
+            exposed_micro=window_exposed(common),
+        )
+
+
+DETECTOR = RoundTheClock()

@@ -1,0 +1,242 @@
+"""Checks on decoded records for what Avro cannot express (signs, ranges, clock sanity, emptiness).
+
+Each validator returns ``None`` for a valid record or one precise reason naming the field. They
+are plain functions over dicts, run once per event on the hot path: no model objects, no
+exceptions for control flow. They are also total: a dict of the wrong shape (missing keys, wrong
+types, as a producer's caller may hand in) yields a reason, never an exception.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+MINUTE_MS = 60_000
+DEFAULT_MAX_FUTURE_MS = 10 * MINUTE_MS
+# Nothing on the platform predates 2020-01-01T00:00:00Z: an older timestamp is a unit bug
+# (seconds instead of milliseconds) or a zeroed field, not a real late event.
+EARLIEST_MS = 1_577_836_800_000
+MAX_ID_LEN = 256
+MAX_TOOL_NAMES = 256
+MAX_TOOL_NAME_LEN = 256
+
+PLANS = frozenset({"FREE", "PRO", "MAX", "TEAM", "ENTERPRISE"})
+SURFACES = frozenset({"API", "CHAT", "AGENT", "IDE"})
+OUTCOMES = frozenset({"SUCCESS", "ERROR", "REFUSED", "TIMEOUT", "CLIENT_ABORT"})
+GRANT_EVENT_TYPES = frozenset({"ISSUED", "REVOKED"})
+SUBSCRIPTION_CHANGES = frozenset({"START", "UPGRADE", "DOWNGRADE", "CANCEL", "RENEW"})
+
+_EVENT_IDS = ("event_id", "account_id", "session_id", "model")
+INT_MAX = 2**31 - 1
+LONG_MAX = 2**63 - 1
+_INT_FIELDS = frozenset({"turn_index", "reasoning_steps", "tool_calls", "latency_ms", "source_partition"})
+
+_EVENT_COUNTS = (
+    "turn_index",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "context_window_tokens",
+    "reasoning_steps",
+    "thinking_tokens",
+    "tool_calls",
+    "latency_ms",
+)
+_EVENT_OPTIONAL_STRINGS = (
+    "team_id",
+    "org_id",
+    "credit_grant_id",
+    "error_code",
+    "ip_hash",
+    "device_hash",
+    "payment_hash",
+    "prompt_fingerprint",
+)
+
+
+def _check_id(rec: Mapping[str, Any], name: str) -> str | None:
+    v = rec.get(name)
+    if type(v) is not str:
+        return f"{name} is missing" if v is None else f"{name} must be a string, got {type(v).__name__}"
+    if not v or v.isspace():
+        return f"{name} is empty"
+    if len(v) > MAX_ID_LEN:
+        return f"{name} is longer than {MAX_ID_LEN} characters"
+    return None
+
+
+def _check_count(rec: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
+    # A field with a schema default may be left out, but not set to null: its type is not nullable.
+    if not required and name not in rec:
+        return None
+    v = rec.get(name)
+    # type(...) is int rejects bool, which is an int subclass but never a count.
+    if type(v) is not int:
+        return f"{name} is missing" if v is None else f"{name} must be an integer, got {type(v).__name__}"
+    if v < 0:
+        return f"{name} is negative ({v})"
+    # Out of Avro range would fail only at encode time, far from the caller's mistake.
+    if v > (INT_MAX if name in _INT_FIELDS else LONG_MAX):
+        return f"{name} {v} is too large for its Avro type"
+    return None
+
+
+def _check_time(rec: Mapping[str, Any], name: str, now_ms: int, max_future_ms: int) -> str | None:
+    v = rec.get(name)
+    if type(v) is not int:
+        return (
+            f"{name} is missing"
+            if v is None
+            else f"{name} must be epoch milliseconds (int), got {type(v).__name__}"
+        )
+    if v < EARLIEST_MS:
+        return f"{name} {v} is before 2020-01-01 (epoch seconds instead of milliseconds?)"
+    if v > now_ms + max_future_ms:
+        return f"{name} is {(v - now_ms) // 1000}s in the future (limit {max_future_ms // 1000}s)"
+    return None
+
+
+def _check_bare_time(rec: Mapping[str, Any], name: str) -> str | None:
+    """A timestamp that may legitimately lie far ahead (an expiry), so no future bound."""
+    v = rec.get(name)
+    if type(v) is not int:
+        return (
+            f"{name} is missing"
+            if v is None
+            else f"{name} must be epoch milliseconds (int), got {type(v).__name__}"
+        )
+    if v < EARLIEST_MS:
+        return f"{name} {v} is before 2020-01-01 (epoch seconds instead of milliseconds?)"
+    return None
+
+
+def _check_optional_string(rec: Mapping[str, Any], name: str) -> str | None:
+    v = rec.get(name)
+    if v is not None and type(v) is not str:
+        return f"{name} must be a string or null, got {type(v).__name__}"
+    return None
+
+
+def _check_enum(
+    rec: Mapping[str, Any], name: str, symbols: frozenset[str], *, optional: bool = False
+) -> str | None:
+    v = rec.get(name)
+    if v is None and optional:
+        return None
+    if type(v) is not str or v not in symbols:
+        return f"{name} must be one of {', '.join(sorted(symbols))}, got {v!r}"
+    return None
+
+
+def validate_event(
+    ev: Mapping[str, Any], now_ms: int, *, max_future_ms: int = DEFAULT_MAX_FUTURE_MS
+) -> str | None:
+    """Reason an InteractionEvent is unusable, or None."""
+    if not isinstance(ev, Mapping):
+        return f"event must be a record, got {type(ev).__name__}"
+    for name in _EVENT_IDS:
+        r = _check_id(ev, name)
+        if r:
+            return r
+    r = _check_time(ev, "occurred_at", now_ms, max_future_ms)
+    if r:
+        return r
+    for name in _EVENT_COUNTS:
+        # cached_tokens and the v1 defaults are optional for producers (the schema defaults them).
+        r = _check_count(
+            ev,
+            name,
+            required=name not in ("cached_tokens", "reasoning_steps", "thinking_tokens", "tool_calls"),
+        )
+        if r:
+            return r
+    for name in _EVENT_OPTIONAL_STRINGS:
+        r = _check_optional_string(ev, name)
+        if r:
+            return r
+    # The enums' own "default" only applies to unknown symbols when reading; the fields have none.
+    r = (
+        _check_enum(ev, "plan", PLANS)
+        or _check_enum(ev, "surface", SURFACES)
+        or _check_enum(ev, "outcome", OUTCOMES)
+    )
+    if r:
+        return r
+    if "tool_names" in ev:
+        names = ev["tool_names"]
+        if type(names) is not list:
+            return f"tool_names must be a list, got {type(names).__name__}"
+        if len(names) > MAX_TOOL_NAMES:
+            return f"tool_names has {len(names)} entries (limit {MAX_TOOL_NAMES})"
+        for n in names:
+            if type(n) is not str or not n or len(n) > MAX_TOOL_NAME_LEN:
+                return f"tool_names holds an invalid name {n!r} (non-empty string up to {MAX_TOOL_NAME_LEN})"
+    cu = ev.get("context_uniqueness")
+    if cu is not None:
+        if type(cu) not in (float, int):
+            return f"context_uniqueness must be a number or null, got {type(cu).__name__}"
+        if math.isnan(cu) or not 0.0 <= cu <= 1.0:
+            return f"context_uniqueness {cu} is outside [0, 1]"
+    attrs = ev.get("attributes", {})
+    if type(attrs) is not dict or not all(type(k) is str and type(v) is str for k, v in attrs.items()):
+        return "attributes must be a map of string to string"
+    return None
+
+
+def validate_grant(
+    g: Mapping[str, Any], now_ms: int, *, max_future_ms: int = DEFAULT_MAX_FUTURE_MS
+) -> str | None:
+    """Reason a CreditGrant is unusable, or None."""
+    if not isinstance(g, Mapping):
+        return f"grant must be a record, got {type(g).__name__}"
+    r = (
+        _check_enum(g, "event_type", GRANT_EVENT_TYPES)
+        or _check_id(g, "grant_id")
+        or _check_id(g, "account_id")
+        or _check_id(g, "campaign")
+        or _check_count(g, "amount_micro")
+        or _check_time(g, "occurred_at", now_ms, max_future_ms)
+        or _check_bare_time(g, "granted_at")
+        or _check_bare_time(g, "expires_at")
+        or _check_optional_string(g, "reason")
+    )
+    if r:
+        return r
+    if g["event_type"] == "ISSUED" and g["amount_micro"] == 0:
+        return "amount_micro must be positive for an ISSUED grant"
+    if g["expires_at"] <= g["granted_at"]:
+        return "expires_at must be after granted_at"
+    prio = g.get("priority", 0)
+    if type(prio) is not int or not -(2**31) <= prio < 2**31:
+        return f"priority must be a 32-bit integer, got {prio!r}"
+    return None
+
+
+def validate_subscription_change(
+    c: Mapping[str, Any], now_ms: int, *, max_future_ms: int = DEFAULT_MAX_FUTURE_MS
+) -> str | None:
+    """Reason a SubscriptionChange is unusable, or None."""
+    if not isinstance(c, Mapping):
+        return f"subscription change must be a record, got {type(c).__name__}"
+    r = (
+        _check_id(c, "change_id")
+        or _check_id(c, "account_id")
+        or _check_enum(c, "change", SUBSCRIPTION_CHANGES)
+        or _check_enum(c, "from_plan", PLANS, optional=True)
+        or _check_enum(c, "to_plan", PLANS, optional=True)
+        or _check_time(c, "occurred_at", now_ms, max_future_ms)
+    )
+    if r:
+        return r
+    change, from_plan, to_plan = c["change"], c.get("from_plan"), c.get("to_plan")
+    if change in ("START", "UPGRADE", "DOWNGRADE", "RENEW") and to_plan is None:
+        return f"to_plan is required for {change}"
+    if change in ("UPGRADE", "DOWNGRADE"):
+        if from_plan is None:
+            return f"from_plan is required for {change}"
+        if from_plan == to_plan:
+            return f"from_plan and to_plan are both {from_plan} for {change}"
+    if change == "CANCEL" and from_plan is None:
+        return "from_plan is required for CANCEL"
+    return None
