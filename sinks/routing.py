@@ -34,8 +34,8 @@ def _dead_letter(record: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
     if isinstance(headers, Mapping):
         headers = list(headers.items())
     # Bytes land as String columns (ClickHouse strings are byte strings), so nothing is lost.
-    row["headers"] = [(h["key"] if isinstance(h, Mapping) else h[0],
-                       (h["value"] if isinstance(h, Mapping) else h[1]) or b"") for h in headers]
+    pairs = [(h["key"], h["value"]) if isinstance(h, Mapping) else (h[0], h[1]) for h in headers]
+    row["headers"] = {k: v or b"" for k, v in pairs}
     row["key"] = record.get("key") or b""
     return (row,)
 

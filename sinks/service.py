@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,12 +72,19 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             self.sink.parts.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        await self.sink.restore(assigned)
+        try:
+            await self.sink.restore(assigned)
+        except Exception as exc:
+            # aiokafka would swallow this; the run loop re-arms any partition left unarmed.
+            log.warning("restoring sink progress on assignment failed (%r); will retry lazily", exc)
 
 
 class ClickHouseSink(Service):
-    def __init__(self, settings: Settings, bootstrap: str, names: Mapping[str, str], **kwargs: Any) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, names: Mapping[str, str],
+                 client_factory: Callable[[], Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # Injectable so a test can take ClickHouse away and bring it back.
+        self.client_factory = client_factory or (lambda: connect(settings.resolved_clickhouse_url))
         self.settings = settings
         self.bootstrap = bootstrap
         self.group = f"{settings.app_id}-sink"
@@ -98,7 +105,7 @@ class ClickHouseSink(Service):
 
     def _client_sync(self) -> Any:
         if self._client is None:
-            self._client = connect(self.settings.resolved_clickhouse_url)
+            self._client = self.client_factory()
         return self._client
 
     async def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
@@ -170,6 +177,19 @@ class ClickHouseSink(Service):
                     part.guard = after
             self.parts[tp] = part
 
+    async def _restore_with_retry(self, tps: Sequence[TopicPartition]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self.restore(tps)
+                return
+            except Exception as exc:
+                if self.should_stop:
+                    raise
+                log.warning("restoring sink progress failed (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+
     async def _plans(self, assigned: Sequence[TopicPartition],
                      committed: Mapping[TopicPartition, int]) -> dict[TopicPartition, tuple[int, int, int, int]]:
         """The last recorded plan at or before the committed offset, per partition."""
@@ -200,7 +220,10 @@ class ClickHouseSink(Service):
             for tp, records in batches.items():
                 part = self.parts.get(tp)
                 if part is None:
-                    continue
+                    # Never drop fetched records: that would skip them for good. Arm the partition
+                    # now from its committed offset and recorded plan.
+                    await self._restore_with_retry([tp])
+                    part = self.parts[tp]
                 if not part.records:
                     part.first_at = now
                 part.records.extend(records)

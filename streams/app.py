@@ -12,6 +12,7 @@ from streams.settings import Role, Settings
 
 
 def create_app(settings: Settings, bootstrap: str) -> faust.App:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{bootstrap}",
@@ -32,6 +33,9 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         broker_commit_interval=1.0,
         stream_buffer_maxsize=max(4096, settings.process_batch * 2),
         web_enabled=False,
+        # A crashed worker's partitions move after this long; Faust's 60 s default stalls recovery.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
         table_standby_replicas=0,
         # Recovery must replay the whole changelog: account state is the ledger's memory.
         table_cleanup_interval=3600.0,
