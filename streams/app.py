@@ -21,9 +21,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         value_serializer="raw",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
-        store="memory://",
         datadir=str(settings.data_dir / "faust"),
-        processing_guarantee="at_least_once",
         producer_acks=-1,
         producer_linger_ms=5,
         producer_max_batch_size=512 * 1024,
@@ -40,12 +38,12 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         # Recovery must replay the whole changelog: account state is the ledger's memory.
         table_cleanup_interval=3600.0,
     )
-    from streams.agents import register_processor
+    from streams.processor import register_processor
     from streams.topics import topic_names
 
     names = topic_names(settings)
     if settings.role in (Role.ALL, Role.PROCESSOR):
-        register_processor(app, settings, names)
+        register_processor(app, settings, bootstrap, names)
     if settings.role in (Role.ALL, Role.SINK):
         from sinks.service import register_sink
 

@@ -129,6 +129,9 @@ def _register() -> None:
 def main() -> None:
     logging.basicConfig(level=os.environ.get("CREDITFLOW_LOG_LEVEL", "WARNING").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Per-batch timings of the processor, without Faust's own debug flood.
+    if os.environ.get("CREDITFLOW_TRACE_BATCHES"):
+        logging.getLogger("creditflow").setLevel(logging.DEBUG)
     _register()
     cli()
 

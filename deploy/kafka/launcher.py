@@ -131,8 +131,13 @@ def port_is_free(port: int) -> bool:
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, base64url without padding (what random-uuid prints)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A KRaft cluster id: 16 random bytes, base64url without padding (what random-uuid prints).
+    Never starting with '-': the storage tool's argument parser would take it for an option (Kafka's
+    own random-uuid avoids that the same way)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
 
 
 def _cmdline(pid: int) -> list[str]:

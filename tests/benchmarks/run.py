@@ -200,13 +200,16 @@ class Bench:
                 if p.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
                         p.send_signal(signal.SIGTERM)
-            try:
-                results = await asyncio.wait_for(asyncio.gather(*followers), 60)
-            except TimeoutError:
+            # asyncio.wait (unlike wait_for) leaves the followers running on timeout: their
+            # results are still wanted once the stragglers are killed.
+            done, _ = await asyncio.wait(followers, timeout=90)
+            if len(done) < len(followers):
                 for p, _ in spawned:
                     await self.kill(p, grace=1)
-                results = [f.result() if f.done() else ProcResult({"error": "did not stop"}, None, Path())
-                           for f in followers]
+                await asyncio.wait(followers, timeout=10)
+            results = [f.result() if f.done() and not f.cancelled() and f.exception() is None
+                       else ProcResult({"error": "worker did not stop after SIGTERM"}, None, Path())
+                       for f in followers]
             self.finish(task)
         errors = [r.result["error"] for r in results if "error" in r.result]
         if errors or end_at is None:
@@ -248,10 +251,12 @@ class Bench:
         ready = asyncio.Event()
         task = self.task(f"{name} landed", n)
         follower = asyncio.create_task(self.follow(proc, log, task, ready))
+        ready_wait = asyncio.create_task(ready.wait())
         try:
-            await asyncio.wait_for(asyncio.wait({follower, asyncio.create_task(ready.wait())},
-                                                return_when=asyncio.FIRST_COMPLETED), 120)
+            await asyncio.wait({follower, ready_wait}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+            ready_wait.cancel()
             if not ready.is_set():
+                await self.kill(proc)
                 raise RuntimeError((await follower).result.get("error", "worker never became ready"))
             achieved = await produce_paced(self.bootstrap, f"{prefix}interaction-events", events, rate,
                                            self.progress)
@@ -326,6 +331,11 @@ def verify_sql_pricing(sample_rows: list[list[Any]], events: list[dict[str, Any]
 async def _main(opts: Options, console: Console) -> dict[str, Any]:
     from deploy.kafka.launcher import LocalKafka
 
+    # SIGTERM (e.g. `timeout`, CI cancel) cancels the run like Ctrl-C does, so the finally below
+    # still stops the broker and every measured process (they run in their own sessions).
+    main_task = asyncio.current_task()
+    if main_task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     opts.out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="creditflow-bench-"))
     bench = Bench(opts, console, tmp)
@@ -539,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     console = Console(width=max(shutil.get_terminal_size((130, 40)).columns, 130))
     try:
         results = asyncio.run(_main(opts, console))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         console.print("[yellow]interrupted; every process the benchmark started was stopped[/yellow]")
         raise SystemExit(130) from None
     report.write_json(opts.out / "bench.json", results)

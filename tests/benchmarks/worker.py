@@ -222,9 +222,8 @@ def _write_profile(profiler: Any, session: Any, out: Path, events: int) -> dict[
     from tests.benchmarks.profile_summary import categorise
 
     out.mkdir(parents=True, exist_ok=True)
+    # Text only: the HTML renderer embeds every sample (~60 MB for 200k events).
     (out / "processor_profile.txt").write_text(profiler.output_text(unicode=False, color=False, show_all=False))
-    with contextlib.suppress(Exception):
-        (out / "processor_profile.html").write_text(profiler.output_html())
     return categorise(session.root_frame(), events, session.duration)
 
 

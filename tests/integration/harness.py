@@ -121,7 +121,7 @@ async def _group_lag(bootstrap: str, group: str, topics: Iterable[str]) -> int:
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()  # noqa: SLF001 - metadata of a topic we never subscribed
+    await consumer._client.force_metadata_update()
     return consumer.partitions_for_topic(topic) or set()
 
 
@@ -146,7 +146,8 @@ def wait_drained(settings: Settings, workers: list[Worker], timeout: float = 240
         for w in workers:
             if not w.alive:
                 raise AssertionError(f"worker {w.name} died:\n{w.log_tail()}")
-        proc_lag = group_lag(bootstrap, settings.app_id, [names["interaction-events"], names["credit-grants"]])
+        proc_lag = group_lag(bootstrap, f"{settings.app_id}-processor",
+                             [names["interaction-events"], names["credit-grants"]])
         sink_lag = group_lag(bootstrap, f"{settings.app_id}-sink",
                              [names["usage-enriched"], names["refinement-feed"], names["dead-letters"],
                               names["credit-grants"]])

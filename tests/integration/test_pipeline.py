@@ -70,7 +70,7 @@ def _wait_grants_applied(settings: Settings, worker: Worker, timeout: float = 12
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert worker.alive, worker.log_tail()
-        if group_lag(settings.kafka_bootstrap_servers or "", settings.app_id,
+        if group_lag(settings.kafka_bootstrap_servers or "", f"{settings.app_id}-processor",
                      [settings.topic("credit-grants")]) == 0:
             return
         time.sleep(0.5)

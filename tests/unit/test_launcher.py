@@ -177,3 +177,12 @@ def test_cli_status_and_stop_without_a_broker(tmp_path: Path, monkeypatch: pytes
         assert start.exception is None or isinstance(start.exception, SystemExit)
     finally:
         get_settings.cache_clear()
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    # kafka-storage's argparse reads "-t -abc..." as a missing value plus an unknown flag.
+    from deploy.kafka.launcher import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(5000)]
+    assert not any(i.startswith("-") for i in ids)
+    assert all(len(i) == 22 for i in ids)
