@@ -14,6 +14,7 @@ from rich.table import Table
 
 from sinks.service import ClickHouseSink
 from streams.generator import Generator
+from streams.processor import Processor
 from streams.producer import CreditflowProducer
 from streams.runtime import build, prepare
 from streams.settings import Role, Settings
@@ -54,11 +55,19 @@ def _progress(console: Console) -> Progress:
                     TimeElapsedColumn(), console=console, transient=False)
 
 
-async def _produce(settings: Settings, bootstrap: str, gen: Generator, n: int, console: Console) -> None:
+async def _produce(settings: Settings, bootstrap: str, gen: Generator, n: int, console: Console,
+                   processor: Processor) -> int:
     async with CreditflowProducer(settings, bootstrap_servers=bootstrap) as producer:
-        for grant in gen.grants():
+        grants = gen.grants()
+        for grant in grants:
             await producer.emit_grant(grant)
         await producer.flush()
+        # Grants are issued before the traffic they fund; let the processor hold them first, since
+        # Kafka orders records within a topic partition, not across the grants and events topics.
+        holders = {g["account_id"] for g in grants}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not holders <= processor.grants.data.keys():
+            await asyncio.sleep(0.1)
         with _progress(console) as progress:
             task = progress.add_task("producing events", total=n)
             for i, ev in enumerate(gen.events(n), 1):
@@ -68,19 +77,23 @@ async def _produce(settings: Settings, bootstrap: str, gen: Generator, n: int, c
                     await asyncio.sleep(0)
             await producer.flush()
             progress.update(task, completed=n)
+    return len(grants)
 
 
-async def _wait_landed(sink: ClickHouseSink, prefix: str, n: int, timeout: float, console: Console) -> int:
+async def _wait_landed(sink: ClickHouseSink, prefix: str, n: int, grants: int, timeout: float,
+                       console: Console) -> int:
     deadline = time.monotonic() + timeout
     landed = 0
     with _progress(console) as progress:
         task = progress.add_task("landed in ClickHouse", total=n)
         while time.monotonic() < deadline:
-            rows = await sink.query("SELECT count() FROM events WHERE startsWith(account_id, {p:String})",
-                                    {"p": prefix})
-            landed = int(rows[0][0])
+            rows = await sink.query(
+                "SELECT (SELECT count() FROM events WHERE startsWith(account_id, {p:String})), "
+                "(SELECT count() FROM credit_grants FINAL WHERE startsWith(account_id, {p:String}))",
+                {"p": prefix})
+            landed, grants_landed = int(rows[0][0]), int(rows[0][1])
             progress.update(task, completed=landed)
-            if landed >= n:
+            if landed >= n and grants_landed >= grants:
                 break
             await asyncio.sleep(0.5)
     return landed
@@ -100,14 +113,15 @@ async def _run(settings: Settings, bootstrap: str, events: int, accounts: int, s
     pipeline = build(settings, bootstrap)
     app = pipeline.app
     sink: ClickHouseSink = app.creditflow_sink  # type: ignore[attr-defined]
+    processor: Processor = app.creditflow_processor  # type: ignore[attr-defined]
     run_id = settings.topic_prefix.strip(".-_") or secrets.token_hex(3)
     prefix = f"{run_id}-acct"
     gen = Generator(accounts=accounts, seed=seed, account_prefix=prefix)
     started = time.monotonic()
     await app.start()
     try:
-        await _produce(settings, bootstrap, gen, events, console)
-        landed = await _wait_landed(sink, prefix, events, timeout, console)
+        grants = await _produce(settings, bootstrap, gen, events, console, processor)
+        landed = await _wait_landed(sink, prefix, events, grants, timeout, console)
         elapsed = time.monotonic() - started
         rows = await sink.query(CREDITS_BY_CATEGORY, {"prefix": prefix})
         console.print(_table("credits by feature category (this run)",

@@ -48,8 +48,6 @@ class MeterResult:
     enriched: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
-    # What detectors look at: the metered facts plus the fingerprints, never content.
-    observations: list[dict[str, Any]] = field(default_factory=list)
     usage_updates: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     grant_updates: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     grant_events: list[dict[str, Any]] = field(default_factory=list)
@@ -179,11 +177,15 @@ class Meter:
                 "policy_version": policy.version,
                 "source_partition": rec.partition,
                 "source_offset": rec.offset,
+                "ip_hash": ev.get("ip_hash"),
+                "device_hash": ev.get("device_hash"),
+                "payment_hash": ev.get("payment_hash"),
+                "prompt_fingerprint": ev.get("prompt_fingerprint"),
+                "context_uniqueness": ev.get("context_uniqueness"),
             }
             out.enriched.append(enriched)
             if sampled:
                 out.samples.append(_sample(enriched, ev, sample_reason))
-            out.observations.append(_observation(enriched, ev))
         return out
 
 
@@ -219,33 +221,5 @@ def _sample(enriched: Mapping[str, Any], ev: Mapping[str, Any], reason: str) -> 
         "reasoning_steps": enriched["reasoning_steps"],
         "tool_calls": enriched["tool_calls"],
         "policy_version": enriched["policy_version"],
-        "prompt_fingerprint": ev.get("prompt_fingerprint"),
-    }
-
-
-def _observation(enriched: Mapping[str, Any], ev: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "event_id": enriched["event_id"],
-        "account_id": enriched["account_id"],
-        "occurred_at": enriched["occurred_at"],
-        "plan": enriched["plan"],
-        "category": enriched["category"],
-        "model": enriched["model"],
-        "outcome": enriched["outcome"],
-        "error_code": enriched["error_code"],
-        "input_tokens": enriched["input_tokens"],
-        "output_tokens": enriched["output_tokens"],
-        "context_window_tokens": enriched["context_window_tokens"],
-        "context_uniqueness": ev.get("context_uniqueness"),
-        "reasoning_steps": enriched["reasoning_steps"],
-        "thinking_tokens": enriched["thinking_tokens"],
-        "tool_calls": enriched["tool_calls"],
-        "list_micro": enriched["list_micro"],
-        "charged_micro": enriched["charged_micro"],
-        "grant_funded_micro": enriched["grant_funded_micro"],
-        "debits": [(d["grant_id"], d["amount_micro"], d["balance_after_micro"]) for d in enriched["debits"]],
-        "ip_hash": ev.get("ip_hash"),
-        "device_hash": ev.get("device_hash"),
-        "payment_hash": ev.get("payment_hash"),
         "prompt_fingerprint": ev.get("prompt_fingerprint"),
     }

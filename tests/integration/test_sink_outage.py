@@ -1,0 +1,117 @@
+"""ClickHouse goes away under the sink: it backs off, commits nothing, stops reading (bounded
+memory) and resumes by itself when ClickHouse returns — against the real broker and chDB."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from sinks.clickhouse_client import ClickHouseUnavailable, close, connect
+from sinks.migrations import apply_migrations
+from sinks.service import ClickHouseSink
+from streams.codec import Decoder, encode_single_object
+from streams.generator import Generator
+from streams.meter import Meter, RawRecord
+from streams.policy import load_policy
+from streams.settings import Settings
+from streams.topics import ensure_topics, topic_names
+
+pytestmark = pytest.mark.integration
+
+
+class FlakyClickHouse:
+    """The real chDB client behind a switch: while ``down``, every call fails like a lost server."""
+
+    def __init__(self, url: str) -> None:
+        self.real = connect(url)
+        self.down = True
+        self.failed_calls = 0
+
+    def _check(self) -> None:
+        if self.down:
+            self.failed_calls += 1
+            raise ClickHouseUnavailable("connection refused (simulated outage)")
+
+    def insert(self, *args: Any, **kwargs: Any) -> Any:
+        self._check()
+        return self.real.insert(*args, **kwargs)
+
+    def query(self, *args: Any, **kwargs: Any) -> Any:
+        self._check()
+        return self.real.query(*args, **kwargs)
+
+
+def _enriched(n: int) -> list[dict[str, Any]]:
+    gen = Generator(accounts=40, seed=17, account_prefix="outage")
+    meter = Meter(load_policy(), Decoder("InteractionEvent"), Decoder("CreditGrant"))
+    raws = [RawRecord("in", i % 3, i // 3, None, encode_single_object(ev, "InteractionEvent"))
+            for i, ev in enumerate(gen.events(n))]
+    return meter.meter(raws, lambda _a: None, lambda _a: None, now_ms=1_793_100_000_000).enriched
+
+
+async def _committed(bootstrap: str, group: str, tps: list[TopicPartition]) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return sum(offsets[tp].offset for tp in tps if tp in offsets and offsets[tp].offset > 0)
+    finally:
+        await admin.close()
+
+
+def test_sink_waits_out_a_clickhouse_outage_and_resumes(topic_settings: Settings, tmp_path: Path) -> None:
+    settings = topic_settings.model_copy(update={
+        "clickhouse_url": f"chdb://{tmp_path / 'ch'}", "sink_flush_seconds": 0.3, "sink_batch_rows": 500})
+    bootstrap = settings.kafka_bootstrap_servers or ""
+    url = settings.resolved_clickhouse_url
+    apply_migrations(connect(url), settings.events_ttl_days)
+    records = _enriched(3_000)
+    names = topic_names(settings)
+    tps = [TopicPartition(names["usage-enriched"], p) for p in range(3)]
+
+    async def scenario() -> None:
+        await ensure_topics(bootstrap, settings)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            for rec in records:
+                await producer.send(names["usage-enriched"], encode_single_object(rec, "UsageEnriched"),
+                                    key=rec["account_id"].encode(), partition=rec["source_partition"])
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+        flaky = FlakyClickHouse(url)
+        sink = ClickHouseSink(settings, bootstrap, names, client_factory=lambda: flaky)
+        await sink.start()
+        try:
+            await asyncio.sleep(6)
+            buffered = sum(len(p.records) for p in sink.parts.values())
+            assert flaky.failed_calls >= 3, "the sink must keep retrying while ClickHouse is down"
+            assert await _committed(bootstrap, sink.group, tps) == 0, "nothing may be committed during an outage"
+            # Stops polling while it cannot store: memory stays within one fetch of the batch size.
+            assert buffered <= settings.sink_batch_rows * 2
+
+            flaky.down = False
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if await _committed(bootstrap, sink.group, tps) == len(records):
+                    break
+                await asyncio.sleep(0.5)
+            assert await _committed(bootstrap, sink.group, tps) == len(records), "the sink did not resume"
+        finally:
+            await sink.stop()
+
+    asyncio.run(scenario())
+    try:
+        rows = connect(url).query("SELECT count(), uniqExact(event_id), sum(charged_micro) FROM events").result_rows
+        assert rows[0][0] == rows[0][1] == len(records)
+        assert rows[0][2] == sum(r["charged_micro"] for r in records)
+    finally:
+        close(url)
