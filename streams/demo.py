@@ -127,9 +127,9 @@ async def _run(settings: Settings, bootstrap: str, events: int, accounts: int, s
         console.print(_table("credits by feature category (this run)",
                              ["category", "events", "list", "charged", "subsidy", "from grants",
                               "from subscription"], rows))
-        grants = await sink.query(GRANT_UTILISATION, {"prefix": prefix})
+        utilisation = await sink.query(GRANT_UTILISATION, {"prefix": prefix})
         console.print(_table("grant utilisation by campaign", ["campaign", "grants", "granted", "used",
-                                                               "utilisation"], grants))
+                                                               "utilisation"], utilisation))
         ok = landed == events
         style = "green" if ok else "red"
         console.print(f"[{style}]{landed:,} of {events:,} events landed in ClickHouse "

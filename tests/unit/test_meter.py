@@ -50,7 +50,8 @@ def test_bad_input_becomes_dead_letters_and_the_batch_goes_on() -> None:
     gen = Generator(accounts=3, seed=4)
     good = list(gen.events(3))
     bad_event = dict(good[0], event_id="", input_tokens=5)
-    raws = _records(good) + [
+    raws = [
+        *_records(good),
         RawRecord("in", 0, 10, b"k", b"\x00garbage", [("h", b"v")]),
         RawRecord("in", 0, 11, b"k", encode_single_object(bad_event, "InteractionEvent")),
         RawRecord("in", 0, 12, b"k", None),

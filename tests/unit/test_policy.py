@@ -86,10 +86,10 @@ def test_sampling_is_deterministic_and_keeps_failures() -> None:
 
 def test_invalid_policy_names_the_field(tmp_path: Path) -> None:
     bad = DEFAULT_TEXT.replace('multiplier = "3.5"', 'multiplier = 3.5')
-    with pytest.raises(PolicyError, match="categories.extended_context.multiplier"):
+    with pytest.raises(PolicyError, match=r"categories\.extended_context\.multiplier"):
         parse_policy(bad)
     below_one = DEFAULT_TEXT.replace('multiplier = "1.5"', 'multiplier = "0.5"')
-    with pytest.raises(PolicyError, match="tool_use.multiplier"):
+    with pytest.raises(PolicyError, match=r"tool_use\.multiplier"):
         parse_policy(below_one)
     with pytest.raises(PolicyError, match="cannot read policy file"):
         load_policy_file(tmp_path / "missing.toml")
