@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path(".creditflow"), description="local state: broker, chDB, caches")
     topic_prefix: str = Field(default="", description="prefix for every topic name")
-    app_id: str = Field(default="creditflow", description="Faust app id = consumer group of the processors")
+    app_id: str = Field(default="creditflow", description="Faust app id; prefix of consumer groups and changelogs")
     role: Role = Field(default=Role.ALL, description="which roles this worker runs: all, processor, sink")
     partitions: int = Field(default=6, ge=1, description="partitions of topics the project creates")
     replication_factor: int = Field(default=1, ge=1, description="replication of topics the project creates")
@@ -51,7 +51,6 @@ class Settings(BaseSettings):
     process_batch: int = Field(default=5_000, ge=1, description="events per processor batch")
     process_within: float = Field(default=0.25, gt=0, description="max wait to fill a processor batch (s)")
     events_ttl_days: int = Field(default=730, ge=1, description="TTL of raw enriched events in ClickHouse")
-    web_port: int = Field(default=0, ge=0, description="Faust web port; 0 = pick a free one")
     log_level: str = Field(default="WARNING", description="worker log level")
 
     @field_validator("topic_prefix")

@@ -18,15 +18,14 @@ _RULES: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
     ("sampling hash", lambda f, p: p.endswith("streams/policy.py") and f == "should_sample"),
     ("classify + price", lambda f, p: p.endswith("streams/policy.py")),
     ("grant debit", lambda f, p: p.endswith("streams/ledger.py")),
-    ("table writes (changelog)", lambda f, p: p.endswith("streams/state.py") or "/faust/tables/" in p),
+    ("table writes (changelog)", lambda f, p: p.endswith("streams/tables.py")),
     ("meter: record dicts, state copies", lambda f, p: p.endswith("streams/meter.py")),
-    ("agent: RawRecord copy", lambda f, p: p.endswith("streams/agents.py") and f == "_raw"),
-    ("producer send (faust+aiokafka)", lambda f, p: p.endswith("streams/agents.py") and f == "publish"),
-    ("producer send (faust+aiokafka)", lambda f, p: "/aiokafka/producer/" in p
-     or ("/faust/transport/drivers/" in p and "send" in f)),
+    ("processor: RawRecord copy", lambda f, p: p.endswith("streams/processor.py") and f == "_process"),
+    ("producer send (aiokafka)", lambda f, p: p.endswith("streams/processor.py") and f == "_publish"),
+    ("producer send (aiokafka)", lambda f, p: "/aiokafka/producer/" in p),
     ("kafka fetch (aiokafka consumer)", lambda f, p: "/aiokafka/consumer/" in p),
     ("idle / waiting on I/O", lambda f, p: f in ("select", "poll", "epoll") or p.endswith("selectors.py")),
-    ("faust stream/consumer overhead", lambda f, p: "/faust/" in p or "/mode/" in p),
+    ("faust/mode service overhead", lambda f, p: "/faust/" in p or "/mode/" in p),
     ("asyncio event loop", lambda f, p: "/asyncio/" in p),
 )
 

@@ -101,9 +101,9 @@ async def _wait_assigned(app: Any, sink: Any, timeout: float = 60.0) -> None:
         ok = True
         if sink is not None:
             ok = sink.consumer is not None and bool(sink.consumer.assignment())
-        if app.conf and hasattr(app, "consumer") and ok:
-            with contextlib.suppress(Exception):
-                ok = bool(app.consumer.assignment())
+        processor = getattr(app, "creditflow_processor", None)
+        if processor is not None and ok:
+            ok = processor.consumer is not None and bool(processor.consumer.assignment())
         if ok:
             return
         await asyncio.sleep(0.1)

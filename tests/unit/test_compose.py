@@ -85,8 +85,11 @@ def command_of(service: dict[str, Any]) -> list[str]:
 
 def dockerfile_instruction(name: str) -> list[str]:
     """The exec-form (JSON) arguments of the last ``name`` instruction of deploy/Dockerfile."""
-    found = [line.split(None, 1)[1] for line in DOCKERFILE.read_text().splitlines()
-             if line.strip().upper().startswith(f"{name} ")]
+    found = [
+        line.split(None, 1)[1]
+        for line in DOCKERFILE.read_text().splitlines()
+        if line.strip().upper().startswith(f"{name} ")
+    ]
     assert found, f"deploy/Dockerfile has no {name}"
     args = json.loads(found[-1])
     assert isinstance(args, list), f"{name} must use the exec (JSON) form"
@@ -187,8 +190,13 @@ def test_shared_environment_comes_from_one_anchor() -> None:
 def test_services_share_their_wiring(services: dict[str, dict[str, Any]]) -> None:
     envs = {name: env_of(services[name]) for name in CREDITFLOW_SERVICES}
     shared = {k: v for k, v in envs["processor"].items() if k != "CREDITFLOW_ROLE"}
-    for key in ("KAFKA_BOOTSTRAP_SERVERS", "CLICKHOUSE_URL", "CREDITFLOW_TOPIC_PREFIX", "CREDITFLOW_APP_ID",
-                "CREDITFLOW_PARTITIONS"):
+    for key in (
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "CLICKHOUSE_URL",
+        "CREDITFLOW_TOPIC_PREFIX",
+        "CREDITFLOW_APP_ID",
+        "CREDITFLOW_PARTITIONS",
+    ):
         assert key in shared, f"the workers must set {key}"
     for name, env in envs.items():
         assert {k: v for k, v in env.items() if k != "CREDITFLOW_ROLE"} == shared, f"{name} differs from processor"
@@ -214,7 +222,9 @@ def test_clickhouse_url_matches_the_server(services: dict[str, dict[str, Any]]) 
     raw_server = services["clickhouse"]["environment"]
     url = urlparse(interpolate(raw_url, override))
     assert (url.username, url.password) == (
-        interpolate(raw_server["CLICKHOUSE_USER"], override), interpolate(raw_server["CLICKHOUSE_PASSWORD"], override))
+        interpolate(raw_server["CLICKHOUSE_USER"], override),
+        interpolate(raw_server["CLICKHOUSE_PASSWORD"], override),
+    )
 
 
 @pytest.mark.parametrize("name", CREDITFLOW_SERVICES)
@@ -282,10 +292,44 @@ def test_dockerfile_base_install_and_user() -> None:
 
 
 def test_dockerignore_keeps_local_state_out() -> None:
-    patterns = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()
-                if line.strip() and not line.startswith("#")}
+    patterns = {
+        line.strip().rstrip("/")
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     for required in (".venv", ".creditflow", ".mypy_cache", ".pytest_cache", ".ruff_cache", "bench-results"):
         assert required in patterns, f".dockerignore should exclude {required}"
     # ...but never what `pip install .` needs.
     for needed in ("pyproject.toml", "streams", "sinks", "schemas", "deploy", "README.md"):
         assert needed not in patterns
+
+
+# ------------------------------------------------------------------------------- Kubernetes (optional)
+
+K8S = ROOT / "deploy" / "k8s" / "creditflow.yaml"
+
+
+@pytest.mark.skipif(not K8S.exists(), reason="no Kubernetes manifests")
+def test_k8s_manifests_match_compose(services: dict[str, dict[str, Any]]) -> None:
+    docs = [d for d in yaml.safe_load_all(K8S.read_text()) if d]
+    env: dict[str, str] = {}
+    for doc in docs:
+        if doc["kind"] == "ConfigMap":
+            env.update(doc["data"])
+        elif doc["kind"] == "Secret":
+            env.update(doc.get("stringData", {}))
+    assert not set(env) - set(settings_env_names()), "the manifests set variables Settings does not read"
+    assert set(env) == set(env_of(services["processor"])) - {"CREDITFLOW_ROLE"}, "same variables as compose"
+    workloads = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]
+        for d in docs
+        if d["kind"] in ("Deployment", "Job")
+    }
+    for name, command in (
+        ("creditflow-processor", ["worker", "--role", "processor"]),
+        ("creditflow-sink", ["worker", "--role", "sink"]),
+        ("creditflow-migrate", ["migrate"]),
+    ):
+        container = workloads[name]
+        assert container["args"] == command == command_of(services[name.removeprefix("creditflow-")])
+        parse_with_cli(container["args"])
