@@ -42,6 +42,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Mapping, Sequence
@@ -84,6 +85,20 @@ def observation(rec: Mapping[str, Any]) -> dict[str, Any]:
     obs = {k: rec.get(k) for k in _OBS_FIELDS}
     obs["debits"] = [(d["grant_id"], d["amount_micro"], d["balance_after_micro"]) for d in rec["debits"]]
     return obs
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def wire_alert(alert: Mapping[str, Any]) -> dict[str, Any]:
+    """The GamingAlert as the schema promises it: ``observed`` and ``limit`` are exact decimal strings
+    (the sink stores them as numbers). Rules phrase them for humans ("22 active hours of 24", "CV <=
+    0.25"); the rule's measure is the first number of the phrase."""
+    out = to_avro(alert)
+    for field in ("observed", "limit"):
+        m = _NUMBER.search(str(out.get(field, "")))
+        out[field] = m.group(0) if m else "0"
+    return out
 
 
 def alert_state_key(entity_type: str, entity_id: str) -> str:
@@ -401,7 +416,7 @@ class Detector(Service):
             state = self._alerts_for(batch, partition, alert_state_key(f.entity_type, f.entity_id))
             alert = process_firing(state, f)
             if alert is not None:
-                batch.alerts.append((f.entity_id, to_avro(alert)))
+                batch.alerts.append((f.entity_id, wire_alert(alert)))
 
     # -- timer flush ------------------------------------------------------------------------------
 

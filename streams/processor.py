@@ -192,12 +192,24 @@ class Processor(Service):
         producer = self.producer
         assert producer is not None
         pending: list[Awaitable[Any]] = []
+        # Metered records go out as one record batch per partition: the same partition as their
+        # input (the sink's replay guard relies on one input partition feeding exactly one output
+        # partition, in order), and building batches directly skips per-record send overhead.
+        by_partition: dict[int, list[dict[str, Any]]] = {}
         for rec in result.enriched:
-            # Same partition as the input: the sink's replay guard relies on one input partition
-            # feeding exactly one output partition, in order.
-            pending.append(await producer.send(
-                self.names["usage-enriched"], encode_single_object(rec, "UsageEnriched"),
-                key=rec["account_id"].encode(), partition=rec["source_partition"]))
+            by_partition.setdefault(rec["source_partition"], []).append(rec)
+        topic = self.names["usage-enriched"]
+        for partition, recs in by_partition.items():
+            batch = producer.create_batch()
+            for rec in recs:
+                value = encode_single_object(rec, "UsageEnriched")
+                key = rec["account_id"].encode()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    pending.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
+            if batch.record_count():
+                pending.append(await producer.send_batch(batch, topic, partition=partition))
         for s in result.samples:
             pending.append(await producer.send(
                 self.names["refinement-feed"], encode_single_object(s, "RefinementSample"),
