@@ -28,7 +28,7 @@ def _ledger(record: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
         }
 
 
-def _dead_letter(record: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+def dead_letter_rows(record: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
     row = dict(record)
     headers = record.get("headers") or []
     if isinstance(headers, Mapping):
@@ -59,14 +59,16 @@ class Route:
     # Records of usage-enriched carry their input partition/offset; a processor replay re-sends some,
     # and the sink drops every record at or below the highest input offset it already stored.
     guarded: bool = False
+    # Inputs no processor reads: the sink itself turns what it cannot decode into dead letters.
+    dead_letters_here: bool = False
 
 
 ROUTES: tuple[Route, ...] = (
     Route("usage-enriched", "UsageEnriched", (("events", _one), ("credit_ledger", _ledger)), guarded=True),
     Route("refinement-feed", "RefinementSample", (("refinement_samples", _one),)),
-    Route("dead-letters", "DeadLetter", (("dead_letters", _dead_letter),)),
+    Route("dead-letters", "DeadLetter", (("dead_letters", dead_letter_rows),)),
     Route("gaming-alerts", "GamingAlert", (("gaming_alerts", _alert),)),
-    Route("gaming-reviews", "ReviewDecision", (("alert_reviews", _one),)),
+    Route("gaming-reviews", "ReviewDecision", (("alert_reviews", _one),), dead_letters_here=True),
     Route("credit-grants", "CreditGrant", (("credit_grants", _one),)),
-    Route("subscription-changes", "SubscriptionChange", (("subscription_changes", _one),)),
+    Route("subscription-changes", "SubscriptionChange", (("subscription_changes", _one),), dead_letters_here=True),
 )

@@ -30,9 +30,10 @@ from aiokafka.structs import OffsetAndMetadata
 from mode import Service
 
 from sinks.clickhouse_client import connect
-from sinks.routing import ROUTES, Route
+from sinks.routing import ROUTES, Route, dead_letter_rows
 from sinks.tables import INSERT_COLUMNS, dedup_settings
 from streams.codec import DecodeError, Decoder
+from streams.dead_letters import build_dead_letter
 from streams.settings import Settings
 
 log = logging.getLogger("creditflow.sink")
@@ -295,9 +296,15 @@ class ClickHouseSink(Service):
             try:
                 value = decoder.decode(rec.value)
             except DecodeError as exc:
-                # Inputs are dead-lettered by the processor that consumes them; outputs are ours.
                 self.stats.undecodable += 1
-                log.warning("undecodable record %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, exc)
+                if route.dead_letters_here:
+                    dead = build_dead_letter(rec.topic, rec.partition, rec.offset, rec.key, rec.value,
+                                             list(rec.headers or ()), exc.kind, exc.message,
+                                             rec.timestamp or 0)
+                    out.setdefault("dead_letters", []).extend(dead_letter_rows(dead))
+                else:
+                    # The processor dead-letters the inputs it reads; our own outputs never get here.
+                    log.warning("undecodable record %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, exc)
                 continue
             if route.guarded:
                 if value["source_offset"] <= guard:

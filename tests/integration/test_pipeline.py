@@ -261,3 +261,38 @@ def test_bad_records_go_to_dead_letters_and_the_partition_moves_on(settings: Set
         assert dict(kinds) == {kind: 1 for _, kind in bad}
     finally:
         close(settings.resolved_clickhouse_url)
+
+
+def test_inputs_only_the_sink_reads_are_dead_lettered_too(settings: Settings, workers: list[Worker],
+                                                          tmp_path: Path) -> None:
+    bootstrap = settings.kafka_bootstrap_servers or ""
+    topic = settings.topic("subscription-changes")
+    change = {"change_id": "c-1", "account_id": "acct-1", "change": "UPGRADE", "from_plan": "FREE",
+              "to_plan": "PRO", "occurred_at": 1_793_000_000_000}
+    asyncio.run(ensure_topics(bootstrap, settings))
+    worker = Worker(settings, "sink", tmp_path, "sink").start()
+    workers.append(worker)
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            await producer.send(topic, encode_single_object(change, "SubscriptionChange"), key=b"acct-1")
+            await producer.send(topic, b"\x00\x00\x00\x00\x07junk", key=b"acct-1")
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+    deadline = time.monotonic() + 120
+    while group_lag(bootstrap, f"{settings.app_id}-sink", [topic]) != 0:
+        assert worker.alive and time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.5)
+    assert worker.stop() == 0, worker.log_tail()
+    try:
+        assert _query(settings, "SELECT change_id, to_plan FROM subscription_changes FINAL") == [("c-1", "PRO")]
+        dead = _query(settings, "SELECT source_topic, source_offset, error_kind, lower(hex(original)) "
+                                "FROM dead_letters FINAL")
+        assert dead == [(topic, 1, "UNKNOWN_SCHEMA", b"\x00\x00\x00\x00\x07junk".hex())]
+    finally:
+        close(settings.resolved_clickhouse_url)
