@@ -76,8 +76,6 @@ _OBS_FIELDS = ("event_id", "account_id", "occurred_at", "plan", "category", "mod
                "grant_funded_micro", "ip_hash", "device_hash", "payment_hash", "prompt_fingerprint")
 
 
-def flush_seconds() -> float:
-    return float(os.environ.get("CREDITFLOW_DETECTOR_FLUSH_SECONDS", "30"))
 
 
 def observation(rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -165,7 +163,7 @@ class Detector(Service):
         # Touched since the last timer flush: key -> partition, oldest first.
         self.recent_accounts: OrderedDict[str, int] = OrderedDict()
         self.recent_fps: OrderedDict[str, int] = OrderedDict()
-        self.flush_every = flush_seconds()
+        self.flush_every = settings.detector_flush_seconds
         self.events = 0
         self.alerts_emitted = 0
         self.firings = 0

@@ -43,3 +43,16 @@ def topic_settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
         app_id=f"creditflow-t{token}",
         data_dir=tmp_path / "data",
     )
+
+
+@pytest.fixture(autouse=True)
+def _release_chdb_paths() -> Iterator[None]:
+    """chDB admits one data path per process: whatever path a test opened is closed after it, even
+    when the test failed, so the next test can open its own. Paths opened by wider-scoped fixtures
+    (before this test) stay open for them."""
+    from sinks import clickhouse_client
+
+    before = set(clickhouse_client._chdb_clients)
+    yield
+    for path in set(clickhouse_client._chdb_clients) - before:
+        clickhouse_client.close(f"chdb://{path}")
