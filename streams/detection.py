@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import time
 from collections import OrderedDict
@@ -49,23 +48,21 @@ from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyExistsError
-from aiokafka.structs import OffsetAndMetadata
+from aiokafka.errors import TopicAlreadyExistsError
 from mode import Service
 
 from streams.alerts import apply_review, new_alert_state, process_firing, to_avro
 from streams.codec import DecodeError, Decoder, SchemaRegistryClient, encode_single_object
 from streams.detectors.base import Firing
 from streams.detectors.engine import FINGERPRINT_FIELDS, DetectorEngine
+from streams.partitioned import Fetched, PartitionedService
 from streams.policy import load_policy
 from streams.settings import Settings
 from streams.tables import ChangelogTable
 
 log = logging.getLogger("creditflow.detection")
-_CRASH_EXIT_CODE = 70
 FINGERPRINTS_TOPIC = "detector-fingerprints"
 _FLUSH_MAX = 5_000  # entities evaluated per timer tick: keeps a tick's pause bounded
 _RECENT_MAX = 50_000  # touched entities remembered for the timer; the oldest are forgotten
@@ -103,20 +100,6 @@ def alert_state_key(entity_type: str, entity_id: str) -> str:
     return f"{entity_type}|{entity_id}"
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, detector: Detector) -> None:
-        self.detector = detector
-
-    # Same reason as the processor's: callbacks run concurrently with a batch, so take its lock.
-    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        async with self.detector.lock:
-            self.detector.release({tp.partition for tp in revoked})
-
-    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        async with self.detector.lock:
-            await self.detector.recover({tp.partition for tp in assigned})
-
-
 class _Batch:
     """What one batch (or one timer flush) changed and must publish."""
 
@@ -128,13 +111,18 @@ class _Batch:
         self.alert_states: dict[str, int] = {}
 
 
-class Detector(Service):
+class Detector(PartitionedService):
+    logger = log
+
     def __init__(self, settings: Settings, bootstrap: str, names: Mapping[str, str], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.settings = settings
-        self.bootstrap = bootstrap
+        app_id = settings.app_id
+        accounts = ChangelogTable("detector-accounts", f"{app_id}-detector-accounts-changelog", settings.partitions)
+        fingerprints = ChangelogTable("detector-fingerprints", f"{app_id}-detector-fingerprints-changelog",
+                                      settings.partitions)
+        alert_states = ChangelogTable("detector-alerts", f"{app_id}-detector-alerts-changelog", settings.partitions)
+        super().__init__(settings, bootstrap, f"{app_id}-detector", (accounts, fingerprints, alert_states), **kwargs)
+        self.accounts, self.fingerprints, self.alert_states = accounts, fingerprints, alert_states
         self.names = names
-        self.group = f"{settings.app_id}-detector"
         self.engine = DetectorEngine(policy=load_policy(settings.policy_path))
         # Fingerprint kinds some rule watches: only those are repartitioned.
         self.fp_kinds = {k: f for k, f in FINGERPRINT_FIELDS.items()
@@ -148,18 +136,6 @@ class Detector(Service):
         self.reviews_topic = names["gaming-reviews"]
         self.alerts_topic = names["gaming-alerts"]
         self.fp_topic = settings.topic(FINGERPRINTS_TOPIC)
-        app_id = settings.app_id
-        self.accounts = ChangelogTable("detector-accounts", f"{app_id}-detector-accounts-changelog",
-                                       settings.partitions)
-        self.fingerprints = ChangelogTable("detector-fingerprints",
-                                           f"{app_id}-detector-fingerprints-changelog", settings.partitions)
-        self.alert_states = ChangelogTable("detector-alerts", f"{app_id}-detector-alerts-changelog",
-                                           settings.partitions)
-        self.tables = (self.accounts, self.fingerprints, self.alert_states)
-        self.owned: set[int] = set()
-        self.lock = asyncio.Lock()
-        self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
         # Touched since the last timer flush: key -> partition, oldest first.
         self.recent_accounts: OrderedDict[str, int] = OrderedDict()
         self.recent_fps: OrderedDict[str, int] = OrderedDict()
@@ -173,32 +149,11 @@ class Detector(Service):
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    async def on_start(self) -> None:
-        for table in self.tables:
-            await table.ensure_topic(self.bootstrap, self.settings.replication_factor)
+    def input_topics(self) -> list[str]:
+        return [self.grants_topic, self.reviews_topic, self.usage_topic, self.fp_topic]
+
+    async def prepare(self) -> None:
         await self._ensure_fingerprint_topic()
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
-            compression_type="lz4", linger_ms=5, max_batch_size=1024 * 1024,
-        )
-        await self.producer.start()
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=self.group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.settings.process_batch,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            # Partition i of every input goes to one worker: an account's grants, events and reviews
-            # meet its state, and a fingerprint's observations and reviews meet its state.
-            partition_assignment_strategy=(RangePartitionAssignor,),
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
-            max_poll_interval_ms=300_000,
-        )
-        await self.consumer.start()
-        self.consumer.subscribe(topics=[self.grants_topic, self.reviews_topic, self.usage_topic, self.fp_topic],
-                                listener=_Listener(self))
 
     async def _ensure_fingerprint_topic(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
@@ -214,47 +169,12 @@ class Detector(Service):
         finally:
             await admin.close()
 
-    async def on_stop(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.stop()
-        if self.producer is not None:
-            await self.producer.stop()
-
-    def release(self, partitions: set[int]) -> None:
-        self.owned -= partitions
-        for table in self.tables:
-            table.drop(partitions)
+    def on_release(self, partitions: set[int]) -> None:
         for recent in (self.recent_accounts, self.recent_fps):
             for key in [k for k, p in recent.items() if p in partitions]:
                 del recent[key]
 
-    async def recover(self, partitions: set[int]) -> None:
-        new = partitions - self.owned
-        for table in self.tables:
-            await table.recover(self.bootstrap, new)
-        self.owned |= new
-
     # -- loops ------------------------------------------------------------------------------------
-
-    @Service.task
-    async def _run(self) -> None:
-        while self.consumer is None and not self.should_stop:
-            await asyncio.sleep(0.05)
-        assert self.consumer is not None
-        within_ms = int(self.settings.process_within * 1000)
-        while not self.should_stop:
-            fetched = await self.consumer.getmany(timeout_ms=within_ms, max_records=self.settings.process_batch)
-            if not fetched:
-                continue
-            try:
-                async with self.lock:
-                    await self.recover({tp.partition for tp in fetched})
-                    await self._process(fetched)
-            except Exception as exc:
-                log.critical("detecting on a batch failed; exiting without committing it so it is replayed: %r",
-                             exc, exc_info=exc)
-                logging.shutdown()
-                os._exit(_CRASH_EXIT_CODE)
 
     @Service.task
     async def _timer(self) -> None:
@@ -267,13 +187,11 @@ class Detector(Service):
                     await self.flush(limit=_FLUSH_MAX)
             except Exception as exc:
                 # Nothing to replay here (no input offsets), but state may be half-written: restart.
-                log.critical("detector flush failed: %r", exc, exc_info=exc)
-                logging.shutdown()
-                os._exit(_CRASH_EXIT_CODE)
+                self.die("detector flush", exc)
 
     # -- one batch --------------------------------------------------------------------------------
 
-    async def _process(self, fetched: Mapping[TopicPartition, Sequence[Any]]) -> None:
+    async def process(self, fetched: Fetched) -> None:
         t0 = time.perf_counter()
         batch = _Batch()
         by_topic: dict[str, list[tuple[TopicPartition, Sequence[Any]]]] = {}
@@ -295,12 +213,7 @@ class Detector(Service):
                 self._on_fingerprint(batch, tp.partition, r.key, r.value)
         t1 = time.perf_counter()
         await self._publish_and_write(batch)
-        assert self.consumer is not None
-        try:
-            await self.consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "")
-                                        for tp, records in fetched.items() if records})
-        except (CommitFailedError, IllegalStateError) as exc:
-            log.warning("commit after a rebalance failed, the batch will be replayed: %r", exc)
+        await self.commit(fetched)
         log.debug("detector batch: %d records, %d alerts, %d fingerprint obs: fold %.1f ms, io %.1f ms",
                   sum(len(r) for r in fetched.values()), len(batch.alerts), len(batch.fingerprints),
                   (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)

@@ -20,135 +20,48 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError
-from aiokafka.structs import OffsetAndMetadata
-from mode import Service
 
 from streams.codec import Decoder, SchemaRegistryClient, encode_single_object
 from streams.dead_letters import encode_dead_letter
 from streams.meter import Meter, MeterResult, RawRecord
+from streams.partitioned import Fetched, PartitionedService
 from streams.policy import load_policy
 from streams.settings import Settings
 from streams.tables import ChangelogTable
 
 log = logging.getLogger("creditflow.processor")
 _trace = log.info if os.environ.get("CREDITFLOW_TRACE_BATCHES") else log.debug
-# An unexpected error inside a batch must not let its offsets be committed: exit and replay.
-_CRASH_EXIT_CODE = 70
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, processor: Processor) -> None:
-        self.processor = processor
+class Processor(PartitionedService):
+    logger = log
 
-    # aiokafka runs these on its coordinator task, concurrently with getmany and with a batch in
-    # flight, so both take the processor's lock: state is never dropped under a running batch.
-    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        async with self.processor.lock:
-            self.processor.release({tp.partition for tp in revoked})
-
-    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        async with self.processor.lock:
-            await self.processor.recover({tp.partition for tp in assigned})
-
-
-class Processor(Service):
     def __init__(self, settings: Settings, bootstrap: str, names: Mapping[str, str], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.settings = settings
-        self.bootstrap = bootstrap
+        usage = ChangelogTable("account-usage", f"{settings.app_id}-account-usage-changelog", settings.partitions)
+        grants = ChangelogTable("account-grants", f"{settings.app_id}-account-grants-changelog",
+                                settings.partitions)
+        super().__init__(settings, bootstrap, f"{settings.app_id}-processor", (usage, grants), **kwargs)
+        self.usage, self.grants = usage, grants
         self.names = names
-        self.group = f"{settings.app_id}-processor"
         policy = load_policy(settings.policy_path)
         registry = SchemaRegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
         self.meter = Meter(policy, Decoder("InteractionEvent", registry), Decoder("CreditGrant", registry))
         self.events_topic = names["interaction-events"]
         self.grants_topic = names["credit-grants"]
-        self.usage = ChangelogTable("account-usage", f"{settings.app_id}-account-usage-changelog",
-                                    settings.partitions)
-        self.grants = ChangelogTable("account-grants", f"{settings.app_id}-account-grants-changelog",
-                                     settings.partitions)
-        # Partitions whose state is in memory; a batch touching any other partition waits for recovery.
-        self.owned: set[int] = set()
-        self.lock = asyncio.Lock()
-        self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
         self.metered = 0
 
-    async def on_start(self) -> None:
-        for table in (self.usage, self.grants):
-            await table.ensure_topic(self.bootstrap, self.settings.replication_factor)
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
-            compression_type="lz4", linger_ms=5, max_batch_size=1024 * 1024,
-        )
-        await self.producer.start()
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=self.group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.settings.process_batch,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            # Range assignment hands partition i of both input topics to the same worker, so an
-            # account's grants and its events meet in one process.
-            partition_assignment_strategy=(RangePartitionAssignor,),
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
-            max_poll_interval_ms=300_000,
-        )
-        await self.consumer.start()
-        self.consumer.subscribe(topics=[self.grants_topic, self.events_topic], listener=_Listener(self))
+    def input_topics(self) -> list[str]:
+        return [self.grants_topic, self.events_topic]
 
-    async def on_stop(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.stop()
-        if self.producer is not None:
-            await self.producer.stop()
-
-    def release(self, partitions: set[int]) -> None:
-        self.owned -= partitions
-        for table in (self.usage, self.grants):
-            table.drop(partitions)
-
-    async def recover(self, partitions: set[int]) -> None:
-        new = partitions - self.owned
-        for table in (self.usage, self.grants):
-            await table.recover(self.bootstrap, new)
-        self.owned |= new
-
-    @Service.task
-    async def _run(self) -> None:
-        while self.consumer is None and not self.should_stop:
-            await asyncio.sleep(0.05)
-        assert self.consumer is not None
-        within_ms = int(self.settings.process_within * 1000)
-        while not self.should_stop:
-            fetched = await self.consumer.getmany(timeout_ms=within_ms, max_records=self.settings.process_batch)
-            if not fetched:
-                continue
-            try:
-                async with self.lock:
-                    # Records can arrive before the assignment callback has recovered their state.
-                    await self.recover({tp.partition for tp in fetched})
-                    await self._process(fetched)
-            except Exception as exc:
-                log.critical("processing a batch failed; exiting without committing it so it is replayed: %r",
-                             exc, exc_info=exc)
-                logging.shutdown()
-                os._exit(_CRASH_EXIT_CODE)
-
-    async def _process(self, fetched: Mapping[TopicPartition, Sequence[Any]]) -> None:
+    async def process(self, fetched: Fetched) -> None:
         t0 = time.perf_counter()
         grant_records: list[RawRecord] = []
         event_records: list[RawRecord] = []
@@ -174,14 +87,7 @@ class Processor(Service):
             writes.append(await self.usage.put(self.producer, partition, account, state))
         if writes:
             await asyncio.gather(*writes)
-        assert self.consumer is not None
-        try:
-            await self.consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "")
-                                        for tp, records in fetched.items() if records})
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The group rebalanced under this batch; its next owner replays it, and the replay is
-            # harmless (state says what was applied, the sink keeps one copy of each output).
-            log.warning("commit after a rebalance failed, the batch will be replayed: %r", exc)
+        await self.commit(fetched)
         self.metered += len(metered.enriched)
         _trace("batch: %d events, %d grants, %d replays skipped, %d dead: meter %.1f ms, publish %.1f ms, "
                "state+commit %.1f ms", len(event_records), len(grant_records), metered.skipped_replays,
