@@ -21,6 +21,7 @@ import click
 
 from streams.evaluation import EvaluationResult, score
 from streams.scenarios import ScenarioSet
+from streams.topics import group_lag
 
 PRECISION_TARGET = 0.95
 RECALL_TARGET = 0.90
@@ -39,30 +40,6 @@ def targets_met(result: EvaluationResult) -> list[str]:
     if missed:
         failed.append(f"detectors missed their own scenario: {', '.join(missed)}")
     return failed
-
-
-async def group_lag(bootstrap: str, group: str, topics: Iterable[str]) -> int:
-    """Records of ``topics`` not yet committed by ``group`` (every record when nothing is)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await admin.start()
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        ends = await consumer.end_offsets(tps)
-        committed = await admin.list_consumer_group_offsets(group)
-        lag = 0
-        for tp in tps:
-            done = committed.get(tp)
-            lag += ends[tp] - (done.offset if done is not None and done.offset >= 0 else 0)
-        return lag
-    finally:
-        await consumer.stop()
-        await admin.close()
 
 
 async def read_topic(bootstrap: str, topic: str, schema: str) -> list[dict[str, Any]]:

@@ -16,11 +16,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CoordinatorNotAvailableError, GroupCoordinatorNotAvailableError, NotCoordinatorError
 
 from streams.settings import Settings
+from streams.topics import group_lag as topics_group_lag
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,36 +99,11 @@ class Worker:
             return "(no log)"
 
 
-async def _group_lag(bootstrap: str, group: str, topics: Iterable[str]) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await admin.start()
-    await consumer.start()
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or
-                                                               await _partitions(consumer, t))]
-        ends = await consumer.end_offsets(tps)
-        committed = await admin.list_consumer_group_offsets(group)
-        lag = 0
-        for tp in tps:
-            done = committed.get(tp)
-            lag += ends[tp] - (done.offset if done is not None and done.offset >= 0 else 0)
-        return lag
-    finally:
-        await consumer.stop()
-        await admin.close()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()
-    return consumer.partitions_for_topic(topic) or set()
-
-
 def group_lag(bootstrap: str, group: str, topics: Iterable[str]) -> int:
     """Records not yet committed by ``group``; a huge number while the group coordinator is not
     up yet (a fresh broker creates the offsets topic on first use)."""
     try:
-        return asyncio.run(_group_lag(bootstrap, group, list(topics)))
+        return asyncio.run(topics_group_lag(bootstrap, group, list(topics)))
     except (GroupCoordinatorNotAvailableError, CoordinatorNotAvailableError, NotCoordinatorError):
         return 1 << 62
 
