@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from streams.settings import Role, Settings
 
@@ -34,6 +35,19 @@ class _Group(click.Group):
         except click.ClickException as exc:
             click.echo(f"error: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
+        except ValidationError as exc:
+            # A bad environment variable: name it, one line.
+            first = exc.errors()[0]
+            field = str(first["loc"][0]) if first["loc"] else "?"
+            click.echo(f"error: invalid configuration {_env_name(field)}: {first['msg']}", err=True)
+            sys.exit(2)
+
+
+def _env_name(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, str):
+        return info.validation_alias
+    return f"CREDITFLOW_{field.upper()}"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,10 +57,7 @@ def cli() -> None:
 
 
 def _settings(**overrides: Any) -> Settings:
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except Exception as exc:
-        raise click.ClickException(f"invalid configuration: {exc}") from None
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
 @cli.command()
