@@ -186,6 +186,8 @@ class Detector(PartitionedService):
                 async with self.lock:
                     await self.flush(limit=_FLUSH_MAX)
             except Exception as exc:
+                if self.should_stop:
+                    return
                 # Nothing to replay here (no input offsets), but state may be half-written: restart.
                 self.die("detector flush", exc)
 

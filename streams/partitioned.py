@@ -153,4 +153,9 @@ class PartitionedService(Service):
                     await self.recover({tp.partition for tp in fetched})
                     await self.process(fetched)
             except Exception as exc:
+                if self.should_stop:
+                    # Shutting down under a batch (its producer or consumer already closing): it was
+                    # not committed, so it is replayed on the next start. Not a crash.
+                    self.logger.info("batch interrupted by shutdown; it will be replayed: %r", exc)
+                    return
                 self.die(f"{type(self).__name__} batch", exc)
