@@ -370,13 +370,11 @@ class Detector(PartitionedService):
         if pending:
             await asyncio.gather(*pending)
         self.alerts_emitted += len(batch.alerts)
-        writes: list[Awaitable[Any]] = []
-        for table, touched in ((self.accounts, batch.accounts), (self.fingerprints, batch.fps),
-                               (self.alert_states, batch.alert_states)):
-            for key, partition in touched.items():
-                writes.append(await table.put(producer, partition, key, table.data[key]))
-        if writes:
-            await asyncio.gather(*writes)
+        await self.save(
+            (table, partition, key, table.data[key])
+            for table, touched in ((self.accounts, batch.accounts), (self.fingerprints, batch.fps),
+                                   (self.alert_states, batch.alert_states))
+            for key, partition in touched.items())
 
 
 def register_detector(app: faust.App, settings: Settings, bootstrap: str, names: Mapping[str, str]) -> Detector:

@@ -50,7 +50,6 @@ class MeterResult:
     samples: list[dict[str, Any]] = field(default_factory=list)
     usage_updates: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     grant_updates: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
-    grant_events: list[dict[str, Any]] = field(default_factory=list)
     skipped_replays: int = 0
 
 
@@ -88,7 +87,6 @@ class Meter:
             state = pending[1] if pending else _copy_grants(lookup(account))
             if apply_grant_event(state, g):
                 out.grant_updates[account] = (rec.partition, state)
-            out.grant_events.append(g)
         return out
 
     def meter(self, records: Sequence[RawRecord], usage: UsageLookup, grants: GrantsLookup,

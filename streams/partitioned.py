@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -120,6 +120,14 @@ class PartitionedService(Service):
         for table in self.tables:
             await table.recover(self.bootstrap, new)
         self.owned |= new
+
+    async def save(self, changes: Iterable[tuple[ChangelogTable, int, str, Any]]) -> None:
+        """Write (table, partition, key, value) changes and wait until every changelog record is
+        acknowledged: a batch's offsets may be committed only after its state is durable."""
+        assert self.producer is not None
+        writes = [await table.put(self.producer, partition, key, value) for table, partition, key, value in changes]
+        if writes:
+            await asyncio.gather(*writes)
 
     async def commit(self, fetched: Fetched) -> None:
         assert self.consumer is not None

@@ -79,14 +79,10 @@ class Processor(PartitionedService):
         await self._publish(granted)
         await self._publish(metered)
         t2 = time.perf_counter()
-        assert self.producer is not None
-        writes: list[Awaitable[Any]] = []
-        for account, (partition, state) in granted.grant_updates.items():
-            writes.append(await self.grants.put(self.producer, partition, account, state))
-        for account, (partition, state) in metered.usage_updates.items():
-            writes.append(await self.usage.put(self.producer, partition, account, state))
-        if writes:
-            await asyncio.gather(*writes)
+        await self.save([
+            *((self.grants, p, account, state) for account, (p, state) in granted.grant_updates.items()),
+            *((self.usage, p, account, state) for account, (p, state) in metered.usage_updates.items()),
+        ])
         await self.commit(fetched)
         self.metered += len(metered.enriched)
         _trace("batch: %d events, %d grants, %d replays skipped, %d dead: meter %.1f ms, publish %.1f ms, "
