@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,9 +32,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from mode import Service
 
-from sinks.clickhouse_client import connect
+from sinks.avro_batch import LEDGER_FILE_STRUCTURE, ContainerBuilder, GuardedBlock, write_spool
+from sinks.clickhouse_client import connect, is_unavailable
 from sinks.routing import ROUTES, Route, dead_letter_rows
-from sinks.tables import INSERT_COLUMNS, dedup_settings
+from sinks.tables import CREDIT_LEDGER_COLUMNS, EVENTS_COLUMNS, INSERT_COLUMNS, dedup_settings
 from streams.codec import DecodeError, Decoder
 from streams.dead_letters import build_dead_letter
 from streams.settings import Settings
@@ -41,6 +45,26 @@ log = logging.getLogger("creditflow.sink")
 _RETRY_MAX_S = 30.0
 # (table, column names, column-oriented data, deduplication token)
 _Insert = tuple[str, list[str], list[list[Any]], str]
+
+# Both statements read the container file the sink just wrote (chDB shares this process' files).
+_EVENTS_FROM_FILE = (f"INSERT INTO events ({', '.join(EVENTS_COLUMNS)}) "
+                     f"SELECT {', '.join(EVENTS_COLUMNS)} FROM file({{path:String}}, 'Avro')")
+_LEDGER_FROM_FILE = (
+    f"INSERT INTO credit_ledger ({', '.join(CREDIT_LEDGER_COLUMNS)}) "
+    "SELECT event_id, occurred_at, account_id, d.grant_id, d.campaign, d.amount_micro, d.balance_after_micro, "
+    f"policy_version FROM file({{path:String}}, 'Avro', '{LEDGER_FILE_STRUCTURE}') ARRAY JOIN debits AS d"
+)
+
+
+@dataclass
+class _AvroInsert:
+    """A usage-enriched partition batch handed to ClickHouse as one Avro container file."""
+
+    part: _Partition
+    records: Sequence[Any]
+    guard_before: int
+    token_prefix: str
+    block: GuardedBlock
 
 
 @dataclass
@@ -61,6 +85,8 @@ class SinkStats:
     dropped_replays: int = 0
     undecodable: int = 0
     retries: int = 0
+    # Partition batches that went to ClickHouse as an Avro file, undecoded.
+    direct_batches: int = 0
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -99,6 +125,11 @@ class ClickHouseSink(Service):
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self.consumer: AIOKafkaConsumer | None = None
         self._client: Any = None
+        # Usage-enriched batches skip Python decoding when ClickHouse can read the sink's files:
+        # chDB runs in this process. A server would need the file shipped in the request body.
+        self.avro_direct = settings.resolved_clickhouse_url.startswith("chdb://")
+        self.containers = ContainerBuilder()
+        self.spool_dir = ""
 
     async def ch(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -120,6 +151,8 @@ class ClickHouseSink(Service):
 
     async def on_start(self) -> None:
         self.columns = {table: list(cols) for table, cols in INSERT_COLUMNS.items()}
+        if self.avro_direct:
+            self.spool_dir = tempfile.mkdtemp(prefix="creditflow-sink-")
         await self.ch(self._client_sync)
         for topic, route in self.routes.items():
             self.decoders[topic] = Decoder(route.schema, None)
@@ -147,6 +180,8 @@ class ClickHouseSink(Service):
                 log.exception("final sink flush failed; the batch will be replayed")
             await self.consumer.stop()
         self.executor.shutdown(wait=True)
+        if self.spool_dir:
+            shutil.rmtree(self.spool_dir, ignore_errors=True)
 
     async def restore(self, assigned: Sequence[TopicPartition]) -> None:
         """Re-arm newly assigned partitions from the recorded plans: a batch planned at the committed
@@ -251,6 +286,7 @@ class ClickHouseSink(Service):
             return
         plans: list[tuple[Any, ...]] = []
         inserts: list[_Insert] = []
+        direct: list[_AvroInsert] = []
         commits: dict[TopicPartition, OffsetAndMetadata] = {}
         after_guard: dict[TopicPartition, int] = {}
         for part in due:
@@ -261,22 +297,24 @@ class ClickHouseSink(Service):
                 take, rest = part.records, []
             start, end = take[0].offset, take[-1].offset
             guard_before = part.guard
-            rows_by_table, guard_after = self._rows(part, take)
+            token_prefix = f"{self.group}:{part.tp.topic}:{part.tp.partition}:{start}-{end}"
+            block = self.containers.guarded(take, guard_before) if self.avro_direct and part.route.guarded \
+                else None
+            if block is not None:
+                guard_after, rows = block.guard_after, block.rows
+                direct.append(_AvroInsert(part, take, guard_before, token_prefix, block))
+            else:
+                rows_by_table, guard_after = self._rows(part, take, guard_before)
+                rows = sum(len(v) for v in rows_by_table.values())
+                inserts.extend(self._column_inserts(rows_by_table, token_prefix))
             plans.append((self.group, part.tp.topic, part.tp.partition, start, end, guard_before, guard_after,
-                          sum(len(v) for v in rows_by_table.values()), time.time_ns() // 1_000_000))
-            for table, rows in rows_by_table.items():
-                if not rows:
-                    continue
-                cols = self.columns[table]
-                data = [[row.get(c) for row in rows] for c in cols]
-                token = f"{self.group}:{part.tp.topic}:{part.tp.partition}:{start}-{end}:{table}"
-                inserts.append((table, cols, data, token))
+                          rows, time.time_ns() // 1_000_000))
             commits[part.tp] = OffsetAndMetadata(end + 1, "")
             after_guard[part.tp] = guard_after
             part.records = rest
             part.first_at = time.monotonic()
 
-        await self._store(plans, inserts)
+        await self._store(plans, inserts, direct)
         for part in due:
             part.guard = after_guard[part.tp]
             part.replay_end = None
@@ -287,10 +325,20 @@ class ClickHouseSink(Service):
             log.warning("offset commit failed after a stored batch (will be deduplicated): %r", exc)
         self.stats.batches += len(due)
 
-    def _rows(self, part: _Partition, records: Sequence[Any]) -> tuple[dict[str, list[Mapping[str, Any]]], int]:
+    def _column_inserts(self, rows_by_table: Mapping[str, list[Mapping[str, Any]]], token_prefix: str) -> list[_Insert]:
+        inserts: list[_Insert] = []
+        for table, rows in rows_by_table.items():
+            if not rows:
+                continue
+            cols = self.columns[table]
+            data = [[row.get(c) for row in rows] for c in cols]
+            inserts.append((table, cols, data, f"{token_prefix}:{table}"))
+        return inserts
+
+    def _rows(self, part: _Partition, records: Sequence[Any],
+              guard: int) -> tuple[dict[str, list[Mapping[str, Any]]], int]:
         decoder = self.decoders[part.tp.topic]
         route = part.route
-        guard = part.guard
         out: dict[str, list[Mapping[str, Any]]] = {t: [] for t, _ in route.tables}
         for rec in records:
             try:
@@ -315,20 +363,52 @@ class ClickHouseSink(Service):
                 out[table].extend(make(value))
         return out, guard
 
-    async def _store(self, plans: list[tuple[Any, ...]], inserts: list[_Insert]) -> None:
-        def store() -> None:
+    def _insert_direct(self, client: Any, item: _AvroInsert, counts: dict[str, int]) -> list[_Insert]:
+        """Insert one container file into events and credit_ledger. On a data error (ClickHouse
+        could not read what fastavro can) the same batch goes through the decoding path instead,
+        under the same tokens, so whatever part already landed is not doubled."""
+        if not item.block.rows:
+            counts["replays dropped"] = counts.get("replays dropped", 0) + item.block.dropped
+            return []
+        path = write_spool(self.spool_dir, f"{item.part.tp.partition}-{item.records[0].offset}.avro",
+                           item.block.blob)
+        try:
+            for sql, table in ((_EVENTS_FROM_FILE, "events"), (_LEDGER_FROM_FILE, "credit_ledger")):
+                client.command(sql, parameters={"path": path},
+                               settings=dedup_settings(f"{item.token_prefix}:{table}"))
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise
+            log.warning("ClickHouse could not read the Avro batch %s (%r); decoding it in Python instead",
+                        item.token_prefix, exc)
+            rows_by_table, _ = self._rows(item.part, item.records, item.guard_before)
+            return self._column_inserts(rows_by_table, item.token_prefix)
+        finally:
+            os.unlink(path)
+        counts["events"] = counts.get("events", 0) + item.block.rows
+        counts["direct batches"] = counts.get("direct batches", 0) + 1
+        counts["replays dropped"] = counts.get("replays dropped", 0) + item.block.dropped
+        return []
+
+    async def _store(self, plans: list[tuple[Any, ...]], inserts: list[_Insert],
+                     direct: Sequence[_AvroInsert] = ()) -> None:
+        def store() -> dict[str, int]:
+            counts: dict[str, int] = {}
             client = self._client_sync()
             client.insert("sink_batches", plans, column_names=list(INSERT_COLUMNS["sink_batches"]))
-            for table, cols, data, token in inserts:
+            fallback = [ins for item in direct for ins in self._insert_direct(client, item, counts)]
+            for table, cols, data, token in [*inserts, *fallback]:
                 client.insert(
                     table, data, column_names=cols, column_oriented=True,
                     settings=dedup_settings(token),
                 )
+                counts[table] = counts.get(table, 0) + (len(data[0]) if data else 0)
+            return counts
 
         delay = 0.5
         while True:
             try:
-                await self.ch(store)
+                counts = await self.ch(store)
                 break
             except Exception as exc:
                 # ClickHouse is away or refused the batch: keep the batch, do not commit, do not poll
@@ -340,8 +420,10 @@ class ClickHouseSink(Service):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_S)
                 self._client = None
-        for _table, _cols, data, _token in inserts:
-            self.stats.rows[_table] = self.stats.rows.get(_table, 0) + (len(data[0]) if data else 0)
+        self.stats.dropped_replays += counts.pop("replays dropped", 0)
+        self.stats.direct_batches += counts.pop("direct batches", 0)
+        for table, n in counts.items():
+            self.stats.rows[table] = self.stats.rows.get(table, 0) + n
 
 
 def register_sink(app: faust.App, settings: Settings, bootstrap: str, names: Mapping[str, str]) -> ClickHouseSink:

@@ -54,6 +54,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from mode import Service
 
 from streams.alerts import apply_review, new_alert_state, process_firing, to_avro
+from streams.batch_send import KeyPartitions, Outgoing, send_partitioned
 from streams.codec import DecodeError, Decoder, SchemaRegistryClient, encode_single_object
 from streams.detectors.base import Firing
 from streams.detectors.engine import FINGERPRINT_FIELDS, DetectorEngine
@@ -136,6 +137,7 @@ class Detector(PartitionedService):
         self.reviews_topic = names["gaming-reviews"]
         self.alerts_topic = names["gaming-alerts"]
         self.fp_topic = settings.topic(FINGERPRINTS_TOPIC)
+        self.fp_partitions: KeyPartitions | None = None  # known once the producer has metadata
         # Touched since the last timer flush: key -> partition, oldest first.
         self.recent_accounts: OrderedDict[str, int] = OrderedDict()
         self.recent_fps: OrderedDict[str, int] = OrderedDict()
@@ -291,11 +293,15 @@ class Detector(PartitionedService):
         self.recent_accounts.move_to_end(account_id)
         if len(self.recent_accounts) > _RECENT_MAX:
             self.recent_accounts.popitem(last=False)
+        obs_json: str | None = None
         for kind, field in self.fp_kinds.items():
             fp = obs.get(field)
             if fp:
-                payload = json.dumps({"k": kind, "sp": partition, "so": offset, "obs": obs},
-                                     separators=(",", ":")).encode()
+                if obs_json is None:
+                    obs_json = json.dumps(obs, separators=(",", ":"))
+                # The same message json.dumps({"k", "sp", "so", "obs"}) gives, with obs encoded once
+                # for all its fingerprints (kind names are plain identifiers).
+                payload = f'{{"k":"{kind}","sp":{partition},"so":{offset},"obs":{obs_json}}}'.encode()
                 batch.fingerprints.append((fp, payload))
 
     def _on_fingerprint(self, batch: _Batch, partition: int, key: bytes | None, value: bytes | None) -> None:
@@ -364,9 +370,15 @@ class Detector(PartitionedService):
         for entity_id, alert in batch.alerts:
             pending.append(await producer.send(self.alerts_topic, encode_single_object(alert, "GamingAlert"),
                                                key=entity_id.encode()))
-        for fp, payload in batch.fingerprints:
-            # Default partitioner on the fingerprint: the same partition a review keyed by it takes.
-            pending.append(await producer.send(self.fp_topic, payload, key=fp.encode()))
+        if batch.fingerprints:
+            if self.fp_partitions is None:
+                self.fp_partitions = KeyPartitions(len(await producer.partitions_for(self.fp_topic)))
+            # The default partitioner's choice for the fingerprint: where a review keyed by it goes.
+            by_partition: dict[int, list[Outgoing]] = {}
+            for fp, payload in batch.fingerprints:
+                key = fp.encode()
+                by_partition.setdefault(self.fp_partitions(key), []).append((key, payload, []))
+            pending.extend(await send_partitioned(producer, self.fp_topic, by_partition))
         if pending:
             await asyncio.gather(*pending)
         self.alerts_emitted += len(batch.alerts)

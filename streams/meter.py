@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from streams.codec import DecodeError, Decoder
 from streams.dead_letters import build_dead_letter
@@ -29,6 +29,23 @@ def epoch_ms(value: Any) -> int:
     if isinstance(value, int):
         return value
     return (value - _EPOCH) // _MS
+
+
+class InputRecord(Protocol):
+    """What the meter reads of a Kafka record: aiokafka's ConsumerRecord has it, so does RawRecord."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
 @dataclass(slots=True)
@@ -63,13 +80,13 @@ class Meter:
         self.event_decoder = event_decoder
         self.grant_decoder = grant_decoder
 
-    def _dead(self, out: MeterResult, rec: RawRecord, kind: str, message: str, now_ms: int) -> None:
+    def _dead(self, out: MeterResult, rec: InputRecord, kind: str, message: str, now_ms: int) -> None:
         out.dead_letters.append(
             build_dead_letter(rec.topic, rec.partition, rec.offset, rec.key, rec.value,
-                              list(rec.headers), kind, message, now_ms)
+                              list(rec.headers or ()), kind, message, now_ms)
         )
 
-    def grants(self, records: Sequence[RawRecord], lookup: GrantsLookup, now_ms: int) -> MeterResult:
+    def grants(self, records: Sequence[InputRecord], lookup: GrantsLookup, now_ms: int) -> MeterResult:
         """Fold CreditGrant events into per-account grant state (idempotent per event)."""
         out = MeterResult()
         for rec in records:
@@ -89,7 +106,7 @@ class Meter:
                 out.grant_updates[account] = (rec.partition, state)
         return out
 
-    def meter(self, records: Sequence[RawRecord], usage: UsageLookup, grants: GrantsLookup,
+    def meter(self, records: Sequence[InputRecord], usage: UsageLookup, grants: GrantsLookup,
               now_ms: int) -> MeterResult:
         out = MeterResult()
         policy = self.policy

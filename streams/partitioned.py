@@ -125,7 +125,10 @@ class PartitionedService(Service):
         """Write (table, partition, key, value) changes and wait until every changelog record is
         acknowledged: a batch's offsets may be committed only after its state is durable."""
         assert self.producer is not None
-        writes = [await table.put(self.producer, partition, key, value) for table, partition, key, value in changes]
+        by_table: dict[ChangelogTable, list[tuple[int, str, Any]]] = {}
+        for table, partition, key, value in changes:
+            by_table.setdefault(table, []).append((partition, key, value))
+        writes = [f for table, items in by_table.items() for f in await table.put_many(self.producer, items)]
         if writes:
             await asyncio.gather(*writes)
 

@@ -8,6 +8,7 @@ exact difference, so list = charged + subsidy holds for every record and every s
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -89,6 +90,13 @@ class CompiledPolicy:
         self.precedence: tuple[str, ...] = tuple(
             sorted(CATEGORIES, key=lambda c: (-self.multiplier[c], CATEGORIES.index(c)))
         )
+        # Every combination of the three qualifying flags, decided once: classify() is then one
+        # lookup per event, and its results are shared immutable objects.
+        self.classifications: dict[tuple[bool, bool, bool], Classification] = {}
+        for ext, reasoning, tools in itertools.product((False, True), repeat=3):
+            qualifies = {EXTENDED_CONTEXT: ext, COMPLEX_REASONING: reasoning, TOOL_USE: tools, STANDARD_CHAT: True}
+            winner = next(c for c in self.precedence if qualifies[c])
+            self.classifications[(ext, reasoning, tools)] = Classification(winner, ext, reasoning, tools)
         self.prices: dict[str, Price] = {
             model: Price(
                 input=int(p.input * MICRO),
@@ -134,9 +142,7 @@ def classify(
         policy.min_thinking is not None and thinking_tokens >= policy.min_thinking
     )
     tools = tool_calls >= policy.min_tools
-    qualifies = {EXTENDED_CONTEXT: ext, COMPLEX_REASONING: reasoning, TOOL_USE: tools, STANDARD_CHAT: True}
-    category = next(c for c in policy.precedence if qualifies[c])
-    return Classification(category, ext, reasoning, tools)
+    return policy.classifications[(ext, reasoning, tools)]
 
 
 def list_price_micro(price: Price, input_tokens: int, output_tokens: int, cached_tokens: int,

@@ -25,9 +25,11 @@ from typing import Any
 
 import faust
 
+from streams.batch_send import Outgoing, send_partitioned
 from streams.codec import Decoder, SchemaRegistryClient, encode_single_object
 from streams.dead_letters import encode_dead_letter
-from streams.meter import Meter, MeterResult, RawRecord
+from streams.headers import source_offset_header
+from streams.meter import InputRecord, Meter, MeterResult
 from streams.partitioned import Fetched, PartitionedService
 from streams.policy import load_policy
 from streams.settings import Settings
@@ -63,12 +65,11 @@ class Processor(PartitionedService):
 
     async def process(self, fetched: Fetched) -> None:
         t0 = time.perf_counter()
-        grant_records: list[RawRecord] = []
-        event_records: list[RawRecord] = []
+        grant_records: list[InputRecord] = []
+        event_records: list[InputRecord] = []
         for tp, records in fetched.items():
-            target = grant_records if tp.topic == self.grants_topic else event_records
-            target.extend(RawRecord(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or ()))
-                          for r in records)
+            # aiokafka's records carry every field the meter reads; no copy into another type.
+            (grant_records if tp.topic == self.grants_topic else event_records).extend(records)
         now = _now_ms()
         granted = self.meter.grants(grant_records, self.grants.get, now)
         # Grants of this batch are visible to its events.
@@ -94,24 +95,14 @@ class Processor(PartitionedService):
         producer = self.producer
         assert producer is not None
         pending: list[Awaitable[Any]] = []
-        # Metered records go out as one record batch per partition: the same partition as their
-        # input (the sink's replay guard relies on one input partition feeding exactly one output
-        # partition, in order), and building batches directly skips per-record send overhead.
-        by_partition: dict[int, list[dict[str, Any]]] = {}
+        # Metered records go to the same partition as their input: the sink's replay guard relies on
+        # one input partition feeding exactly one output partition, in order.
+        by_partition: dict[int, list[Outgoing]] = {}
         for rec in result.enriched:
-            by_partition.setdefault(rec["source_partition"], []).append(rec)
-        topic = self.names["usage-enriched"]
-        for partition, recs in by_partition.items():
-            batch = producer.create_batch()
-            for rec in recs:
-                value = encode_single_object(rec, "UsageEnriched")
-                key = rec["account_id"].encode()
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    pending.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
-            if batch.record_count():
-                pending.append(await producer.send_batch(batch, topic, partition=partition))
+            by_partition.setdefault(rec["source_partition"], []).append(
+                (rec["account_id"].encode(), encode_single_object(rec, "UsageEnriched"),
+                 [source_offset_header(rec["source_offset"])]))
+        pending.extend(await send_partitioned(producer, self.names["usage-enriched"], by_partition))
         for s in result.samples:
             pending.append(await producer.send(
                 self.names["refinement-feed"], encode_single_object(s, "RefinementSample"),

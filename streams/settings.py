@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     policy_path: Path | None = Field(default=None, description="credit policy TOML; unset = shipped default")
     sink_batch_rows: int = Field(default=50_000, ge=1, description="rows per partition that force a flush")
     sink_flush_seconds: float = Field(default=1.0, gt=0, description="max age of buffered rows")
-    process_batch: int = Field(default=5_000, ge=1, description="events per processor batch")
+    process_batch: int = Field(default=20_000, ge=1, description="events per processor batch")
     process_within: float = Field(default=0.25, gt=0, description="max wait to fill a processor batch (s)")
     detector_flush_seconds: float = Field(default=30.0, gt=0, description="how often quiet accounts are re-evaluated")
     events_ttl_days: int = Field(default=730, ge=1, description="TTL of raw enriched events in ClickHouse")

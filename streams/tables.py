@@ -18,6 +18,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from streams.batch_send import Outgoing, send_partitioned
+
 log = logging.getLogger("creditflow.tables")
 
 
@@ -37,12 +39,16 @@ class ChangelogTable:
     def get(self, key: str) -> Any:
         return self.data.get(key)
 
-    async def put(self, producer: AIOKafkaProducer, partition: int, key: str, value: Any) -> Awaitable[Any]:
-        """Set the key and publish its changelog record; returns the delivery future."""
-        self.data[key] = value
-        self._owner[key] = partition
-        fut: Awaitable[Any] = await producer.send(self.topic, _encode(value), key=key.encode(), partition=partition)
-        return fut
+    async def put_many(self, producer: AIOKafkaProducer,
+                       changes: Iterable[tuple[int, str, Any]]) -> list[Awaitable[Any]]:
+        """Set every (partition, key, value) and publish the changelog records in per-partition
+        batches; returns the delivery futures."""
+        by_partition: dict[int, list[Outgoing]] = {}
+        for partition, key, value in changes:
+            self.data[key] = value
+            self._owner[key] = partition
+            by_partition.setdefault(partition, []).append((key.encode(), _encode(value), []))
+        return await send_partitioned(producer, self.topic, by_partition)
 
     def drop(self, partitions: Iterable[int]) -> None:
         gone = set(partitions)

@@ -17,6 +17,7 @@ from sinks.migrations import apply_migrations
 from sinks.service import ClickHouseSink
 from streams.codec import Decoder, encode_single_object
 from streams.generator import Generator
+from streams.headers import source_offset_header
 from streams.meter import Meter, RawRecord
 from streams.policy import load_policy
 from streams.settings import Settings
@@ -46,13 +47,22 @@ class FlakyClickHouse:
         self._check()
         return self.real.query(*args, **kwargs)
 
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        self._check()
+        return self.real.command(*args, **kwargs)
+
 
 def _enriched(n: int) -> list[dict[str, Any]]:
     gen = Generator(accounts=40, seed=17, account_prefix="outage")
     meter = Meter(load_policy(), Decoder("InteractionEvent"), Decoder("CreditGrant"))
+    now_ms = 1_793_100_000_000
+    # With grants, so records carry debits and the ledger has rows to land too.
+    granted = meter.grants([RawRecord("g", 0, i, None, encode_single_object(g, "CreditGrant"))
+                            for i, g in enumerate(gen.grants())], lambda _a: None, now_ms)
+    grants = {account: state for account, (_p, state) in granted.grant_updates.items()}
     raws = [RawRecord("in", i % 3, i // 3, None, encode_single_object(ev, "InteractionEvent"))
             for i, ev in enumerate(gen.events(n))]
-    return meter.meter(raws, lambda _a: None, lambda _a: None, now_ms=1_793_100_000_000).enriched
+    return meter.meter(raws, lambda _a: None, grants.get, now_ms=now_ms).enriched
 
 
 async def _committed(bootstrap: str, group: str, tps: list[TopicPartition]) -> int:
@@ -65,7 +75,11 @@ async def _committed(bootstrap: str, group: str, tps: list[TopicPartition]) -> i
         await admin.close()
 
 
-def test_sink_waits_out_a_clickhouse_outage_and_resumes(topic_settings: Settings, tmp_path: Path) -> None:
+# Stamped records (as the processor writes them) take the Avro-file path into ClickHouse; unstamped
+# ones (an older processor) are decoded in Python. Both must wait out the outage.
+@pytest.mark.parametrize("stamped", [True, False], ids=["avro-file path", "decoding path"])
+def test_sink_waits_out_a_clickhouse_outage_and_resumes(topic_settings: Settings, tmp_path: Path,
+                                                        stamped: bool) -> None:
     settings = topic_settings.model_copy(update={
         "clickhouse_url": f"chdb://{tmp_path / 'ch'}", "sink_flush_seconds": 0.3, "sink_batch_rows": 500})
     bootstrap = settings.kafka_bootstrap_servers or ""
@@ -82,7 +96,8 @@ def test_sink_waits_out_a_clickhouse_outage_and_resumes(topic_settings: Settings
         try:
             for rec in records:
                 await producer.send(names["usage-enriched"], encode_single_object(rec, "UsageEnriched"),
-                                    key=rec["account_id"].encode(), partition=rec["source_partition"])
+                                    key=rec["account_id"].encode(), partition=rec["source_partition"],
+                                    headers=[source_offset_header(rec["source_offset"])] if stamped else None)
             await producer.flush()
         finally:
             await producer.stop()
@@ -105,13 +120,18 @@ def test_sink_waits_out_a_clickhouse_outage_and_resumes(topic_settings: Settings
                     break
                 await asyncio.sleep(0.5)
             assert await _committed(bootstrap, sink.group, tps) == len(records), "the sink did not resume"
+            assert (sink.stats.direct_batches > 0) == stamped
         finally:
             await sink.stop()
 
     asyncio.run(scenario())
     try:
-        rows = connect(url).query("SELECT count(), uniqExact(event_id), sum(charged_micro) FROM events").result_rows
+        client = connect(url)
+        rows = client.query("SELECT count(), uniqExact(event_id), sum(charged_micro) FROM events").result_rows
         assert rows[0][0] == rows[0][1] == len(records)
         assert rows[0][2] == sum(r["charged_micro"] for r in records)
+        ledger = client.query("SELECT count(), sum(amount_micro) FROM credit_ledger").result_rows[0]
+        assert ledger == (sum(len(r["debits"]) for r in records),
+                          sum(d["amount_micro"] for r in records for d in r["debits"]))
     finally:
         close(url)
