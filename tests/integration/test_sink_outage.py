@@ -15,13 +15,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from sinks.clickhouse_client import ClickHouseUnavailable, close, connect
 from sinks.migrations import apply_migrations
 from sinks.service import ClickHouseSink
-from streams.codec import Decoder, encode_single_object
-from streams.generator import Generator
+from streams.codec import encode_single_object
 from streams.headers import source_offset_header
-from streams.meter import Meter, RawRecord
-from streams.policy import load_policy
 from streams.settings import Settings
 from streams.topics import ensure_topics, topic_names
+from tests.metered import metered
 
 pytestmark = pytest.mark.integration
 
@@ -52,19 +50,6 @@ class FlakyClickHouse:
         return self.real.command(*args, **kwargs)
 
 
-def _enriched(n: int) -> list[dict[str, Any]]:
-    gen = Generator(accounts=40, seed=17, account_prefix="outage")
-    meter = Meter(load_policy(), Decoder("InteractionEvent"), Decoder("CreditGrant"))
-    now_ms = 1_793_100_000_000
-    # With grants, so records carry debits and the ledger has rows to land too.
-    granted = meter.grants([RawRecord("g", 0, i, None, encode_single_object(g, "CreditGrant"))
-                            for i, g in enumerate(gen.grants())], lambda _a: None, now_ms)
-    grants = {account: state for account, (_p, state) in granted.grant_updates.items()}
-    raws = [RawRecord("in", i % 3, i // 3, None, encode_single_object(ev, "InteractionEvent"))
-            for i, ev in enumerate(gen.events(n))]
-    return meter.meter(raws, lambda _a: None, grants.get, now_ms=now_ms).enriched
-
-
 async def _committed(bootstrap: str, group: str, tps: list[TopicPartition]) -> int:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -85,7 +70,7 @@ def test_sink_waits_out_a_clickhouse_outage_and_resumes(topic_settings: Settings
     bootstrap = settings.kafka_bootstrap_servers or ""
     url = settings.resolved_clickhouse_url
     apply_migrations(connect(url), settings.events_ttl_days)
-    records = _enriched(3_000)
+    records = metered(3_000, accounts=40, seed=17, prefix="outage", partitions=3)
     names = topic_names(settings)
     tps = [TopicPartition(names["usage-enriched"], p) for p in range(3)]
 

@@ -13,10 +13,8 @@ import fastavro
 from schemas.catalogue import versions
 from sinks.avro_batch import ContainerBuilder
 from streams.codec import Decoder, encode_single_object, encode_single_object_with
-from streams.generator import Generator
 from streams.headers import SOURCE_OFFSET_HEADER, source_offset, source_offset_header
-from streams.meter import Meter, RawRecord
-from streams.policy import load_policy
+from tests.metered import metered
 
 
 @dataclass
@@ -26,15 +24,7 @@ class _Rec:
 
 
 def _enriched(n: int) -> list[dict[str, Any]]:
-    gen = Generator(accounts=20, seed=5, account_prefix="avro")
-    meter = Meter(load_policy(), Decoder("InteractionEvent"), Decoder("CreditGrant"))
-    now = 1_793_100_000_000
-    granted = meter.grants([RawRecord("g", 0, i, None, encode_single_object(g, "CreditGrant"))
-                            for i, g in enumerate(gen.grants())], lambda _a: None, now)
-    grants = {a: s for a, (_p, s) in granted.grant_updates.items()}
-    raws = [RawRecord("in", 0, i, None, encode_single_object(ev, "InteractionEvent"))
-            for i, ev in enumerate(gen.events(n))]
-    return meter.meter(raws, lambda _a: None, grants.get, now).enriched
+    return metered(n, accounts=20, seed=5, prefix="avro")
 
 
 def _stamped(records: list[dict[str, Any]]) -> list[_Rec]:
