@@ -20,8 +20,13 @@ _RULES: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
     ("grant debit", lambda f, p: p.endswith("streams/ledger.py")),
     ("table writes (changelog)", lambda f, p: p.endswith("streams/tables.py")),
     ("meter: record dicts, state copies", lambda f, p: p.endswith("streams/meter.py")),
-    ("processor: RawRecord copy", lambda f, p: p.endswith("streams/processor.py") and f == "_process"),
-    ("producer send (aiokafka)", lambda f, p: p.endswith("streams/processor.py") and f == "_publish"),
+    ("producer send (aiokafka)", lambda f, p: p.endswith("streams/batch_send.py")),
+    # The processor role hosts the detector service; without these its frames would fall to the
+    # mode service frames above them.
+    ("detector: observe, fold, fingerprint messages, state JSON", lambda f, p: "streams/detectors/" in p
+     or p.endswith("streams/detection.py") or p.endswith("streams/alerts.py")),
+    ("batch skeleton (partitioned.py, processor.py)", lambda f, p: p.endswith("streams/partitioned.py")
+     or p.endswith("streams/processor.py")),
     ("producer send (aiokafka)", lambda f, p: "/aiokafka/producer/" in p),
     ("kafka fetch (aiokafka consumer)", lambda f, p: "/aiokafka/consumer/" in p),
     ("idle / waiting on I/O", lambda f, p: f in ("select", "poll", "epoll") or p.endswith("selectors.py")),

@@ -1,0 +1,28 @@
+"""Fingerprint observations are sent to the partition Kafka's default partitioner would pick, because
+reviews keyed by the same fingerprint are produced with a plain keyed send and must meet its state."""
+
+from __future__ import annotations
+
+import hashlib
+
+from aiokafka.partitioner import DefaultPartitioner
+
+from streams.batch_send import KeyPartitions
+
+
+def test_key_partitions_agree_with_the_default_partitioner() -> None:
+    keys = [hashlib.sha1(str(i).encode()).hexdigest()[:24].encode() for i in range(2_000)]
+    for n in (1, 3, 6, 12):
+        partitions = KeyPartitions(n)
+        everyone = list(range(n))
+        expected = [DefaultPartitioner()(k, everyone, everyone) for k in keys]
+        assert [partitions(k) for k in keys] == expected
+        assert [partitions(k) for k in keys] == expected  # again, from the cache
+    assert len({KeyPartitions(6)(k) for k in keys}) == 6
+
+
+def test_the_cache_stays_bounded() -> None:
+    partitions = KeyPartitions(6, max_cached=10)
+    for i in range(100):
+        partitions(str(i).encode())
+    assert len(partitions._cache) <= 10
