@@ -18,7 +18,7 @@ from streams.codec import DecodeError, Decoder
 from streams.dead_letters import build_dead_letter
 from streams.ledger import apply_grant_event, debit
 from streams.models import DeadLetter
-from streams.policy import CompiledPolicy, charge, classify, list_price_micro, should_sample
+from streams.policy import CompiledPolicy, price_event, should_sample
 from streams.validation import validate_event, validate_grant
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -135,12 +135,8 @@ class Meter:
                 continue
 
             occurred = epoch_ms(ev["occurred_at"])
-            cls = classify(policy, ev["context_window_tokens"], ev["reasoning_steps"],
-                           ev["thinking_tokens"], ev["tool_calls"])
+            cls, pr = price_event(policy, price, ev)
             category = cls.category
-            cached = ev.get("cached_tokens", 0)
-            lp = list_price_micro(price, ev["input_tokens"], ev["output_tokens"], cached, ev["thinking_tokens"])
-            pr = charge(policy, category, lp)
             account_grants = grants(account)
             debits, uncovered = (
                 debit(account_grants, state["spent"], pr.charged_micro, occurred)
@@ -166,7 +162,7 @@ class Meter:
                 "error_code": ev.get("error_code"),
                 "input_tokens": ev["input_tokens"],
                 "output_tokens": ev["output_tokens"],
-                "cached_tokens": cached,
+                "cached_tokens": ev.get("cached_tokens", 0),
                 "thinking_tokens": ev["thinking_tokens"],
                 "context_window_tokens": ev["context_window_tokens"],
                 "reasoning_steps": ev["reasoning_steps"],

@@ -162,6 +162,15 @@ def charge(policy: CompiledPolicy, category: str, list_micro: int) -> Pricing:
     return Pricing(list_micro, charged, list_micro - charged)
 
 
+def price_event(policy: CompiledPolicy, price: Price, ev: Mapping[str, Any]) -> tuple[Classification, Pricing]:
+    """Classification and pricing of one decoded InteractionEvent (``price`` = ``price_for`` its model)."""
+    cls = classify(policy, ev["context_window_tokens"], ev["reasoning_steps"], ev["thinking_tokens"],
+                   ev["tool_calls"])
+    lp = list_price_micro(price, ev["input_tokens"], ev["output_tokens"], ev.get("cached_tokens", 0),
+                          ev["thinking_tokens"])
+    return cls, charge(policy, cls.category, lp)
+
+
 def should_sample(policy: CompiledPolicy, event_id: str, priority: str, category: str,
                   outcome: str) -> tuple[bool, str]:
     """Whether a request goes to the refinement feed, and why. Deterministic in the event id so

@@ -2,7 +2,7 @@
 
 What a competent engineer would write without a framework, and so the ceiling for Python here:
 one aiokafka consumer, fastavro decoding (``streams.codec.Decoder``), the project's own pure
-functions (``validate_event``, ``classify``, ``list_price_micro``, ``charge``, ``ledger.debit``,
+functions (``validate_event``, ``price_event`` (classify, list price, charge), ``ledger.debit``,
 ``should_sample``), and large column-oriented clickhouse-connect inserts into the same migrated
 ``events`` table (so the rollup views fire as they do for creditflow), one insert in flight on a
 worker thread while the loop keeps decoding. No Faust, no changelogs, no output topic, no
@@ -64,7 +64,7 @@ async def _run(cfg: dict[str, Any]) -> dict[str, Any]:
     from sinks.tables import EVENTS_COLUMNS
     from streams.codec import DecodeError, Decoder
     from streams.ledger import debit
-    from streams.policy import charge, classify, list_price_micro, load_policy, should_sample
+    from streams.policy import load_policy, price_event, should_sample
     from streams.validation import validate_event
 
     client = connect(f"chdb://{Path(cfg['data_dir']).resolve() / 'clickhouse'}")
@@ -132,13 +132,8 @@ async def _run(cfg: dict[str, Any]) -> dict[str, Any]:
                     if price is None:
                         dead += 1
                         continue
-                    cls = classify(policy, ev["context_window_tokens"], ev["reasoning_steps"],
-                                   ev["thinking_tokens"], ev["tool_calls"])
+                    cls, pr = price_event(policy, price, ev)
                     cat = cls.category
-                    cached = ev.get("cached_tokens", 0)
-                    lp = list_price_micro(price, ev["input_tokens"], ev["output_tokens"], cached,
-                                          ev["thinking_tokens"])
-                    pr = charge(policy, cat, lp)
                     account = ev["account_id"]
                     account_grants = grants.get(account)
                     occurred = ev["occurred_at"]
@@ -152,7 +147,7 @@ async def _run(cfg: dict[str, Any]) -> dict[str, Any]:
                     rows.append((
                         ev["event_id"], occurred, now_ms, account, ev.get("team_id"), ev.get("org_id"),
                         ev["plan"], ev["model"], ev["surface"], ev["session_id"], ev["outcome"],
-                        ev.get("error_code"), ev["input_tokens"], ev["output_tokens"], cached,
+                        ev.get("error_code"), ev["input_tokens"], ev["output_tokens"], ev.get("cached_tokens", 0),
                         ev["thinking_tokens"], ev["context_window_tokens"], ev["reasoning_steps"],
                         ev["tool_calls"], ev["latency_ms"], cat, cls.is_extended_context,
                         cls.is_complex_reasoning, cls.is_tool_use, policy.multiplier_text[cat], priority,

@@ -84,7 +84,7 @@ def micro_timings(events: Sequence[dict[str, Any]], encoded: Sequence[bytes]) ->
     """µs per event of each pure step, measured in-process on the given events."""
     from streams.codec import Decoder, encode_single_object
     from streams.meter import Meter, RawRecord
-    from streams.policy import charge, classify, list_price_micro, load_policy
+    from streams.policy import load_policy, price_event
     from streams.validation import validate_event
 
     policy = load_policy()
@@ -104,13 +104,9 @@ def micro_timings(events: Sequence[dict[str, Any]], encoded: Sequence[bytes]) ->
 
     def price_all() -> None:
         for e in decoded:
-            cls = classify(policy, e["context_window_tokens"], e["reasoning_steps"], e["thinking_tokens"],
-                           e["tool_calls"])
             price = policy.price_for(e["model"])
             assert price is not None
-            lp = list_price_micro(price, e["input_tokens"], e["output_tokens"], e["cached_tokens"],
-                                  e["thinking_tokens"])
-            charge(policy, cls.category, lp)
+            price_event(policy, price, e)
 
     timed("classify + price", price_all)
     meter = Meter(policy, Decoder("InteractionEvent"), Decoder("CreditGrant"))

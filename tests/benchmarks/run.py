@@ -303,7 +303,7 @@ def _aggregate(runs: Sequence[dict[str, Any]], keys: Sequence[str] = ("eps", "cp
 
 def verify_sql_pricing(sample_rows: list[list[Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
     """Every sampled row the SQL view wrote must equal what streams.policy computes."""
-    from streams.policy import charge, classify, list_price_micro, load_policy
+    from streams.policy import load_policy, price_event
 
     policy = load_policy()
     by_id = {e["event_id"]: e for e in events}
@@ -312,13 +312,9 @@ def verify_sql_pricing(sample_rows: list[list[Any]], events: list[dict[str, Any]
         e = by_id.get(eid)
         if e is None:
             continue
-        cls = classify(policy, e["context_window_tokens"], e["reasoning_steps"], e["thinking_tokens"],
-                       e["tool_calls"])
         price = policy.price_for(e["model"])
         assert price is not None
-        lp = list_price_micro(price, e["input_tokens"], e["output_tokens"], e["cached_tokens"],
-                              e["thinking_tokens"])
-        pr = charge(policy, cls.category, lp)
+        cls, pr = price_event(policy, price, e)
         want = (cls.category, cls.is_extended_context, cls.is_complex_reasoning, cls.is_tool_use,
                 policy.multiplier_text[cls.category], policy.priority[cls.category], pr.list_micro,
                 pr.charged_micro, pr.subsidy_micro)
