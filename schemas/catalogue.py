@@ -63,6 +63,8 @@ class Catalogue:
     def __init__(self, versions: list[SchemaVersion]) -> None:
         self._by_name: dict[str, list[SchemaVersion]] = {}
         self._by_fp: dict[bytes, SchemaVersion] = {}
+        # Asked once per encoded record on the hot path, by the name the caller used.
+        self._latest: dict[str, SchemaVersion] = {}
         for sv in sorted(versions, key=lambda s: (s.name, s.version)):
             self._by_name.setdefault(sv.name, []).append(sv)
             clash = self._by_fp.get(sv.fingerprint)
@@ -109,7 +111,10 @@ class Catalogue:
             raise KeyError(f"no schema named {name!r} in the catalogue") from None
 
     def latest(self, name: str) -> SchemaVersion:
-        return self.versions(name)[-1]
+        sv = self._latest.get(name)
+        if sv is None:
+            sv = self._latest[name] = self.versions(name)[-1]
+        return sv
 
     def by_fingerprint(self, fp: bytes) -> SchemaVersion | None:
         return self._by_fp.get(bytes(fp))

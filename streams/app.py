@@ -44,8 +44,6 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     names = topic_names(settings)
     if settings.role in (Role.ALL, Role.PROCESSOR):
         register_processor(app, settings, bootstrap, names)
-        from streams.detection import register_detector
-        register_detector(app, settings, bootstrap, names)
     if settings.role in (Role.ALL, Role.SINK):
         from sinks.service import register_sink
 

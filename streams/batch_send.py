@@ -8,11 +8,11 @@ keyed records still land where a plain ``send`` would put them.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
 
 # key, value, headers
 Outgoing = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # aiokafka wants a list
@@ -32,6 +32,35 @@ async def send_partitioned(producer: AIOKafkaProducer, topic: str,
         if batch.record_count():
             futures.append(await producer.send_batch(batch, topic, partition=partition))
     return futures
+
+
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (``Utils.murmur2``), what the default partitioner hashes keys with. The same
+    arithmetic as aiokafka's, reading the key four bytes at a time: about twice as fast, and most
+    prompt fingerprints are hashed once."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    n4 = length // 4
+    for k in struct.unpack_from(f"<{n4}I", data):
+        k = (k * _M) & _MASK
+        k = ((k ^ (k >> 24)) * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    rest = length & 3
+    if rest:
+        tail = length & ~3
+        if rest >= 3:
+            h ^= data[tail + 2] << 16
+        if rest >= 2:
+            h ^= data[tail + 1] << 8
+        h = ((h ^ data[tail]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    h ^= h >> 15
+    return h
 
 
 class KeyPartitions:

@@ -67,6 +67,8 @@ class MeterResult:
     samples: list[dict[str, Any]] = field(default_factory=list)
     usage_updates: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     grant_updates: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    # Decoded, valid grant events with their partition, in input order (detection reads them too).
+    accepted_grants: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     skipped_replays: int = 0
 
 
@@ -99,6 +101,7 @@ class Meter:
             if reason:
                 self._dead(out, rec, "VALIDATION", reason, now_ms)
                 continue
+            out.accepted_grants.append((rec.partition, g))
             account = g["account_id"]
             pending = out.grant_updates.get(account)
             state = pending[1] if pending else _copy_grants(lookup(account))

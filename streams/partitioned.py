@@ -101,7 +101,24 @@ class PartitionedService(Service):
             max_poll_interval_ms=300_000,
         )
         await self.consumer.start()
+        await self._await_topics(self.consumer, self.input_topics())
         self.consumer.subscribe(topics=self.input_topics(), listener=_Listener(self))
+
+    async def _await_topics(self, consumer: AIOKafkaConsumer, topics: Sequence[str], timeout: float = 30.0) -> None:
+        """Until the cluster metadata shows every input topic. A topic created a moment ago (by
+        ``prepare`` or ``ensure_topics``) may not be in the broker's metadata yet, and a subscription
+        made then leaves it unassigned until the next metadata refresh, five minutes later."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            await consumer._client.force_metadata_update()
+            missing = [t for t in topics if not consumer.partitions_for_topic(t)]
+            if not missing:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                self.logger.warning("topics %s are not in the cluster metadata; they will be consumed once "
+                                    "they exist and the metadata is refreshed", missing)
+                return
+            await asyncio.sleep(0.2)
 
     async def on_stop(self) -> None:
         if self.consumer is not None:

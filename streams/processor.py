@@ -1,12 +1,16 @@
-"""The processor role: meter interaction events and fold credit grants, in batches.
+"""The processor role: meter interaction events, fold credit grants, detect credit-gaming, in batches.
 
 Order inside one batch is what makes a crash harmless (see ``streams/meter.py``):
-1. grants, then events, are decoded, priced and debited against in-memory account state;
-2. outputs (usage-enriched, refinement-feed, dead-letters) are published and acknowledged;
-3. account state is published to its changelog and acknowledged;
+1. grants, then events, are decoded, priced and debited against in-memory account state; reviews,
+   fingerprint observations from other workers, then the grants and metered events are folded
+   into detection state (``streams/detection.py``) from the same decoded values;
+2. outputs (usage-enriched, refinement-feed, dead-letters, gaming-alerts, fingerprint
+   observations for other workers) are published and acknowledged;
+3. detection state, then account state, is published to its changelog and acknowledged;
 4. only then are the input offsets committed.
 A crash before 4 replays the batch: accounts whose state was written skip events they already
-applied (their outputs exist), the rest recompute identical outputs, and the sink keeps one copy.
+applied (their outputs exist, and so does their detection state, written before), the rest
+recompute identical outputs, and the sink keeps one copy.
 
 It is a plain aiokafka consumer run as a service of the Faust app, not a Faust agent. Measured here:
 Faust's per-message consumer path was about two thirds of the processor's CPU, and after some
@@ -24,10 +28,14 @@ from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import faust
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from mode import Service
 
-from streams.batch_send import Outgoing, send_partitioned
+from streams.batch_send import KeyPartitions, Outgoing, send_partitioned
 from streams.codec import Decoder, SchemaRegistryClient, encode_single_object
 from streams.dead_letters import encode_dead_letter
+from streams.detection import FLUSH_MAX, Detection, DetectionBatch
 from streams.headers import source_offset_header
 from streams.meter import InputRecord, Meter, MeterResult
 from streams.partitioned import Fetched, PartitionedService
@@ -50,26 +58,86 @@ class Processor(PartitionedService):
         usage = ChangelogTable("account-usage", f"{settings.app_id}-account-usage-changelog", settings.partitions)
         grants = ChangelogTable("account-grants", f"{settings.app_id}-account-grants-changelog",
                                 settings.partitions)
-        super().__init__(settings, bootstrap, f"{settings.app_id}-processor", (usage, grants), **kwargs)
+        detection = Detection(settings, names)
+        super().__init__(settings, bootstrap, f"{settings.app_id}-processor", (usage, grants, *detection.tables),
+                         **kwargs)
         self.usage, self.grants = usage, grants
+        self.detection = detection
         self.names = names
         policy = load_policy(settings.policy_path)
         registry = SchemaRegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
         self.meter = Meter(policy, Decoder("InteractionEvent", registry), Decoder("CreditGrant", registry))
         self.events_topic = names["interaction-events"]
         self.grants_topic = names["credit-grants"]
+        self.reviews_topic = names["gaming-reviews"]
+        self.fp_topic = detection.fp_topic
+        self.flush_every = settings.detector_flush_seconds
         self.metered = 0
+        # Fingerprint partitions: observations for one of ours are folded without the round trip
+        # through Kafka only once everything already published to it has been consumed (else an
+        # older observation still in the topic would arrive after a newer one and be dropped as a
+        # replay). ``fp_required[p]`` is that end offset; ``fp_stale`` the partitions to re-check.
+        self.fp_required: dict[int, int] = {}
+        self.fp_stale: set[int] = set()
+        self.fp_recheck_all = True
 
     def input_topics(self) -> list[str]:
-        return [self.grants_topic, self.events_topic]
+        return [self.grants_topic, self.reviews_topic, self.events_topic, self.fp_topic]
+
+    async def prepare(self) -> None:
+        await self._ensure_fingerprint_topic()
+
+    async def _ensure_fingerprint_topic(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            # Same partition count as the inputs: reviews keyed by a fingerprint must land on the
+            # partition number that holds the fingerprint's alert state.
+            await admin.create_topics([NewTopic(
+                self.fp_topic, self.settings.partitions, self.settings.replication_factor,
+                topic_configs={"retention.ms": str(self.settings.retention_hours * 3600 * 1000)})])
+        except TopicAlreadyExistsError:
+            pass
+        finally:
+            await admin.close()
+
+    async def recover(self, partitions: set[int]) -> None:
+        if partitions - self.owned:
+            # A partition this worker gained may have fingerprint observations in flight from its
+            # previous owner: fold directly only after they are consumed.
+            self.fp_recheck_all = True
+        await super().recover(partitions)
+
+    def on_release(self, partitions: set[int]) -> None:
+        self.detection.on_release(partitions)
+
+    async def _fp_partitions_here(self) -> set[int]:
+        """Fingerprint partitions this worker holds and has consumed up to ``fp_required``."""
+        consumer, producer = self.consumer, self.producer
+        assert consumer is not None and producer is not None
+        if self.detection.fp_partitions is None:
+            self.detection.fp_partitions = KeyPartitions(len(await producer.partitions_for(self.fp_topic)))
+        held = [tp for tp in consumer.assignment() if tp.topic == self.fp_topic]
+        stale = held if self.fp_recheck_all else [tp for tp in held if tp.partition in self.fp_stale]
+        if stale:
+            for tp, end in (await consumer.end_offsets(stale)).items():
+                self.fp_required[tp.partition] = max(end, self.fp_required.get(tp.partition, 0))
+        self.fp_recheck_all = False
+        self.fp_stale.clear()
+        return {tp.partition for tp in held
+                if await consumer.position(tp) >= self.fp_required.get(tp.partition, 0)}
 
     async def process(self, fetched: Fetched) -> None:
         t0 = time.perf_counter()
         grant_records: list[InputRecord] = []
         event_records: list[InputRecord] = []
+        reviews: list[InputRecord] = []
+        observations: list[InputRecord] = []
+        by_topic = {self.grants_topic: grant_records, self.events_topic: event_records,
+                    self.reviews_topic: reviews, self.fp_topic: observations}
         for tp, records in fetched.items():
             # aiokafka's records carry every field the meter reads; no copy into another type.
-            (grant_records if tp.topic == self.grants_topic else event_records).extend(records)
+            by_topic[tp.topic].extend(records)
         now = _now_ms()
         granted = self.meter.grants(grant_records, self.grants.get, now)
         # Grants of this batch are visible to its events.
@@ -77,41 +145,87 @@ class Processor(PartitionedService):
             self.grants.data[account] = state
         metered = self.meter.meter(event_records, self.usage.get, self.grants.get, now)
         t1 = time.perf_counter()
-        await self._publish(granted)
-        await self._publish(metered)
+        detection, found = self.detection, DetectionBatch()
+        fp_here = await self._fp_partitions_here()
+        # Grants first (their dates inform this batch's events), reviews next (a verdict applies to
+        # firings that follow it), then observations from other workers (older than this batch's).
+        detection.on_grants(found, granted.accepted_grants)
+        for r in reviews:
+            detection.on_review(found, r.partition, r.value)
+        for r in observations:
+            detection.on_fingerprint(found, r.partition, r.key, r.value)
+        detection.on_metered(found, metered.enriched, fp_here)
         t2 = time.perf_counter()
+        await self._publish(granted, metered, found)
+        t3 = time.perf_counter()
+        await self.save(detection.changes(found))
         await self.save([
             *((self.grants, p, account, state) for account, (p, state) in granted.grant_updates.items()),
             *((self.usage, p, account, state) for account, (p, state) in metered.usage_updates.items()),
         ])
         await self.commit(fetched)
         self.metered += len(metered.enriched)
-        _trace("batch: %d events, %d grants, %d replays skipped, %d dead: meter %.1f ms, publish %.1f ms, "
-               "state+commit %.1f ms", len(event_records), len(grant_records), metered.skipped_replays,
-               len(metered.dead_letters) + len(granted.dead_letters), (t1 - t0) * 1e3, (t2 - t1) * 1e3,
-               (time.perf_counter() - t2) * 1e3)
+        _trace("batch: %d events, %d grants, %d reviews, %d observations in, %d replays skipped, %d dead, "
+               "%d alerts, %d observations folded here, %d sent: meter %.1f ms, detect %.1f ms, "
+               "publish %.1f ms, state+commit %.1f ms", len(event_records), len(grant_records), len(reviews),
+               len(observations), metered.skipped_replays, len(metered.dead_letters) + len(granted.dead_letters),
+               len(found.alerts), found.folded_here, sum(len(v) for v in found.fingerprints.values()),
+               (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, (time.perf_counter() - t3) * 1e3)
 
-    async def _publish(self, result: MeterResult) -> None:
+    async def _publish(self, granted: MeterResult, metered: MeterResult, found: DetectionBatch) -> None:
         producer = self.producer
         assert producer is not None
         pending: list[Awaitable[Any]] = []
         # Metered records go to the same partition as their input: the sink's replay guard relies on
         # one input partition feeding exactly one output partition, in order.
         by_partition: dict[int, list[Outgoing]] = {}
-        for rec in result.enriched:
+        for rec in metered.enriched:
             by_partition.setdefault(rec["source_partition"], []).append(
                 (rec["account_id"].encode(), encode_single_object(rec, "UsageEnriched"),
                  [source_offset_header(rec["source_offset"])]))
         pending.extend(await send_partitioned(producer, self.names["usage-enriched"], by_partition))
-        for s in result.samples:
-            pending.append(await producer.send(
-                self.names["refinement-feed"], encode_single_object(s, "RefinementSample"),
-                key=s["account_id"].encode()))
-        for d in result.dead_letters:
-            pending.append(await producer.send(
-                self.names["dead-letters"], encode_dead_letter(d), key=d["dead_letter_id"].encode()))
+        for result in (granted, metered):
+            for s in result.samples:
+                pending.append(await producer.send(
+                    self.names["refinement-feed"], encode_single_object(s, "RefinementSample"),
+                    key=s["account_id"].encode()))
+            for d in result.dead_letters:
+                pending.append(await producer.send(
+                    self.names["dead-letters"], encode_dead_letter(d), key=d["dead_letter_id"].encode()))
+        pending.extend(await self.detection.publish(producer, found))
+        self.fp_stale.update(found.fingerprints)
         if pending:
             await asyncio.gather(*pending)
+
+    # -- the detectors' timer ---------------------------------------------------------------------
+
+    @Service.task
+    async def _timer(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.flush_every)
+            if self.producer is None or self.should_stop:
+                continue
+            try:
+                async with self.lock:
+                    await self.flush(limit=FLUSH_MAX)
+            except Exception as exc:
+                if self.should_stop:
+                    return
+                # Nothing to replay here (no input offsets), but state may be half-written: restart.
+                self.die("detector flush", exc)
+
+    async def flush(self, limit: int | None = None) -> int:
+        """Evaluate quiet entities (see ``Detection.evaluate_quiet``), publish what fires, write their
+        state. Caller holds ``self.lock``. Returns entities evaluated."""
+        assert self.producer is not None
+        found = DetectionBatch()
+        n = self.detection.evaluate_quiet(found, limit)
+        if n:
+            pending = await self.detection.publish(self.producer, found)
+            if pending:
+                await asyncio.gather(*pending)
+            await self.save(self.detection.changes(found))
+        return n
 
 
 def register_processor(app: faust.App, settings: Settings, bootstrap: str, names: Mapping[str, str]) -> Processor:

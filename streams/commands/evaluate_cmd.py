@@ -1,7 +1,7 @@
 """``creditflow evaluate``: detection quality on a labelled scenario set, through the real pipeline.
 
 By default the set is produced to Kafka (own topic prefix and app id, so nothing mixes with other
-runs), metered by the processor and watched by the detector in this process, and the alerts are read
+runs), metered and watched by the processor in this process, and the alerts are read
 back from ``gaming-alerts``. ``--offline`` runs the same detectors in memory instead (seconds, no
 broker). Exit 0 only when the issue's targets hold.
 """
@@ -84,13 +84,15 @@ def latest_alerts(emitted: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 async def _run_pipeline(settings: Any, bootstrap: str, scenarios: ScenarioSet, timeout: float,
                         say: Any) -> tuple[list[dict[str, Any]], list[Any], dict[str, list[tuple[int, int]]], int]:
-    from streams.detection import FINGERPRINTS_TOPIC, Detector
+    from streams.detection import FINGERPRINTS_TOPIC
+    from streams.processor import Processor
     from streams.producer import CreditflowProducer
     from streams.runtime import build
 
     app = build(settings, bootstrap).app
-    detector: Detector = app.creditflow_detector  # type: ignore[attr-defined]
-    detector.record_firings = []
+    processor: Processor = app.creditflow_processor  # type: ignore[attr-defined]
+    detection = processor.detection
+    detection.record_firings = []
     await app.start()
     try:
         async with CreditflowProducer(settings, bootstrap_servers=bootstrap) as producer:
@@ -109,26 +111,24 @@ async def _run_pipeline(settings: Any, bootstrap: str, scenarios: ScenarioSet, t
                 if i % 2000 == 0:
                     await asyncio.sleep(0)
             await producer.flush()
-        say(f"produced {len(scenarios.events)} events; waiting for the detector to consume them")
-        topics = [settings.topic(t) for t in ("usage-enriched", "credit-grants", FINGERPRINTS_TOPIC)]
+        say(f"produced {len(scenarios.events)} events; waiting for the processor to consume them")
+        topics = [settings.topic(t) for t in ("interaction-events", "credit-grants", FINGERPRINTS_TOPIC)]
         clean = 0
         while clean < 2:
             if time.monotonic() > deadline:
                 raise click.ClickException(f"the pipeline did not drain within {timeout:.0f}s")
-            p = await group_lag(bootstrap, f"{settings.app_id}-processor", [settings.topic("interaction-events")])
-            d = await group_lag(bootstrap, detector.group, topics)
-            clean = clean + 1 if p == 0 and d == 0 else 0
+            clean = clean + 1 if await group_lag(bootstrap, processor.group, topics) == 0 else 0
             await asyncio.sleep(0.5)
         # Quiet entities' last findings: what the timer would emit within a flush interval.
-        async with detector.lock:
-            await detector.flush()
+        async with processor.lock:
+            await processor.flush()
         emitted = await read_topic(bootstrap, settings.topic("gaming-alerts"), "GamingAlert")
         usage: dict[str, list[tuple[int, int]]] = defaultdict(list)
         for rec in await read_topic(bootstrap, settings.topic("usage-enriched"), "UsageEnriched"):
             usage[rec["account_id"]].append((rec["occurred_at"], rec["charged_micro"]))
         for v in usage.values():
             v.sort()
-        return latest_alerts(emitted), list(detector.record_firings), usage, len(emitted)
+        return latest_alerts(emitted), list(detection.record_firings), usage, len(emitted)
     finally:
         with contextlib.suppress(Exception):
             await app.stop()

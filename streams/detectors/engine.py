@@ -111,7 +111,8 @@ class DetectorEngine:
         rules = self._fingerprint.get(kind)
         if not rules:
             return []
-        if not fp_state:
+        first = not fp_state
+        if first:
             fp = obs.get(FINGERPRINT_FIELDS[kind])
             if not fp:
                 return []
@@ -121,6 +122,12 @@ class DetectorEngine:
         for det, cfg in rules:
             det.observe(fp_state, obs, cfg)
         t = int(obs["occurred_at"])
+        if first:
+            # Every fingerprint rule needs several accounts or events behind one fingerprint; most
+            # fingerprints (prompts above all) are seen once, and evaluating those was the bulk of
+            # the fingerprint rules' cost. The first evaluation comes with the clock as usual.
+            common["ea"] = t
+            return []
         if self._due(common, t):
             return self.evaluate_fingerprint(fp_state, t)
         return []

@@ -1,5 +1,5 @@
 """Credit-gaming detection end to end: the small labelled scenario set through a real worker
-(processor + detector + sink) on the real broker, a SIGKILL in the middle, the quality targets on the
+(processor with its detectors, and sink) on the real broker, a SIGKILL in the middle, the quality targets on the
 alerts read back from ``gaming-alerts``, one row per finding in ClickHouse, and the review flow."""
 
 from __future__ import annotations
@@ -47,13 +47,12 @@ def scenarios() -> ScenarioSet:
     return build("small", seed=11)
 
 
-def _lags(settings: Settings) -> tuple[int, int, int]:
+def _lags(settings: Settings) -> tuple[int, int]:
     b = settings.kafka_bootstrap_servers or ""
     t = settings.topic
     return (
-        group_lag(b, f"{settings.app_id}-processor", [t("interaction-events"), t("credit-grants")]),
-        group_lag(b, f"{settings.app_id}-detector", [t("usage-enriched"), t("credit-grants"),
-                                                      t("gaming-reviews"), t(FINGERPRINTS_TOPIC)]),
+        group_lag(b, f"{settings.app_id}-processor", [t("interaction-events"), t("credit-grants"),
+                                                       t("gaming-reviews"), t(FINGERPRINTS_TOPIC)]),
         group_lag(b, f"{settings.app_id}-sink", [t("usage-enriched"), t("gaming-alerts"), t("gaming-reviews")]),
     )
 
@@ -63,15 +62,15 @@ def _wait_settled(settings: Settings, worker: Worker, timeout: float = 180) -> N
     entities (its alerts then reach the sink too)."""
     deadline = time.monotonic() + timeout
     clean = 0
-    last: tuple[int, int, int] = (-1, -1, -1)
+    last: tuple[int, int] = (-1, -1)
     while time.monotonic() < deadline:
         assert worker.alive, worker.log_tail()
         last = _lags(settings)
-        clean = clean + 1 if last == (0, 0, 0) else 0
+        clean = clean + 1 if last == (0, 0) else 0
         if clean >= 2:
             return
         time.sleep(FLUSH_SECONDS * 1.5)
-    raise AssertionError(f"not drained in {timeout}s: (processor, detector, sink) lag {last}\n{worker.log_tail()}")
+    raise AssertionError(f"not drained in {timeout}s: (processor, sink) lag {last}\n{worker.log_tail()}")
 
 
 def _alerts(settings: Settings) -> list[dict[str, Any]]:
@@ -98,7 +97,7 @@ def test_scenarios_through_a_crashing_worker_then_review(settings: Settings, wor
     b = settings.kafka_bootstrap_servers or ""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        lag = group_lag(b, f"{settings.app_id}-detector", [settings.topic("usage-enriched")])
+        lag = group_lag(b, f"{settings.app_id}-processor", [settings.topic("interaction-events")])
         if lag < len(scenarios.events) * 0.6:
             break
         time.sleep(0.2)

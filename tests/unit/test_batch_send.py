@@ -4,6 +4,7 @@ reviews keyed by the same fingerprint are produced with a plain keyed send and m
 from __future__ import annotations
 
 import hashlib
+import random
 
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -26,3 +27,17 @@ def test_the_cache_stays_bounded() -> None:
     for i in range(100):
         partitions(str(i).encode())
     assert len(partitions._cache) <= 10
+
+
+def test_murmur2_is_kafkas_for_every_tail_length() -> None:
+    from aiokafka.partitioner import murmur2 as reference
+
+    from streams.batch_send import murmur2
+
+    rng = random.Random(7)
+    for length in range(0, 70):
+        for _ in range(50):
+            data = bytes(rng.randrange(256) for _ in range(length))
+            assert murmur2(data) == reference(data), (length, data)
+    # Known value from Kafka's own partitioner tests: "21" hashes to -973932308 as a signed int.
+    assert murmur2(b"21") == -973932308 & 0xFFFFFFFF
