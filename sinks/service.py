@@ -267,16 +267,19 @@ class ClickHouseSink(Service):
 
     def _due(self, force: bool) -> list[_Partition]:
         now = time.monotonic()
-        total = sum(len(p.records) for p in self.parts.values())
+        waiting = [p for p in self.parts.values() if p.records]
+        # When one partition is due, every partition with rows goes in the same store: a store's
+        # cost is mostly per call (one round of inserts, parts, merges), and partitions that come
+        # due a moment apart would otherwise each pay it and queue behind each other.
+        force = force or sum(len(p.records) for p in waiting) >= self.settings.sink_batch_rows or any(
+            p.replay_end is None and now - p.first_at >= self.settings.sink_flush_seconds for p in waiting)
         due = []
-        for part in self.parts.values():
-            if not part.records:
-                continue
+        for part in waiting:
             if part.replay_end is not None:
+                # A replayed batch must end exactly where its recorded plan did.
                 if part.records[-1].offset >= part.replay_end:
                     due.append(part)
-            elif force or total >= self.settings.sink_batch_rows or \
-                    now - part.first_at >= self.settings.sink_flush_seconds:
+            elif force:
                 due.append(part)
         return due
 
@@ -314,7 +317,10 @@ class ClickHouseSink(Service):
             part.records = rest
             part.first_at = time.monotonic()
 
+        t0 = time.monotonic()
         await self._store(plans, inserts, direct)
+        log.debug("stored %d partition batches, %d rows in %.3fs", len(due), sum(p[7] for p in plans),
+                  time.monotonic() - t0)
         for part in due:
             part.guard = after_guard[part.tp]
             part.replay_end = None

@@ -122,6 +122,10 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
         add(f"latency p50 @ {lat.get('rate', 0):,.0f}/s", lat.get("p50_ms"), " ms")
         add(f"latency p99 @ {lat.get('rate', 0):,.0f}/s", lat.get("p99_ms"), " ms", "latency")
         add("latency max", lat.get("max_ms"), " ms")
+        add("  of which: send -> processor batch p50", lat.get("to_processor_p50_ms"), " ms")
+        add("  of which: send -> processor batch p99", lat.get("to_processor_p99_ms"), " ms")
+        add("  of which: processor batch -> visible p50", lat.get("processor_to_visible_p50_ms"), " ms")
+        add("  of which: processor batch -> visible p99", lat.get("processor_to_visible_p99_ms"), " ms")
     acc = f.get("accounts_1m")
     if acc:
         add(f"processor peak RSS, {acc.get('accounts', 0):,} accounts", acc.get("peak_rss_mib"), " MiB",

@@ -420,7 +420,9 @@ async def _main(opts: Options, console: Console) -> dict[str, Any]:
                 if base:
                     rate = round(base * 0.5)
                     lat_runs = [await bench.latency_run(rate, f"latency run {i}") for i in runs]
-                    agg = _aggregate(lat_runs, ("p50_ms", "p99_ms", "max_ms", "achieved_rate"))
+                    agg = _aggregate(lat_runs, ("p50_ms", "p99_ms", "max_ms", "achieved_rate", "to_processor_p50_ms",
+                                                "to_processor_p99_ms", "processor_to_visible_p50_ms",
+                                                "processor_to_visible_p99_ms"))
                     agg["rate"] = rate
                     figures["latency"] = agg
                 else:

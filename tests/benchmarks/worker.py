@@ -208,14 +208,21 @@ async def _run(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _latency(sink: Any) -> dict[str, float]:
-    # occurred_at was set to the production time by the orchestrator; inserted_at is the
-    # DEFAULT now64(3) that ClickHouse fills when the row's block is inserted. One machine clock.
+    # occurred_at was set to the production time by the orchestrator; processed_at is the start of
+    # the processor batch that metered the row; inserted_at is the DEFAULT now64(3) that ClickHouse
+    # fills when the row's block is inserted. One machine clock. The split tells waiting for a
+    # processor batch apart from metering + publishing + the sink's buffering and insert.
     rows = await sink.query(
-        "SELECT quantileExact(0.5)(d), quantileExact(0.99)(d), max(d), min(d), count() FROM "
-        "(SELECT dateDiff('millisecond', occurred_at, inserted_at) AS d FROM events)"
+        "SELECT quantileExact(0.5)(d), quantileExact(0.99)(d), max(d), min(d), count(), "
+        "quantileExact(0.5)(q), quantileExact(0.99)(q), quantileExact(0.5)(s), quantileExact(0.99)(s) FROM "
+        "(SELECT dateDiff('millisecond', occurred_at, inserted_at) AS d, "
+        "        dateDiff('millisecond', occurred_at, processed_at) AS q, "
+        "        dateDiff('millisecond', processed_at, inserted_at) AS s FROM events)"
     )
-    p50, p99, mx, mn, n = rows[0]
-    return {"p50_ms": float(p50), "p99_ms": float(p99), "max_ms": float(mx), "min_ms": float(mn), "rows": int(n)}
+    p50, p99, mx, mn, n, q50, q99, s50, s99 = rows[0]
+    return {"p50_ms": float(p50), "p99_ms": float(p99), "max_ms": float(mx), "min_ms": float(mn), "rows": int(n),
+            "to_processor_p50_ms": float(q50), "to_processor_p99_ms": float(q99),
+            "processor_to_visible_p50_ms": float(s50), "processor_to_visible_p99_ms": float(s99)}
 
 
 def _write_profile(profiler: Any, session: Any, out: Path, events: int) -> dict[str, Any]:

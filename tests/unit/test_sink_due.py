@@ -1,0 +1,68 @@
+"""Which buffered partitions the sink stores together: when one is due (by age or by the row bound)
+every partition with rows goes in the same store, except a replayed batch, which waits until it
+reaches exactly the end of its recorded plan."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka import TopicPartition
+
+from sinks.service import ClickHouseSink, _Partition
+from streams.settings import Settings
+from streams.topics import topic_names
+
+
+@dataclass
+class _Rec:
+    offset: int
+
+
+def _sink(tmp_path: Path, **overrides: object) -> ClickHouseSink:
+    settings = Settings(data_dir=tmp_path, clickhouse_url=f"chdb://{tmp_path / 'ch'}",
+                        sink_flush_seconds=1.0, sink_batch_rows=1_000, **overrides)
+    return ClickHouseSink(settings, "localhost:9", topic_names(settings), client_factory=lambda: None)
+
+
+def _part(sink: ClickHouseSink, p: int, offsets: range, age: float, replay_end: int | None = None) -> _Partition:
+    topic = next(iter(sink.routes))
+    part = _Partition(TopicPartition(topic, p), sink.routes[topic], [_Rec(o) for o in offsets],
+                      replay_end=replay_end, first_at=time.monotonic() - age)
+    sink.parts[part.tp] = part
+    return part
+
+
+def test_nothing_is_due_before_the_age_or_the_row_bound(tmp_path: Path) -> None:
+    sink = _sink(tmp_path)
+    _part(sink, 0, range(10), age=0.2)
+    _part(sink, 1, range(10), age=0.5)
+    assert sink._due(force=False) == []
+    assert len(sink._due(force=True)) == 2
+
+
+def test_one_partition_due_by_age_takes_every_partition_with_rows(tmp_path: Path) -> None:
+    sink = _sink(tmp_path)
+    old = _part(sink, 0, range(10), age=1.5)
+    young = _part(sink, 1, range(5), age=0.1)
+    _part(sink, 2, range(0), age=5.0)  # empty: nothing to store
+    assert {p.tp for p in sink._due(force=False)} == {old.tp, young.tp}
+
+
+def test_the_row_bound_counts_every_partition(tmp_path: Path) -> None:
+    sink = _sink(tmp_path)
+    _part(sink, 0, range(600), age=0.0)
+    assert sink._due(force=False) == []
+    _part(sink, 1, range(400), age=0.0)
+    assert len(sink._due(force=False)) == 2
+
+
+def test_a_replayed_batch_waits_for_the_end_of_its_plan(tmp_path: Path) -> None:
+    sink = _sink(tmp_path)
+    replay = _part(sink, 0, range(100, 150), age=3.0, replay_end=199)
+    other = _part(sink, 1, range(10), age=1.5)
+    assert [p.tp for p in sink._due(force=False)] == [other.tp]
+    assert [p.tp for p in sink._due(force=True)] == [other.tp]  # not even forced
+    replay.records.extend(_Rec(o) for o in range(150, 260))
+    assert {p.tp for p in sink._due(force=False)} == {replay.tp, other.tp}
