@@ -65,12 +65,28 @@ def container(header: bytes, bodies: Sequence[bytes]) -> bytes:
 
 @dataclass
 class GuardedBlock:
-    """Records of one partition batch that pass the replay guard, as one container file."""
+    """Records of one partition batch that pass the replay guard, under one container header."""
 
-    blob: bytes
-    rows: int
+    header: bytes
+    bodies: list[bytes]
     dropped: int
     guard_after: int
+
+    @property
+    def rows(self) -> int:
+        return len(self.bodies)
+
+    @property
+    def blob(self) -> bytes:
+        return container(self.header, self.bodies)
+
+
+def merged_container(blocks: Sequence[GuardedBlock]) -> bytes | None:
+    """One container file holding the blocks' records in the given order, or None when their writer
+    schemas differ (one file has one schema)."""
+    if not blocks or any(b.header != blocks[0].header for b in blocks):
+        return None
+    return container(blocks[0].header, [body for b in blocks for body in b.bodies])
 
 
 class ContainerBuilder:
@@ -110,7 +126,7 @@ class ContainerBuilder:
                 continue
             guard = offset
             bodies.append(value[SINGLE_OBJECT_HEADER_LEN:])
-        return GuardedBlock(container(header, bodies), len(bodies), dropped, guard)
+        return GuardedBlock(header, bodies, dropped, guard)
 
 
 def write_spool(directory: str, name: str, blob: bytes) -> str:

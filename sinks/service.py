@@ -17,6 +17,7 @@ agents hide: per-partition offset ranges, manual commits and pausing while Click
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import shutil
@@ -32,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from mode import Service
 
-from sinks.avro_batch import LEDGER_FILE_STRUCTURE, ContainerBuilder, GuardedBlock, write_spool
+from sinks.avro_batch import LEDGER_FILE_STRUCTURE, ContainerBuilder, GuardedBlock, merged_container, write_spool
 from sinks.clickhouse_client import connect, is_unavailable
 from sinks.routing import ROUTES, Route, dead_letter_rows
 from sinks.tables import CREDIT_LEDGER_COLUMNS, EVENTS_COLUMNS, INSERT_COLUMNS, dedup_settings
@@ -57,25 +58,42 @@ _LEDGER_FROM_FILE = (
 
 
 @dataclass
-class _AvroInsert:
-    """A usage-enriched partition batch handed to ClickHouse as one Avro container file."""
-
-    part: _Partition
-    records: Sequence[Any]
-    guard_before: int
-    token_prefix: str
-    block: GuardedBlock
-
-
-@dataclass
 class _Partition:
     tp: TopicPartition
     route: Route
     records: list[Any] = field(default_factory=list)
     guard: int = -1
-    # Set after a restart: the first batch must end exactly here to reproduce the recorded plan.
+    # Set after a restart: the first batch must end exactly here to reproduce the recorded plan...
     replay_end: int | None = None
+    # ... and be stored together with the other batches of its recorded store ('' = on its own).
+    replay_store: str = ""
     first_at: float = 0.0
+
+
+@dataclass
+class _Piece:
+    """One partition's share of a store: its records, and the replay guard before them."""
+
+    part: _Partition
+    records: Sequence[Any]
+    guard_before: int
+
+
+@dataclass
+class _AvroInsert:
+    """The usage-enriched batches of one store handed to ClickHouse as one Avro container file."""
+
+    pieces: list[_Piece]
+    token_prefix: str
+    blob: bytes
+    rows: int
+    dropped: int
+
+
+def store_id(batches: Sequence[tuple[str, int, int, int]]) -> str:
+    """Name of a store of (topic, partition, start, end) batches: the same batches, the same name,
+    whatever order they were gathered in."""
+    return hashlib.sha256(repr(sorted(batches)).encode()).hexdigest()[:24]
 
 
 @dataclass
@@ -97,6 +115,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         # Uncommitted buffers are dropped: whoever gets the partition re-reads them from Kafka.
         for tp in revoked:
             self.sink.parts.pop(tp, None)
+        gone = set(revoked)
+        for store in [s for s, members in self.sink.replay_stores.items() if gone & members.keys()]:
+            del self.sink.replay_stores[store]
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         try:
@@ -128,6 +149,12 @@ class ClickHouseSink(Service):
         # Usage-enriched batches skip Python decoding when ClickHouse can read the sink's files:
         # chDB runs in this process. A server would need the file shipped in the request body.
         self.avro_direct = settings.resolved_clickhouse_url.startswith("chdb://")
+        # With chDB this is the only sink, so a store may span every partition: one insert per table
+        # per flush. Sinks of a ClickHouse server share partitions, and a store split by a rebalance
+        # could not be re-formed, so there each partition batch is a store of its own.
+        self.combine = self.avro_direct
+        # Recorded stores being replayed after a restart: store -> {partition: end of its batch}.
+        self.replay_stores: dict[str, dict[TopicPartition, int]] = {}
         self.containers = ContainerBuilder()
         self.spool_dir = ""
 
@@ -202,16 +229,21 @@ class ClickHouseSink(Service):
         # One query for the whole assignment: a rebalance callback that dawdles gets the member
         # evicted from the group.
         rows = await self._plans(assigned, committed)
+        stores: set[str] = set()
         for tp in assigned:
             part = _Partition(tp, self.routes[tp.topic])
             plan = rows.get(tp)
             if plan is not None:
-                start, end, before, after = plan
+                start, end, before, after, store = plan
                 if start == committed[tp]:
-                    part.replay_end, part.guard = end, before
+                    part.replay_end, part.guard, part.replay_store = end, before, store
+                    if store:
+                        stores.add(store)
                 else:
                     part.guard = after
             self.parts[tp] = part
+        if stores:
+            self.replay_stores.update(await self._store_members(stores))
 
     async def _restore_with_retry(self, tps: Sequence[TopicPartition]) -> None:
         delay = 0.2
@@ -226,14 +258,14 @@ class ClickHouseSink(Service):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_S)
 
-    async def _plans(self, assigned: Sequence[TopicPartition],
-                     committed: Mapping[TopicPartition, int]) -> dict[TopicPartition, tuple[int, int, int, int]]:
+    async def _plans(self, assigned: Sequence[TopicPartition], committed: Mapping[TopicPartition, int]
+                     ) -> dict[TopicPartition, tuple[int, int, int, int, str]]:
         """The last recorded plan at or before the committed offset, per partition."""
         keys = [(tp.topic, tp.partition, committed[tp]) for tp in assigned]
         rows = await self.query(
             "SELECT b.topic, b.partition, argMax(b.start_offset, b.start_offset), "
             "argMax(b.end_offset, b.start_offset), argMax(b.guard_before, b.start_offset), "
-            "argMax(b.guard_after, b.start_offset) "
+            "argMax(b.guard_after, b.start_offset), argMax(b.store, b.start_offset) "
             "FROM sink_batches AS b FINAL "
             "INNER JOIN (SELECT k.1 AS topic, k.2 AS partition, k.3 AS committed "
             "            FROM (SELECT arrayJoin({keys:Array(Tuple(String, Int32, Int64))}) AS k)) AS c "
@@ -242,7 +274,19 @@ class ClickHouseSink(Service):
             "GROUP BY b.topic, b.partition",
             {"g": self.group, "keys": keys},
         )
-        return {TopicPartition(t, p): (s, e, b, a) for t, p, s, e, b, a in rows}
+        return {TopicPartition(t, p): (s, e, b, a, st) for t, p, s, e, b, a, st in rows}
+
+    async def _store_members(self, stores: set[str]) -> dict[str, dict[TopicPartition, int]]:
+        """Every batch of the given recorded stores: store -> {partition: end offset}."""
+        rows = await self.query(
+            "SELECT store, topic, partition, end_offset FROM sink_batches FINAL "
+            "WHERE consumer_group = {g:String} AND store IN {stores:Array(String)}",
+            {"g": self.group, "stores": sorted(stores)},
+        )
+        out: dict[str, dict[TopicPartition, int]] = {}
+        for store, topic, partition, end in rows:
+            out.setdefault(store, {})[TopicPartition(topic, partition)] = end
+        return out
 
     @Service.task
     async def _run(self) -> None:
@@ -266,56 +310,91 @@ class ClickHouseSink(Service):
             await self._flush(force=False)
 
     def _due(self, force: bool) -> list[_Partition]:
+        """The partitions of the next store."""
+        # A batch being replayed goes first, and only with exactly the batches it was stored with.
+        for store, members in list(self.replay_stores.items()):
+            parts = [self.parts.get(tp) for tp in members]
+            if any(p is not None and p.replay_store != store for p in parts):
+                # Only if offsets were moved by hand: the store cannot be re-formed.
+                log.warning("recorded store %s cannot be re-formed; its batches are stored one by one", store)
+                del self.replay_stores[store]
+                for p in parts:
+                    if p is not None and p.replay_store == store:
+                        p.replay_store = ""
+                continue
+            if all(p is not None and p.records and p.records[-1].offset >= end
+                   for p, end in zip(parts, members.values(), strict=True)):
+                return [p for p in parts if p is not None]
         now = time.monotonic()
-        waiting = [p for p in self.parts.values() if p.records]
+        waiting = [p for p in self.parts.values() if p.records and not p.replay_store]
+        # A replayed batch whose plan was recorded on its own is stored on its own, under its token.
+        replays = [p for p in waiting if p.replay_end is not None]
+        ready = [p for p in replays if p.records[-1].offset >= p.replay_end]  # type: ignore[operator]
+        if replays and self.combine:
+            return ready[:1]
+        normal = [p for p in waiting if p.replay_end is None]
         # When one partition is due, every partition with rows goes in the same store: a store's
-        # cost is mostly per call (one round of inserts, parts, merges), and partitions that come
-        # due a moment apart would otherwise each pay it and queue behind each other.
-        force = force or sum(len(p.records) for p in waiting) >= self.settings.sink_batch_rows or any(
-            p.replay_end is None and now - p.first_at >= self.settings.sink_flush_seconds for p in waiting)
-        due = []
-        for part in waiting:
-            if part.replay_end is not None:
-                # A replayed batch must end exactly where its recorded plan did.
-                if part.records[-1].offset >= part.replay_end:
-                    due.append(part)
-            elif force:
-                due.append(part)
-        return due
+        # cost is mostly per insert (parts, views), and partitions that come due a moment apart
+        # would otherwise each pay it and queue behind each other.
+        if force or sum(len(p.records) for p in normal) >= self.settings.sink_batch_rows or any(
+                now - p.first_at >= self.settings.sink_flush_seconds for p in normal):
+            return ready + normal
+        return ready
 
     async def _flush(self, force: bool) -> None:
-        due = self._due(force)
-        if not due:
-            return
-        plans: list[tuple[Any, ...]] = []
-        inserts: list[_Insert] = []
-        direct: list[_AvroInsert] = []
-        commits: dict[TopicPartition, OffsetAndMetadata] = {}
-        after_guard: dict[TopicPartition, int] = {}
+        while True:
+            due = self._due(force)
+            if not due:
+                return
+            await self._store_due(due)
+            if not self.combine and not any(p.replay_end is not None for p in self.parts.values()):
+                return
+
+    async def _store_due(self, due: list[_Partition]) -> None:
+        batches: list[tuple[_Partition, list[Any], list[Any]]] = []
         for part in due:
             if part.replay_end is not None:
                 take = [r for r in part.records if r.offset <= part.replay_end]
                 rest = [r for r in part.records if r.offset > part.replay_end]
             else:
                 take, rest = part.records, []
-            start, end = take[0].offset, take[-1].offset
-            guard_before = part.guard
-            token_prefix = f"{self.group}:{part.tp.topic}:{part.tp.partition}:{start}-{end}"
-            block = self.containers.guarded(take, guard_before) if self.avro_direct and part.route.guarded \
-                else None
-            if block is not None:
-                guard_after, rows = block.guard_after, block.rows
-                direct.append(_AvroInsert(part, take, guard_before, token_prefix, block))
-            else:
-                rows_by_table, guard_after = self._rows(part, take, guard_before)
-                rows = sum(len(v) for v in rows_by_table.values())
-                inserts.extend(self._column_inserts(rows_by_table, token_prefix))
-            plans.append((self.group, part.tp.topic, part.tp.partition, start, end, guard_before, guard_after,
-                          rows, time.time_ns() // 1_000_000))
-            commits[part.tp] = OffsetAndMetadata(end + 1, "")
-            after_guard[part.tp] = guard_after
-            part.records = rest
-            part.first_at = time.monotonic()
+            batches.append((part, take, rest))
+        members = [(p.tp.topic, p.tp.partition, take[0].offset, take[-1].offset) for p, take, _ in batches]
+        if self.combine and (len(due) > 1 or due[0].replay_store or due[0].replay_end is None):
+            store = store_id(members)
+            units = [[_Piece(p, take, p.guard) for p, take, _ in batches]]
+            prefixes = [f"{self.group}:store:{store}"]
+        else:
+            store = ""
+            units = [[_Piece(p, take, p.guard)] for p, take, _ in batches]
+            prefixes = [f"{self.group}:{t}:{pt}:{s}-{e}" for t, pt, s, e in members]
+        after_guard: dict[TopicPartition, int] = {}
+        inserts: list[_Insert] = []
+        direct: list[_AvroInsert] = []
+        rows_per_piece: dict[TopicPartition, int] = {}
+        for unit, prefix in zip(units, prefixes, strict=True):
+            avro = self._avro_unit(unit, prefix)
+            rows_by_table: dict[str, list[Mapping[str, Any]]] = {}
+            for piece in unit:
+                if avro is not None and piece.part.route.guarded:
+                    block = avro[1][piece.part.tp]
+                    after_guard[piece.part.tp], rows_per_piece[piece.part.tp] = block.guard_after, block.rows
+                    continue
+                rows, after_guard[piece.part.tp] = self._rows(piece.part, piece.records, piece.guard_before)
+                rows_per_piece[piece.part.tp] = sum(len(v) for v in rows.values())
+                for table, table_rows in rows.items():
+                    rows_by_table.setdefault(table, []).extend(table_rows)
+            if avro is not None:
+                direct.append(avro[0])
+            inserts.extend(self._column_inserts(rows_by_table, prefix))
+        planned_at = time.time_ns() // 1_000_000
+        plans = [(self.group, t, pt, s, e, p.guard, after_guard[p.tp], rows_per_piece[p.tp], planned_at, store)
+                 for (t, pt, s, e), (p, _take, _rest) in zip(members, batches, strict=True)]
+        commits = {p.tp: OffsetAndMetadata(e + 1, "") for (_t, _pt, _s, e), (p, _, _) in zip(members, batches,
+                                                                                            strict=True)}
+        for p, _take, rest in batches:
+            p.records = rest
+            p.first_at = time.monotonic()
 
         t0 = time.monotonic()
         await self._store(plans, inserts, direct)
@@ -324,12 +403,35 @@ class ClickHouseSink(Service):
         for part in due:
             part.guard = after_guard[part.tp]
             part.replay_end = None
+            if part.replay_store:
+                self.replay_stores.pop(part.replay_store, None)
+                part.replay_store = ""
         assert self.consumer is not None
         try:
             await self.consumer.commit(commits)
         except Exception as exc:  # a rebalance took the partition: its new owner replays the same plan
             log.warning("offset commit failed after a stored batch (will be deduplicated): %r", exc)
         self.stats.batches += len(due)
+
+    def _avro_unit(self, unit: Sequence[_Piece],
+                   prefix: str) -> tuple[_AvroInsert, dict[TopicPartition, GuardedBlock]] | None:
+        """The unit's usage-enriched pieces as one container file, or None when they must be decoded."""
+        if not self.avro_direct:
+            return None
+        pieces = [piece for piece in unit if piece.part.route.guarded]
+        if not pieces:
+            return None
+        blocks: dict[TopicPartition, GuardedBlock] = {}
+        for piece in pieces:
+            block = self.containers.guarded(piece.records, piece.guard_before)
+            if block is None:
+                return None
+            blocks[piece.part.tp] = block
+        blob = merged_container(list(blocks.values()))
+        if blob is None:
+            return None
+        return (_AvroInsert(pieces, prefix, blob, sum(b.rows for b in blocks.values()),
+                            sum(b.dropped for b in blocks.values())), blocks)
 
     def _column_inserts(self, rows_by_table: Mapping[str, list[Mapping[str, Any]]], token_prefix: str) -> list[_Insert]:
         inserts: list[_Insert] = []
@@ -371,13 +473,13 @@ class ClickHouseSink(Service):
 
     def _insert_direct(self, client: Any, item: _AvroInsert, counts: dict[str, int]) -> list[_Insert]:
         """Insert one container file into events and credit_ledger. On a data error (ClickHouse
-        could not read what fastavro can) the same batch goes through the decoding path instead,
+        could not read what fastavro can) the same batches go through the decoding path instead,
         under the same tokens, so whatever part already landed is not doubled."""
-        if not item.block.rows:
-            counts["replays dropped"] = counts.get("replays dropped", 0) + item.block.dropped
+        if not item.rows:
+            counts["replays dropped"] = counts.get("replays dropped", 0) + item.dropped
             return []
-        path = write_spool(self.spool_dir, f"{item.part.tp.partition}-{item.records[0].offset}.avro",
-                           item.block.blob)
+        first = item.pieces[0]
+        path = write_spool(self.spool_dir, f"{first.part.tp.partition}-{first.records[0].offset}.avro", item.blob)
         try:
             for sql, table in ((_EVENTS_FROM_FILE, "events"), (_LEDGER_FROM_FILE, "credit_ledger")):
                 client.command(sql, parameters={"path": path},
@@ -387,13 +489,17 @@ class ClickHouseSink(Service):
                 raise
             log.warning("ClickHouse could not read the Avro batch %s (%r); decoding it in Python instead",
                         item.token_prefix, exc)
-            rows_by_table, _ = self._rows(item.part, item.records, item.guard_before)
+            rows_by_table: dict[str, list[Mapping[str, Any]]] = {}
+            for piece in item.pieces:
+                rows, _ = self._rows(piece.part, piece.records, piece.guard_before)
+                for table, table_rows in rows.items():
+                    rows_by_table.setdefault(table, []).extend(table_rows)
             return self._column_inserts(rows_by_table, item.token_prefix)
         finally:
             os.unlink(path)
-        counts["events"] = counts.get("events", 0) + item.block.rows
-        counts["direct batches"] = counts.get("direct batches", 0) + 1
-        counts["replays dropped"] = counts.get("replays dropped", 0) + item.block.dropped
+        counts["events"] = counts.get("events", 0) + item.rows
+        counts["direct batches"] = counts.get("direct batches", 0) + len(item.pieces)
+        counts["replays dropped"] = counts.get("replays dropped", 0) + item.dropped
         return []
 
     async def _store(self, plans: list[tuple[Any, ...]], inserts: list[_Insert],

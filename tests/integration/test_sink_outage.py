@@ -120,3 +120,81 @@ def test_sink_waits_out_a_clickhouse_outage_and_resumes(topic_settings: Settings
                           sum(d["amount_micro"] for r in records for d in r["debits"]))
     finally:
         close(url)
+
+
+class DiesAfterFirstInsert(FlakyClickHouse):
+    """Healthy until the first events insert has landed, then gone: a sink that dies in the middle
+    of a store (events stored, ledger not, offsets not committed)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.down = False
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        self._check()
+        result = self.real.command(*args, **kwargs)
+        if "INSERT INTO events" in str(args[0] if args else kwargs.get("cmd", "")):
+            self.down = True
+        return result
+
+
+def test_a_store_cut_short_is_re_formed_whole_by_the_next_sink(topic_settings: Settings, tmp_path: Path) -> None:
+    settings = topic_settings.model_copy(update={
+        "clickhouse_url": f"chdb://{tmp_path / 'ch'}", "sink_flush_seconds": 0.5, "sink_batch_rows": 50_000})
+    bootstrap = settings.kafka_bootstrap_servers or ""
+    url = settings.resolved_clickhouse_url
+    apply_migrations(connect(url), settings.events_ttl_days)
+    records = metered(2_000, accounts=30, seed=23, prefix="store", partitions=3)
+    names = topic_names(settings)
+    tps = [TopicPartition(names["usage-enriched"], p) for p in range(3)]
+
+    async def scenario() -> None:
+        await ensure_topics(bootstrap, settings)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            for rec in records:
+                await producer.send(names["usage-enriched"], encode_single_object(rec, "UsageEnriched"),
+                                    key=rec["account_id"].encode(), partition=rec["source_partition"],
+                                    headers=[source_offset_header(rec["source_offset"])])
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+        dying = DiesAfterFirstInsert(url)
+        first = ClickHouseSink(settings, bootstrap, names, client_factory=lambda: dying)
+        await first.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not dying.down and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert dying.down, "the first store never reached ClickHouse"
+            await asyncio.sleep(1)
+        finally:
+            await first.stop()
+        assert await _committed(bootstrap, first.group, tps) == 0
+
+        second = ClickHouseSink(settings, bootstrap, names)
+        await second.start()
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and await _committed(bootstrap, second.group, tps) < len(records):
+                await asyncio.sleep(0.5)
+            assert await _committed(bootstrap, second.group, tps) == len(records)
+        finally:
+            await second.stop()
+
+    asyncio.run(scenario())
+    try:
+        client = connect(url)
+        stores = client.query("SELECT store, count() FROM sink_batches FINAL GROUP BY store "
+                              "ORDER BY min(planned_at)").result_rows
+        assert stores[0][0] and stores[0][1] >= 2, f"the first store spans partitions: {stores}"
+        rows = client.query("SELECT count(), uniqExact(event_id), sum(charged_micro) FROM events").result_rows
+        assert rows[0][0] == rows[0][1] == len(records)
+        assert rows[0][2] == sum(r["charged_micro"] for r in records)
+        ledger = client.query("SELECT count(), sum(amount_micro) FROM credit_ledger").result_rows[0]
+        assert ledger == (sum(len(r["debits"]) for r in records),
+                          sum(d["amount_micro"] for r in records for d in r["debits"]))
+    finally:
+        close(url)
