@@ -44,7 +44,7 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Awaitable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -73,6 +73,23 @@ def observation(rec: Mapping[str, Any]) -> dict[str, Any]:
     """UsageEnriched record -> the observation ``DetectorEngine.observe_account`` takes."""
     obs = {k: rec.get(k) for k in _OBS_FIELDS}
     obs["debits"] = [(d["grant_id"], d["amount_micro"], d["balance_after_micro"]) for d in rec["debits"]]
+    return obs
+
+
+# What the fingerprint rules read of an observation (``observe_common`` without grants, CF-004
+# farming, CF-005 trial cycling, CF-008 replayed prompts). A fingerprint seen once keeps just these
+# (see ``Detection._observe_fingerprint``); ``test_detection_fold`` checks the rules agree.
+_FP_OBS_FIELDS = ("event_id", "account_id", "occurred_at", "plan", "category", "list_micro", "charged_micro",
+                  "grant_funded_micro", "debits")
+
+
+def pending_observation(obs: Mapping[str, Any], kind: str) -> list[Any]:
+    return [*(obs.get(k) for k in _FP_OBS_FIELDS), obs.get(FINGERPRINT_FIELDS[kind])]
+
+
+def observation_from_pending(pending: Sequence[Any], kind: str) -> dict[str, Any]:
+    obs = dict(zip(_FP_OBS_FIELDS, pending, strict=False))
+    obs[FINGERPRINT_FIELDS[kind]] = pending[len(_FP_OBS_FIELDS)]
     return obs
 
 
@@ -194,7 +211,7 @@ class Detection:
             else:
                 fp = self.fingerprints.get(alert_state_key(etype, eid))
                 if fp is not None:
-                    self.engine.mark_confirmed(fp["d"])
+                    self.engine.mark_confirmed(self._expanded(etype, fp))
                     batch.fps[alert_state_key(etype, eid)] = partition
 
     def on_metered(self, batch: DetectionBatch, metered: Iterable[Mapping[str, Any]],
@@ -242,17 +259,30 @@ class Detection:
                              source_partition: int, source_offset: int, obs: Mapping[str, Any]) -> None:
         fkey = alert_state_key(kind, fp)
         wrapper = self.fingerprints.get(fkey)
-        if wrapper is None:
-            wrapper = self.fingerprints.data[fkey] = {"d": {}, "o": {}}
         src = str(source_partition)
+        if wrapper is None:
+            # Most fingerprints (prompts above all) are seen once, and no rule fires on one sighting:
+            # keep the few fields the rules need and build the state at the second sighting.
+            self.fingerprints.data[fkey] = {"p": pending_observation(obs, kind), "o": {src: source_offset}}
+            batch.fps[fkey] = partition
+            return
         # Observations from one source partition arrive in its order, so a replay is exactly what
         # is at or below the mark.
         if source_offset <= wrapper["o"].get(src, -1):
             return
         wrapper["o"][src] = source_offset
         batch.fps[fkey] = partition
-        self._fold(batch, partition, self.engine.observe_fingerprint(kind, wrapper["d"], obs))
+        self._fold(batch, partition, self.engine.observe_fingerprint(kind, self._expanded(kind, wrapper), obs))
         self._touch(self.recent_fps, fkey, partition)
+
+    def _expanded(self, kind: str, wrapper: dict[str, Any]) -> dict[str, Any]:
+        """The fingerprint's detector state, built from its first sighting if that is all there is."""
+        pending = wrapper.pop("p", None)
+        if pending is not None:
+            wrapper["d"] = {}
+            # A first observation never fires (it only seeds the state and its evaluation clock).
+            self.engine.observe_fingerprint(kind, wrapper["d"], observation_from_pending(pending, kind))
+        return wrapper["d"]  # type: ignore[no-any-return]
 
     @staticmethod
     def _touch(recent: OrderedDict[str, int], key: str, partition: int) -> None:

@@ -42,6 +42,10 @@ def _detection(tmp_path: Path) -> Detection:
     return d
 
 
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
 def _alerts(batches: list[DetectionBatch]) -> set[tuple[str, str, str]]:
     return {(a["alert_id"], a["entity_id"], a["rule_id"]) for b in batches for _e, a in b.alerts}
 
@@ -64,20 +68,21 @@ def test_folding_here_equals_the_round_trip_through_kafka(tmp_path: Path, enrich
             assert json.loads(payload)["sp"] == 0
             remote.on_fingerprint(received, partition, fp.encode(), payload)
 
-    assert here.fingerprints.data == remote.fingerprints.data
-    assert here.accounts.data == remote.accounts.data
+    # As their changelogs hold them (a first sighting's debits are tuples here, lists after JSON).
+    assert _json(here.fingerprints.data) == _json(remote.fingerprints.data)
+    assert _json(here.accounts.data) == _json(remote.accounts.data)
     assert _alerts([direct]) == _alerts([sent, received])
     assert any(rule for _i, _e, rule in _alerts([direct]))  # the scenario set makes fingerprint rules fire
     assert {fkey.split("|")[0] for fkey in here.fingerprints.data} >= {"device", "payment", "prompt"}
 
     # A replay of the same observations, by either route, is recognised by the offset marks.
-    before = json.dumps(here.fingerprints.data, sort_keys=True)
+    before = _json(here.fingerprints.data)
     again = DetectionBatch()
     for partition, items in sent.fingerprints.items():
         for fp, payload in items:
             here.on_fingerprint(again, partition, fp.encode(), payload)
     here.on_metered(again, enriched, set(range(PARTITIONS)))
-    assert json.dumps(here.fingerprints.data, sort_keys=True) == before
+    assert _json(here.fingerprints.data) == before
     assert not again.alerts and again.folded_here == 0 and not again.fps
 
 
@@ -89,3 +94,34 @@ def test_only_observations_for_partitions_held_here_are_folded(tmp_path: Path,
     assert batch.folded_here > 0
     assert set(batch.fingerprints) <= {3, 4, 5} and batch.fingerprints
     assert all(int(p) in {0, 1, 2} for p in batch.fps.values())
+
+
+def test_a_fingerprint_kept_as_its_first_sighting_grows_the_same_state(tmp_path: Path,
+                                                                        enriched: list[dict[str, Any]]) -> None:
+    """The rules see exactly what they would have seen had the state been built at the first sighting."""
+    from streams.detection import observation
+
+    d = _detection(tmp_path)
+    d.record_firings = []
+    d.on_metered(DetectionBatch(), enriched, set(range(PARTITIONS)))
+    reference: dict[str, dict[str, Any]] = {}
+    firings: list[tuple[str, str]] = []
+    for rec in enriched:
+        obs = observation(rec)
+        for kind, field in d.fp_kinds.items():
+            if obs.get(field):
+                state = reference.setdefault(f"{kind}|{obs[field]}", {})
+                first = not state
+                found = d.engine.observe_fingerprint(kind, state, obs)
+                assert not (first and found), "a first sighting never fires"
+                firings += [(f.entity_id, f.rule_id) for f in found]
+    seen_once = {k for k, w in d.fingerprints.data.items() if "p" in w}
+    assert seen_once and len(seen_once) < len(reference)
+    for key, wrapper in d.fingerprints.data.items():
+        if key in seen_once:
+            assert wrapper["p"][-1] == key.split("|", 1)[1]
+            continue
+        assert _json(wrapper["d"]) == _json(reference[key]), key
+    assert firings, "fingerprint rules fire on this scenario set"
+    assert sorted(firings) == sorted((f.entity_id, f.rule_id) for f in d.record_firings
+                                     if f.entity_type != "account")
