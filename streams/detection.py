@@ -40,13 +40,13 @@ findings would otherwise wait for its next event.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
 
 from streams.alerts import apply_review, new_alert_state, process_firing, to_avro
@@ -231,7 +231,7 @@ class Detection:
             self.events += 1
             self._fold(batch, partition, self.engine.observe_account(wrapper["d"], obs))
             self._touch(self.recent_accounts, account_id, partition)
-            obs_json: str | None = None
+            obs_json: bytes | None = None
             for kind, field in self.fp_kinds.items():
                 fp = obs.get(field)
                 if not fp:
@@ -242,17 +242,17 @@ class Detection:
                     batch.folded_here += 1
                     continue
                 if obs_json is None:
-                    obs_json = json.dumps(obs, separators=(",", ":"))
-                # The same message json.dumps({"k", "sp", "so", "obs"}) gives, with obs encoded once
-                # for all its fingerprints (kind names are plain identifiers).
-                payload = f'{{"k":"{kind}","sp":{partition},"so":{offset},"obs":{obs_json}}}'.encode()
+                    obs_json = orjson.dumps(obs)
+                # The message {"k", "sp", "so", "obs"} as JSON, with obs encoded once for all its
+                # fingerprints (kind names are plain identifiers).
+                payload = f'{{"k":"{kind}","sp":{partition},"so":{offset},"obs":'.encode() + obs_json + b"}"
                 batch.fingerprints.setdefault(target, []).append((fp, payload))
 
     def on_fingerprint(self, batch: DetectionBatch, partition: int, key: bytes | None, value: bytes | None) -> None:
         """A fingerprint observation another worker published for this one."""
         if value is None or key is None:
             return
-        msg = json.loads(value)
+        msg = orjson.loads(value)
         self._observe_fingerprint(batch, partition, msg["k"], key.decode(), msg["sp"], msg["so"], msg["obs"])
 
     def _observe_fingerprint(self, batch: DetectionBatch, partition: int, kind: str, fp: str,
