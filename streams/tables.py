@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -24,7 +25,12 @@ log = logging.getLogger("creditflow.tables")
 
 
 def _encode(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    # orjson: state JSON is written for every touched key of every batch, ~4x faster than json.
+    # Non-string keys become strings, as json.dumps does.
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits: the stdlib writes any size
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 class ChangelogTable:
@@ -92,7 +98,7 @@ class ChangelogTable:
                             self.data.pop(key, None)
                             self._owner.pop(key, None)
                         else:
-                            self.data[key] = json.loads(r.value)
+                            self.data[key] = orjson.loads(r.value)
                             self._owner[key] = tp.partition
                         n += 1
                 for tp in list(pending):
