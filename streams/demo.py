@@ -67,7 +67,7 @@ async def _produce(settings: Settings, bootstrap: str, gen: Generator, n: int, c
         # Kafka orders records within a topic partition, not across the grants and events topics.
         holders = {g["account_id"] for g in grants}
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not holders <= processor.grants.data.keys():
+        while time.monotonic() < deadline and not holders <= processor.grants.keys():
             await asyncio.sleep(0.1)
         with _progress(console) as progress:
             task = progress.add_task("producing events", total=n)

@@ -169,14 +169,14 @@ class Detection:
         wrapper = self.accounts.get(account_id)
         if wrapper is None:
             wrapper = {"d": {}, "o": -1}
-            self.accounts.data[account_id] = wrapper
+            self.accounts.set(account_id, wrapper)
         batch.accounts[account_id] = partition
         return wrapper  # type: ignore[no-any-return]
 
     def _alerts_for(self, batch: DetectionBatch, partition: int, key: str) -> dict[str, Any]:
         state = self.alert_states.get(key)
         if state is None:
-            state = self.alert_states.data[key] = new_alert_state()
+            state = self.alert_states.set(key, new_alert_state())
         batch.alert_states[key] = partition
         return state  # type: ignore[no-any-return]
 
@@ -263,7 +263,7 @@ class Detection:
         if wrapper is None:
             # Most fingerprints (prompts above all) are seen once, and no rule fires on one sighting:
             # keep the few fields the rules need and build the state at the second sighting.
-            self.fingerprints.data[fkey] = {"p": pending_observation(obs, kind), "o": {src: source_offset}}
+            self.fingerprints.set(fkey, {"p": pending_observation(obs, kind), "o": {src: source_offset}})
             batch.fps[fkey] = partition
             return
         # Observations from one source partition arrive in its order, so a replay is exactly what
@@ -340,7 +340,7 @@ class Detection:
 
     def changes(self, batch: DetectionBatch) -> list[tuple[ChangelogTable, int, str, Any]]:
         """(table, partition, key, value) of every state the batch touched, for ``PartitionedService.save``."""
-        return [(table, partition, key, table.data[key])
+        return [(table, partition, key, table.get(key))
                 for table, touched in ((self.accounts, batch.accounts), (self.fingerprints, batch.fps),
                                        (self.alert_states, batch.alert_states))
                 for key, partition in touched.items()]

@@ -54,6 +54,8 @@ class PartitionedService(Service):
         self.bootstrap = bootstrap
         self.group = group
         self.tables = tuple(tables)
+        for table in self.tables:
+            table.hot_max = settings.state_hot_keys
         # Partitions whose state is in memory.
         self.owned: set[int] = set()
         self.lock = asyncio.Lock()
@@ -146,6 +148,10 @@ class PartitionedService(Service):
         for table, partition, key, value in changes:
             by_table.setdefault(table, []).append((partition, key, value))
         writes = [f for table, items in by_table.items() for f in await table.put_many(self.producer, items)]
+        # Every change of the batch is written: the point where values the batch only read (grants
+        # the meter debits against) may go back to bytes, also in tables it did not write.
+        for table in self.tables:
+            table.evict()
         if writes:
             await asyncio.gather(*writes)
 

@@ -142,7 +142,7 @@ class Processor(PartitionedService):
         granted = self.meter.grants(grant_records, self.grants.get, now)
         # Grants of this batch are visible to its events.
         for account, (_partition, state) in granted.grant_updates.items():
-            self.grants.data[account] = state
+            self.grants.set(account, state)
         metered = self.meter.meter(event_records, self.usage.get, self.grants.get, now)
         t1 = time.perf_counter()
         detection, found = self.detection, DetectionBatch()

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     sink_flush_seconds: float = Field(default=1.0, gt=0, description="max age of buffered rows")
     process_batch: int = Field(default=20_000, ge=1, description="events per processor batch")
     process_within: float = Field(default=0.25, gt=0, description="max wait to fill a processor batch (s)")
+    state_hot_keys: int = Field(
+        default=20_000, ge=0,
+        description="decoded entries kept per state table (most recently written or read); the other keys "
+        "are held as their compressed changelog JSON and decoded when used",
+    )
     detector_flush_seconds: float = Field(default=30.0, gt=0, description="how often quiet accounts are re-evaluated")
     events_ttl_days: int = Field(default=730, ge=1, description="TTL of raw enriched events in ClickHouse")
     log_level: str = Field(default="WARNING", description="worker log level")

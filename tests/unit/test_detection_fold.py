@@ -17,6 +17,7 @@ from streams.meter import Meter, RawRecord
 from streams.policy import load_policy
 from streams.scenarios import build
 from streams.settings import Settings
+from streams.tables import ChangelogTable
 from streams.topics import topic_names
 
 PARTITIONS = 6
@@ -46,6 +47,10 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
+def _contents(table: ChangelogTable) -> dict[str, Any]:
+    return {key: table.get(key) for key in table}
+
+
 def _alerts(batches: list[DetectionBatch]) -> set[tuple[str, str, str]]:
     return {(a["alert_id"], a["entity_id"], a["rule_id"]) for b in batches for _e, a in b.alerts}
 
@@ -69,20 +74,20 @@ def test_folding_here_equals_the_round_trip_through_kafka(tmp_path: Path, enrich
             remote.on_fingerprint(received, partition, fp.encode(), payload)
 
     # As their changelogs hold them (a first sighting's debits are tuples here, lists after JSON).
-    assert _json(here.fingerprints.data) == _json(remote.fingerprints.data)
-    assert _json(here.accounts.data) == _json(remote.accounts.data)
+    assert _json(_contents(here.fingerprints)) == _json(_contents(remote.fingerprints))
+    assert _json(_contents(here.accounts)) == _json(_contents(remote.accounts))
     assert _alerts([direct]) == _alerts([sent, received])
     assert any(rule for _i, _e, rule in _alerts([direct]))  # the scenario set makes fingerprint rules fire
-    assert {fkey.split("|")[0] for fkey in here.fingerprints.data} >= {"device", "payment", "prompt"}
+    assert {fkey.split("|")[0] for fkey in here.fingerprints} >= {"device", "payment", "prompt"}
 
     # A replay of the same observations, by either route, is recognised by the offset marks.
-    before = _json(here.fingerprints.data)
+    before = _json(_contents(here.fingerprints))
     again = DetectionBatch()
     for partition, items in sent.fingerprints.items():
         for fp, payload in items:
             here.on_fingerprint(again, partition, fp.encode(), payload)
     here.on_metered(again, enriched, set(range(PARTITIONS)))
-    assert _json(here.fingerprints.data) == before
+    assert _json(_contents(here.fingerprints)) == before
     assert not again.alerts and again.folded_here == 0 and not again.fps
 
 
@@ -115,9 +120,9 @@ def test_a_fingerprint_kept_as_its_first_sighting_grows_the_same_state(tmp_path:
                 found = d.engine.observe_fingerprint(kind, state, obs)
                 assert not (first and found), "a first sighting never fires"
                 firings += [(f.entity_id, f.rule_id) for f in found]
-    seen_once = {k for k, w in d.fingerprints.data.items() if "p" in w}
+    seen_once = {k for k, w in _contents(d.fingerprints).items() if "p" in w}
     assert seen_once and len(seen_once) < len(reference)
-    for key, wrapper in d.fingerprints.data.items():
+    for key, wrapper in _contents(d.fingerprints).items():
         if key in seen_once:
             assert wrapper["p"][-1] == key.split("|", 1)[1]
             continue
