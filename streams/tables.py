@@ -184,14 +184,16 @@ class ChangelogTable:
         by_partition: dict[int, list[Outgoing]] = {}
         store, hot, dirty, headers, intern = self._store, self._hot, self._dirty, self._raw_headers, sys.intern
         for partition, key, value in changes:
-            payload = _encode(value)
             key = intern(key)
-            store[key] = (headers[partition] if partition < len(headers) else _raw_header(partition)) + payload
+            # The record is sent from the stored copy: orjson's result keeps a buffer of several KB
+            # whatever its length, so it is dropped here rather than held for the whole batch.
+            stored = store[key] = (
+                (headers[partition] if partition < len(headers) else _raw_header(partition)) + _encode(value))
             hot.pop(key, None)  # re-inserted last: the oldest written are evicted first
             hot[key] = value
             if dirty:
                 dirty.discard(key)
-            by_partition.setdefault(partition, []).append((key.encode(), payload, []))
+            by_partition.setdefault(partition, []).append((key.encode(), memoryview(stored)[_HEADER:], []))
         futures = await send_partitioned(producer, self.topic, by_partition)
         self.evict()
         return futures
