@@ -60,32 +60,55 @@ async def _committed(bootstrap: str, group: str, tps: list[TopicPartition]) -> i
         await admin.close()
 
 
+def _sink_setup(topic_settings: Settings, tmp_path: Path, **updates: Any
+                ) -> tuple[Settings, str, str, dict[str, str], list[TopicPartition]]:
+    """Settings with a migrated chDB under ``tmp_path``; (settings, bootstrap, ClickHouse URL, topic
+    names, the three usage-enriched partitions)."""
+    settings = topic_settings.model_copy(update={"clickhouse_url": f"chdb://{tmp_path / 'ch'}", **updates})
+    apply_migrations(connect(settings.resolved_clickhouse_url), settings.events_ttl_days)
+    names = topic_names(settings)
+    return (settings, settings.kafka_bootstrap_servers or "", settings.resolved_clickhouse_url, names,
+            [TopicPartition(names["usage-enriched"], p) for p in range(3)])
+
+
+async def _produce_metered(settings: Settings, records: list[dict[str, Any]], stamped: bool) -> None:
+    """The records on usage-enriched, each in its source partition, as the processor writes them
+    (``stamped``: with the source-offset header) or as an older processor did (without)."""
+    bootstrap = settings.kafka_bootstrap_servers or ""
+    topic = topic_names(settings)["usage-enriched"]
+    await ensure_topics(bootstrap, settings)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for rec in records:
+            await producer.send(topic, encode_single_object(rec, "UsageEnriched"),
+                                key=rec["account_id"].encode(), partition=rec["source_partition"],
+                                headers=[source_offset_header(rec["source_offset"])] if stamped else None)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def _assert_stored_once(client: Any, records: list[dict[str, Any]]) -> None:
+    rows = client.query("SELECT count(), uniqExact(event_id), sum(charged_micro) FROM events").result_rows
+    assert rows[0][0] == rows[0][1] == len(records)
+    assert rows[0][2] == sum(r["charged_micro"] for r in records)
+    ledger = client.query("SELECT count(), sum(amount_micro) FROM credit_ledger").result_rows[0]
+    assert ledger == (sum(len(r["debits"]) for r in records),
+                      sum(d["amount_micro"] for r in records for d in r["debits"]))
+
+
 # Stamped records (as the processor writes them) take the Avro-file path into ClickHouse; unstamped
 # ones (an older processor) are decoded in Python. Both must wait out the outage.
 @pytest.mark.parametrize("stamped", [True, False], ids=["avro-file path", "decoding path"])
 def test_sink_waits_out_a_clickhouse_outage_and_resumes(topic_settings: Settings, tmp_path: Path,
                                                         stamped: bool) -> None:
-    settings = topic_settings.model_copy(update={
-        "clickhouse_url": f"chdb://{tmp_path / 'ch'}", "sink_flush_seconds": 0.3, "sink_batch_rows": 500})
-    bootstrap = settings.kafka_bootstrap_servers or ""
-    url = settings.resolved_clickhouse_url
-    apply_migrations(connect(url), settings.events_ttl_days)
+    settings, bootstrap, url, names, tps = _sink_setup(topic_settings, tmp_path, sink_flush_seconds=0.3,
+                                                       sink_batch_rows=500)
     records = metered(3_000, accounts=40, seed=17, prefix="outage", partitions=3)
-    names = topic_names(settings)
-    tps = [TopicPartition(names["usage-enriched"], p) for p in range(3)]
 
     async def scenario() -> None:
-        await ensure_topics(bootstrap, settings)
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-        await producer.start()
-        try:
-            for rec in records:
-                await producer.send(names["usage-enriched"], encode_single_object(rec, "UsageEnriched"),
-                                    key=rec["account_id"].encode(), partition=rec["source_partition"],
-                                    headers=[source_offset_header(rec["source_offset"])] if stamped else None)
-            await producer.flush()
-        finally:
-            await producer.stop()
+        await _produce_metered(settings, records, stamped)
 
         flaky = FlakyClickHouse(url)
         sink = ClickHouseSink(settings, bootstrap, names, client_factory=lambda: flaky)
@@ -112,12 +135,7 @@ def test_sink_waits_out_a_clickhouse_outage_and_resumes(topic_settings: Settings
     asyncio.run(scenario())
     try:
         client = connect(url)
-        rows = client.query("SELECT count(), uniqExact(event_id), sum(charged_micro) FROM events").result_rows
-        assert rows[0][0] == rows[0][1] == len(records)
-        assert rows[0][2] == sum(r["charged_micro"] for r in records)
-        ledger = client.query("SELECT count(), sum(amount_micro) FROM credit_ledger").result_rows[0]
-        assert ledger == (sum(len(r["debits"]) for r in records),
-                          sum(d["amount_micro"] for r in records for d in r["debits"]))
+        _assert_stored_once(client, records)
     finally:
         close(url)
 
@@ -139,27 +157,12 @@ class DiesAfterFirstInsert(FlakyClickHouse):
 
 
 def test_a_store_cut_short_is_re_formed_whole_by_the_next_sink(topic_settings: Settings, tmp_path: Path) -> None:
-    settings = topic_settings.model_copy(update={
-        "clickhouse_url": f"chdb://{tmp_path / 'ch'}", "sink_flush_seconds": 0.5, "sink_batch_rows": 50_000})
-    bootstrap = settings.kafka_bootstrap_servers or ""
-    url = settings.resolved_clickhouse_url
-    apply_migrations(connect(url), settings.events_ttl_days)
+    settings, bootstrap, url, names, tps = _sink_setup(topic_settings, tmp_path, sink_flush_seconds=0.5,
+                                                       sink_batch_rows=50_000)
     records = metered(2_000, accounts=30, seed=23, prefix="store", partitions=3)
-    names = topic_names(settings)
-    tps = [TopicPartition(names["usage-enriched"], p) for p in range(3)]
 
     async def scenario() -> None:
-        await ensure_topics(bootstrap, settings)
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-        await producer.start()
-        try:
-            for rec in records:
-                await producer.send(names["usage-enriched"], encode_single_object(rec, "UsageEnriched"),
-                                    key=rec["account_id"].encode(), partition=rec["source_partition"],
-                                    headers=[source_offset_header(rec["source_offset"])])
-            await producer.flush()
-        finally:
-            await producer.stop()
+        await _produce_metered(settings, records, stamped=True)
 
         dying = DiesAfterFirstInsert(url)
         first = ClickHouseSink(settings, bootstrap, names, client_factory=lambda: dying)
@@ -190,11 +193,6 @@ def test_a_store_cut_short_is_re_formed_whole_by_the_next_sink(topic_settings: S
         stores = client.query("SELECT store, count() FROM sink_batches FINAL GROUP BY store "
                               "ORDER BY min(planned_at)").result_rows
         assert stores[0][0] and stores[0][1] >= 2, f"the first store spans partitions: {stores}"
-        rows = client.query("SELECT count(), uniqExact(event_id), sum(charged_micro) FROM events").result_rows
-        assert rows[0][0] == rows[0][1] == len(records)
-        assert rows[0][2] == sum(r["charged_micro"] for r in records)
-        ledger = client.query("SELECT count(), sum(amount_micro) FROM credit_ledger").result_rows[0]
-        assert ledger == (sum(len(r["debits"]) for r in records),
-                          sum(d["amount_micro"] for r in records for d in r["debits"]))
+        _assert_stored_once(client, records)
     finally:
         close(url)
