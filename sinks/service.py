@@ -342,13 +342,9 @@ class ClickHouseSink(Service):
         return ready
 
     async def _flush(self, force: bool) -> None:
-        while True:
-            due = self._due(force)
-            if not due:
-                return
+        # Each store takes records out of the buffers and nothing is fetched meanwhile, so this ends.
+        while due := self._due(force):
             await self._store_due(due)
-            if not self.combine and not any(p.replay_end is not None for p in self.parts.values()):
-                return
 
     async def _store_due(self, due: list[_Partition]) -> None:
         batches: list[tuple[_Partition, list[Any], list[Any]]] = []
