@@ -14,8 +14,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-# key, value, headers. aiokafka takes any bytes-like value (a memoryview saves a copy) and wants a list.
-Outgoing = tuple[bytes | None, bytes | memoryview | None, list[tuple[str, bytes]]]
+# key, value, headers
+Outgoing = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # aiokafka wants a list
 
 
 async def send_partitioned(producer: AIOKafkaProducer, topic: str,

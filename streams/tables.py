@@ -185,15 +185,15 @@ class ChangelogTable:
         store, hot, dirty, headers, intern = self._store, self._hot, self._dirty, self._raw_headers, sys.intern
         for partition, key, value in changes:
             key = intern(key)
-            # The record is sent from the stored copy: orjson's result keeps a buffer of several KB
-            # whatever its length, so it is dropped here rather than held for the whole batch.
+            # orjson's result holds a buffer of several KB whatever its length: it is dropped here
+            # and the record sent from an exact-size copy, rather than held for the whole batch.
             stored = store[key] = (
                 (headers[partition] if partition < len(headers) else _raw_header(partition)) + _encode(value))
             hot.pop(key, None)  # re-inserted last: the oldest written are evicted first
             hot[key] = value
             if dirty:
                 dirty.discard(key)
-            by_partition.setdefault(partition, []).append((key.encode(), memoryview(stored)[_HEADER:], []))
+            by_partition.setdefault(partition, []).append((key.encode(), stored[_HEADER:], []))
         futures = await send_partitioned(producer, self.topic, by_partition)
         self.evict()
         return futures

@@ -11,13 +11,14 @@ best of ``--repeat`` rounds:
 - ``get cold``: decoding a key that is held as bytes (the next ``put_many`` evicts it again).
 
 ``--baseline`` loads another ``tables.py`` (e.g. ``git show main:streams/tables.py > /tmp/t.py``) and
-reports the same hot figures for it.
+reports its figures as ``baseline hot``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib.util
 import json
 import time
@@ -102,14 +103,19 @@ def main() -> None:
     ap.add_argument("--cache-dir", type=Path, default=Path("/tmp"))
     a = ap.parse_args()
     samples = sample_values(a.cache_dir)
+    current, baseline = load_table_class(None), load_table_class(a.baseline) if a.baseline else None
     results: dict[str, Any] = {}
-    for label, path in (("current", None), *((("baseline", a.baseline),) if a.baseline else ())):
-        cls = load_table_class(path)
-        for table, values in samples.items():
-            row = {"hot": measure(cls, values, a.keys, a.batch, a.repeat, None if path else a.keys)}
-            if path is None:
-                row["cold"] = measure(cls, values, a.keys, a.batch, a.repeat, 0)
-            results.setdefault(label, {})[table] = row
+    for table, values in samples.items():
+        # Interleaved, each from a collected heap: what one leaves behind must not bill the other.
+        row: dict[str, Any] = {}
+        if baseline is not None:
+            gc.collect()
+            row["baseline hot"] = measure(baseline, values, a.keys, a.batch, a.repeat, None)
+        gc.collect()
+        row["hot"] = measure(current, values, a.keys, a.batch, a.repeat, a.keys)
+        gc.collect()
+        row["cold"] = measure(current, values, a.keys, a.batch, a.repeat, 0)
+        results[table] = row
     print(json.dumps(results, indent=1))
 
 
