@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 import zlib
@@ -70,6 +71,16 @@ def _encode(value: Any) -> bytes:
         return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError:  # an integer beyond 64 bits: the stdlib writes any size
         return json.dumps(value, separators=(",", ":")).encode()
+
+
+# orjson reads an integer beyond 64 bits as a float, silently. Such values (written by the stdlib
+# fallback of ``_encode``) are rare: only payloads with a run of 20+ digits (an id of digits may be
+# one) take the stdlib path, which reads every JSON number exactly.
+_LONG_DIGITS = re.compile(rb"\d{20,}")
+
+
+def _decode(payload: bytes | memoryview) -> Any:
+    return json.loads(bytes(payload)) if _LONG_DIGITS.search(payload) else orjson.loads(payload)
 
 
 def _raw_header(partition: int) -> bytes:
@@ -150,7 +161,7 @@ class ChangelogTable:
         stored = self._store.get(key)
         if stored is None:
             return None
-        value = orjson.loads(self._deflate.payload(stored))
+        value = _decode(self._deflate.payload(stored))
         self._hot[sys.intern(key)] = value
         self.hydrated += 1
         return value

@@ -233,3 +233,12 @@ def test_save_evicts_values_a_batch_only_read_in_tables_it_did_not_write() -> No
         assert len(grants._hot) == 5 and len(usage._hot) == 3
 
     asyncio.run(go())
+
+
+def test_integers_beyond_64_bits_come_back_exact_from_cold_entries() -> None:
+    t, producer = table(hot_max=1), FakeProducer()
+    big = {"o": 1 << 70, "small": [1, 2], "float": 0.5}
+    put(t, producer, [(0, "big", copy(big)), *((1, f"k{i}", account_state(i)) for i in range(20))])
+    assert t.footprint()["hot"] == 1  # "big" went back to bytes
+    back = t.get("big")
+    assert back == big and type(back["o"]) is int
