@@ -28,8 +28,6 @@ from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import faust
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 from mode import Service
 
 from streams.batch_send import KeyPartitions, Outgoing, send_partitioned
@@ -42,6 +40,7 @@ from streams.partitioned import Fetched, PartitionedService
 from streams.policy import load_policy
 from streams.settings import Settings
 from streams.tables import ChangelogTable
+from streams.topics import create_topic, retention_ms
 
 log = logging.getLogger("creditflow.processor")
 _trace = log.info if os.environ.get("CREDITFLOW_TRACE_BATCHES") else log.debug
@@ -85,21 +84,10 @@ class Processor(PartitionedService):
         return [self.grants_topic, self.reviews_topic, self.events_topic, self.fp_topic]
 
     async def prepare(self) -> None:
-        await self._ensure_fingerprint_topic()
-
-    async def _ensure_fingerprint_topic(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
-        try:
-            # Same partition count as the inputs: reviews keyed by a fingerprint must land on the
-            # partition number that holds the fingerprint's alert state.
-            await admin.create_topics([NewTopic(
-                self.fp_topic, self.settings.partitions, self.settings.replication_factor,
-                topic_configs={"retention.ms": str(self.settings.retention_hours * 3600 * 1000)})])
-        except TopicAlreadyExistsError:
-            pass
-        finally:
-            await admin.close()
+        # Same partition count as the inputs: reviews keyed by a fingerprint must land on the
+        # partition number that holds the fingerprint's alert state.
+        await create_topic(self.bootstrap, self.fp_topic, self.settings.partitions,
+                           self.settings.replication_factor, {"retention.ms": str(retention_ms(self.settings))})
 
     async def recover(self, partitions: set[int]) -> None:
         if partitions - self.owned:

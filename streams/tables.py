@@ -31,11 +31,10 @@ from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
 from streams.batch_send import Outgoing, send_partitioned
 from streams.settings import Settings
+from streams.topics import create_topic
 
 log = logging.getLogger("creditflow.tables")
 
@@ -262,15 +261,7 @@ class ChangelogTable:
                 "dictionaries": len(self._deflate.dicts) - 1, "hydrated": self.hydrated, "evicted": self.evicted}
 
     async def ensure_topic(self, bootstrap: str, replication: int) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(self.topic, self.partitions, replication,
-                                                topic_configs={"cleanup.policy": "compact"})])
-        except TopicAlreadyExistsError:
-            pass
-        finally:
-            await admin.close()
+        await create_topic(bootstrap, self.topic, self.partitions, replication, {"cleanup.policy": "compact"})
 
     async def recover(self, bootstrap: str, partitions: Iterable[int]) -> int:
         """Read the changelog of ``partitions`` from the start to its end; returns records read."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, for_code
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from deploy.kafka.launcher import LocalKafka
 
@@ -94,6 +94,20 @@ async def ensure_topics(bootstrap: str, settings: Settings, timeout: float = 30)
                 message = entry[2] if len(entry) > 2 else ""
                 raise for_code(code)(f"creating topic {name} failed: {message or code}")
         return sorted(created)
+    finally:
+        await admin.close()
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int, replication: int,
+                       configs: dict[str, str]) -> None:
+    """Create one topic the project owns besides ``TOPICS`` (changelogs, the fingerprint repartition);
+    a topic that exists already is left as it is."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, replication, topic_configs=configs)])
+    except TopicAlreadyExistsError:
+        pass
     finally:
         await admin.close()
 
