@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import faust
 
+from streams.gc_policy import tune_for_batches
 from streams.settings import Role, Settings
 
 
 def create_app(settings: Settings, bootstrap: str) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    tune_for_batches()
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{bootstrap}",
@@ -25,7 +27,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         producer_acks=-1,
         producer_linger_ms=5,
         producer_max_batch_size=512 * 1024,
-        producer_compression_type="lz4",
+        producer_compression_type=settings.compression_type,
         consumer_auto_offset_reset="earliest",
         broker_commit_every=10_000,
         broker_commit_interval=1.0,

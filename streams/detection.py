@@ -128,11 +128,11 @@ class Detection:
     def __init__(self, settings: Settings, names: Mapping[str, str]) -> None:
         app_id = settings.app_id
         self.accounts = ChangelogTable("detector-accounts", f"{app_id}-detector-accounts-changelog",
-                                       settings.partitions)
+                                       settings.partitions, state_dir=settings.state_dir)
         self.fingerprints = ChangelogTable("detector-fingerprints", f"{app_id}-detector-fingerprints-changelog",
-                                           settings.partitions)
+                                           settings.partitions, state_dir=settings.state_dir)
         self.alert_states = ChangelogTable("detector-alerts", f"{app_id}-detector-alerts-changelog",
-                                           settings.partitions)
+                                           settings.partitions, state_dir=settings.state_dir)
         self.engine = DetectorEngine(policy=load_policy(settings.policy_path))
         # Fingerprint kinds some rule watches: only those are repartitioned.
         self.fp_kinds = {k: f for k, f in FINGERPRINT_FIELDS.items()

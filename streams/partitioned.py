@@ -22,6 +22,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import OffsetAndMetadata
 from mode import Service
 
+from streams import gc_policy
 from streams.settings import Settings
 from streams.tables import ChangelogTable
 
@@ -85,7 +86,7 @@ class PartitionedService(Service):
         await self.prepare()
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
-            compression_type="lz4", linger_ms=5, max_batch_size=1024 * 1024,
+            compression_type=self.settings.compression_type, linger_ms=5, max_batch_size=1024 * 1024,
         )
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
@@ -127,6 +128,9 @@ class PartitionedService(Service):
             await self.consumer.stop()
         if self.producer is not None:
             await self.producer.stop()
+        # The local stores are scratch (the changelogs hold the state): free their disk now.
+        for table in self.tables:
+            table.close()
 
     def release(self, partitions: set[int]) -> None:
         self.owned -= partitions
@@ -185,7 +189,8 @@ class PartitionedService(Service):
                 async with self.lock:
                     # Records can arrive before the assignment callback has recovered their state.
                     await self.recover({tp.partition for tp in fetched})
-                    await self.process(fetched)
+                    with gc_policy.paused():
+                        await self.process(fetched)
             except Exception as exc:
                 if self.should_stop:
                     # Shutting down under a batch (its producer or consumer already closing): it was

@@ -54,9 +54,10 @@ class Processor(PartitionedService):
     logger = log
 
     def __init__(self, settings: Settings, bootstrap: str, names: Mapping[str, str], **kwargs: Any) -> None:
-        usage = ChangelogTable("account-usage", f"{settings.app_id}-account-usage-changelog", settings.partitions)
+        usage = ChangelogTable("account-usage", f"{settings.app_id}-account-usage-changelog", settings.partitions,
+                               state_dir=settings.state_dir)
         grants = ChangelogTable("account-grants", f"{settings.app_id}-account-grants-changelog",
-                                settings.partitions)
+                                settings.partitions, state_dir=settings.state_dir)
         detection = Detection(settings, names)
         super().__init__(settings, bootstrap, f"{settings.app_id}-processor", (usage, grants, *detection.tables),
                          **kwargs)

@@ -6,31 +6,49 @@ await its delivery before committing input offsets, and recover exactly the part
 the processor's own consumer group assigned (see ``streams/processor.py`` for why).
 
 Memory: a decoded state costs several times its JSON (an account's detector state is ~8 KB of
-dicts and lists, ~1.2 KB of JSON, ~0.2 KB compressed). So only a bounded set of recently written
-or read keys is kept decoded ("hot", ``hot_max``); every other key is kept as its last changelog
-write, deflated with a preset dictionary trained on the table's own values, and decoded again when
-``get`` asks for it. The changelog records stay plain JSON: the producer's lz4 compresses whole
-record batches better than per-record deflate would, at no cost to the write path.
+dicts and lists, ~1.2 KB of JSON), and even as bytes every key held in a Python dict costs
+~150-200 B of objects (slot, str, bytes header) before its value: with millions of keys over five
+tables that alone is about a gigabyte. So only a bounded set of recently written or read keys is
+kept decoded ("hot", ``hot_max``), and every other key lives in a local RocksDB store as its last
+changelog write, read back and decoded when ``get`` asks for it - what Faust and Kafka Streams do.
+The changelog stays the source of truth: the local store is scratch, created empty with the table,
+deleted by ``close`` (or at interpreter exit), and rebuilt from the changelog by ``recover``.
+A worker killed before it could delete its stores leaves ``creditflow-state-<pid>-*`` directories;
+the next table created in the same directory removes those whose process is gone.
 
 Callers may change an object returned by ``get`` in place, but must write it with ``put_many``
-before the batch ends: a key is turned back into bytes only at a safe point (``evict``, run by
-``put_many`` and at the end of ``PartitionedService.save``), where its bytes equal its last write.
-A new key that is not written yet is added with ``set`` and is never evicted before its write.
+before the batch ends: a key leaves the hot set only at a safe point (``evict``, run by
+``put_many`` and at the end of ``PartitionedService.save``), where its stored bytes equal its last
+write. A new key that is not written yet is added with ``set`` and is never evicted before its write.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import re
+import shutil
 import sys
+import tempfile
 import time
-import zlib
+import weakref
 from collections.abc import Awaitable, Iterable, Iterator, Set
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from rocksdict import (
+    BlockBasedOptions,
+    Cache,
+    DBCompressionType,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteBufferManager,
+    WriteOptions,
+)
 
 from streams.batch_send import Outgoing, send_partitioned
 from streams.settings import Settings
@@ -40,25 +58,27 @@ log = logging.getLogger("creditflow.tables")
 
 _V = TypeVar("_V")
 
-# A stored entry is a 3-byte header and a payload. Header byte 0 is the format: 0 = the JSON as it
-# was written, n > 0 = that JSON as raw deflate with preset dictionary n; bytes 1-2 the partition,
-# so the owner of a key costs no second dict.
+# A stored entry is a 3-byte header and a payload. Header byte 0 is the format (0 = the JSON as it
+# was written; kept so another encoding can be told apart), bytes 1-2 the partition: ``drop`` finds
+# a revoked partition's keys from the entries alone, with no second index per key.
 _RAW = 0
 _HEADER = 3
 _MAX_PARTITIONS = 1 << 16
-# With a dictionary, level 6 costs about what level 1 without one does (setting up the stream
-# dominates for ~1 KB values) and stores ~2.5x less (``--sizes`` of tests/benchmarks/state_memory.py).
-_LEVEL = 6
-_WBITS = -15  # raw deflate: no zlib header and checksum per value
-_MEMLEVEL = 8
-_DICT_SAMPLES = 8  # values a dictionary is built from: more hardly helps, a larger one costs per value
-_DICT_MAX = 16 * 1024
-# Retrain after 1k, 2k, 4k, ... compressions, at least every 100k: values change shape as a table
-# fills (an account first seen through a grant has no detector slots yet), and a dictionary that
-# matches the current shape is what makes small values compress.
-_RETRAIN_MIN = 1_000
-_RETRAIN_MAX = 100_000
-_MAX_DICTS = 255  # format byte; entries keep naming the dictionary they were deflated with
+
+_DIR_PREFIX = "creditflow-state-"
+_DIR_PID = re.compile(re.escape(_DIR_PREFIX) + r"(\d+)-")
+# Recovery reads whole partitions: records are written in batches, one RocksDB write per this many.
+_RESTORE_BATCH = 10_000
+
+# RocksDB memory, bounded whatever the number of keys (see ``_options``). Memtables hold values
+# uncompressed until flushed; one manager caps them over every table of the process.
+_WRITE_BUFFER = 16 << 20
+_WRITE_BUFFERS = 2
+_WRITE_BUFFERS_TOTAL = 64 << 20
+# Hot values are decoded in ``_hot``; the block cache only saves re-reading a block from the page
+# cache (the files stay in the OS page cache, which is not this process's RSS).
+_BLOCK_CACHE = 32 << 20
+_BLOOM_BITS = 10  # a get of a key never written (new accounts, fingerprints) skips every file
 
 DEFAULT_HOT_KEYS: int = Settings.model_fields["state_hot_keys"].default
 
@@ -90,77 +110,128 @@ def _partition_of(stored: bytes) -> int:
     return (stored[1] << 8) | stored[2]
 
 
-class _Deflate:
-    """Deflate of one table's values with preset dictionaries trained on values it compressed."""
+@functools.cache
+def _shared_memory() -> tuple[Cache, WriteBufferManager]:
+    """One block cache and one memtable budget for every table of the process, so RocksDB's
+    memory does not grow with the number of tables."""
+    cache = Cache(_BLOCK_CACHE)
+    return cache, WriteBufferManager(_WRITE_BUFFERS_TOTAL, False)
 
-    def __init__(self) -> None:
-        self.dicts: list[bytes] = [b""]  # index = format byte; 0 is the raw format
-        self._primed: zlib._Compress | None = None  # has the current dictionary loaded; copied per value
-        self._samples: list[bytes] = []
-        self._compressed = 0
-        self._train_at = 0
-        self.raw_kept = 0  # values that deflate did not make smaller
 
-    def pack(self, partition: int, payload: bytes | memoryview) -> bytes:
-        """The stored entry of ``payload`` (JSON) for ``partition``: deflated if that is smaller."""
-        if self._compressed >= self._train_at and len(self.dicts) <= _MAX_DICTS:
-            self._sample(payload)
-        self._compressed += 1
-        if self._primed is not None:
-            c = self._primed.copy()
-            packed = c.compress(payload) + c.flush()
-            if len(packed) < len(payload):
-                return bytes((len(self.dicts) - 1, partition >> 8, partition & 0xFF)) + packed
-        self.raw_kept += 1
-        return _raw_header(partition) + payload
+def _options() -> Options:
+    cache, buffers = _shared_memory()
+    opt = Options(raw_mode=True)
+    opt.create_if_missing(True)
+    opt.set_write_buffer_size(_WRITE_BUFFER)
+    opt.set_max_write_buffer_number(_WRITE_BUFFERS)
+    opt.set_write_buffer_manager(buffers)
+    # Flushes and compactions run beside the event loop on a 2-core machine: one at a time.
+    opt.set_max_background_jobs(1)
+    # lz4 stores account JSON in ~1/3 of the disk and page cache for little CPU (decompressing a
+    # 4 KB block is ~1 us, beside ~5 us for the rest of a get).
+    opt.set_compression_type(DBCompressionType.lz4())
+    table = BlockBasedOptions()
+    table.set_block_cache(cache)
+    table.set_bloom_filter(_BLOOM_BITS, False)
+    opt.set_block_based_table_factory(table)
+    opt.set_keep_log_file_num(1)
+    opt.set_max_log_file_size(1 << 20)
+    return opt
 
-    def _sample(self, payload: bytes | memoryview) -> None:
-        self._samples.append(bytes(payload))
-        if len(self._samples) < _DICT_SAMPLES:
-            return
-        zdict = b"".join(self._samples)[-_DICT_MAX:]
-        self._samples = []
-        self.dicts.append(zdict)
-        self._primed = zlib.compressobj(_LEVEL, zlib.DEFLATED, _WBITS, _MEMLEVEL, zlib.Z_DEFAULT_STRATEGY, zdict)
-        self._train_at = self._compressed + min(max(self._compressed, _RETRAIN_MIN), _RETRAIN_MAX)
 
-    def payload(self, stored: bytes) -> bytes | memoryview:
-        """The JSON a stored entry holds."""
-        fmt = stored[0]
-        if fmt == _RAW:
-            return memoryview(stored)[_HEADER:]
-        return zlib.decompressobj(_WBITS, self.dicts[fmt]).decompress(memoryview(stored)[_HEADER:])
+def _write_options() -> WriteOptions:
+    wo = WriteOptions()
+    # No write-ahead log: the store is scratch (rebuilt from the changelog after any restart), so
+    # logging every write to disk would only cost. The stub declares it a method; it is a property.
+    setattr(wo, "disable_wal", True)  # noqa: B010
+    return wo
+
+
+def _remove_dead_siblings(base: str) -> None:
+    """Remove the state directories in ``base`` of processes that no longer run (killed before
+    they could close their tables)."""
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return
+    me = os.getpid()
+    for entry in entries:
+        m = _DIR_PID.match(entry.name)
+        if m is None or int(m.group(1)) == me or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except (OSError, OverflowError):  # alive under another user, or not a pid we can ask about
+            pass
+
+
+def _stored_keys(db: Rdict) -> Iterator[bytes]:
+    return cast(Iterator[bytes], db.keys())  # raw mode: keys are bytes
+
+
+def _stored_items(db: Rdict) -> Iterator[tuple[bytes, bytes]]:
+    return cast(Iterator[tuple[bytes, bytes]], db.items())
+
+
+def _close_store(db: Rdict, path: str) -> None:
+    try:
+        db.close()
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class ChangelogTable:
-    def __init__(self, name: str, topic: str, partitions: int, hot_max: int = DEFAULT_HOT_KEYS) -> None:
+    def __init__(self, name: str, topic: str, partitions: int, hot_max: int = DEFAULT_HOT_KEYS,
+                 *, state_dir: str | None = None) -> None:
+        """``state_dir``: where the local store's directory is made; None = the system temp dir."""
         if not 0 < partitions <= _MAX_PARTITIONS:
             raise ValueError(f"{name}: {partitions} partitions; at most {_MAX_PARTITIONS} are supported")
         self.name = name
         self.topic = topic
         self.partitions = partitions
         self.hot_max = hot_max
-        # Every key with a value written or recovered: its stored entry (see _RAW). Keys are
-        # interned so the tables keyed by account id share one string per account.
-        self._store: dict[str, bytes] = {}
         # Decoded values, oldest first by their last write or decode; reads do not reorder, so
-        # ``get`` costs one lookup like a plain dict.
+        # ``get`` costs one lookup like a plain dict. Keys are interned so the tables keyed by
+        # account id share one string per account.
         self._hot: dict[str, Any] = {}
         # Keys ``set`` but not written since: their value exists only in ``_hot``.
         self._dirty: set[str] = set()
-        self._deflate = _Deflate()
+        # Hot keys written since they were loaded: their stored entry, which goes to the store when
+        # they are evicted (a key only read is already there). A subset of ``_hot``'s keys.
+        self._written: dict[str, bytes] = {}
         self._raw_headers = [_raw_header(p) for p in range(partitions)]
+        base = state_dir or tempfile.gettempdir()
+        os.makedirs(base, exist_ok=True)
+        _remove_dead_siblings(base)
+        self.path = tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-", dir=base)
+        self._db = Rdict(self.path, _options())
+        self._write_opt = _write_options()
+        # Recovered records not yet written to the store (see ``restore``).
+        self._restoring: WriteBatch | None = None
+        self._restoring_n = 0
+        # Removes the directory when the table is closed, collected, or at interpreter exit.
+        self._finalizer = weakref.finalize(self, _close_store, self._db, self.path)
         self.hydrated = 0
         self.evicted = 0
+
+    def close(self) -> None:
+        """Close the local store and delete its directory; the table is unusable afterwards."""
+        self._finalizer()
 
     def get(self, key: str) -> Any:
         value = self._hot.get(key)
         if value is not None:
             return value
-        stored = self._store.get(key)
+        if key in self._hot:  # a written JSON null: the store may hold an older value
+            return None
+        if self._restoring is not None:
+            self._flush_restored()
+        stored = self._db.get(key.encode())
         if stored is None:
             return None
-        value = _decode(self._deflate.payload(stored))
+        value = _decode(memoryview(stored)[_HEADER:])
         self._hot[sys.intern(key)] = value
         self.hydrated += 1
         return value
@@ -174,30 +245,38 @@ class ChangelogTable:
         return value
 
     def keys(self) -> Set[str]:
-        if not self._dirty:
-            return self._store.keys()
-        return self._store.keys() | self._dirty
+        """Keys with a written or recovered value, and keys ``set`` since (reads the whole store)."""
+        self._flush_restored()
+        keys = {k.decode() for k in _stored_keys(self._db)}
+        keys.update(self._written)
+        keys.update(self._dirty)
+        return keys
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
 
     def __contains__(self, key: object) -> bool:
-        return key in self._store or key in self._dirty
+        if not isinstance(key, str):
+            return False
+        if key in self._written or key in self._dirty:
+            return True
+        self._flush_restored()
+        return self._db.get(key.encode()) is not None
 
     def __len__(self) -> int:
-        return len(self._store) + sum(1 for k in self._dirty if k not in self._store)
+        return len(self.keys())
 
     async def put_many(self, producer: AIOKafkaProducer,
                        changes: Iterable[tuple[int, str, Any]]) -> list[Awaitable[Any]]:
         """Set every (partition, key, value) and publish the changelog records in per-partition
         batches; returns the delivery futures."""
         by_partition: dict[int, list[Outgoing]] = {}
-        store, hot, dirty, headers, intern = self._store, self._hot, self._dirty, self._raw_headers, sys.intern
+        written, hot, dirty, headers, intern = self._written, self._hot, self._dirty, self._raw_headers, sys.intern
         for partition, key, value in changes:
             key = intern(key)
             # orjson's result holds a buffer of several KB whatever its length: it is dropped here
             # and the record sent from an exact-size copy, rather than held for the whole batch.
-            stored = store[key] = (
+            stored = written[key] = (
                 (headers[partition] if partition < len(headers) else _raw_header(partition)) + _encode(value))
             hot.pop(key, None)  # re-inserted last: the oldest written are evicted first
             hot[key] = value
@@ -209,10 +288,10 @@ class ChangelogTable:
         return futures
 
     def evict(self) -> int:
-        """Keep at most ``hot_max`` decoded values, the most recently written or read: the others go
-        back to their stored entry (deflated now if it was still plain). Call only when every
-        change to a value from ``get`` has been written (``set`` values are kept until written).
-        Returns the number of values evicted."""
+        """Keep at most ``hot_max`` decoded values, the most recently written or read: the others
+        are dropped, those written since they were loaded after putting their last write in the
+        store. Call only when every change to a value from ``get`` has been written (``set`` values
+        are kept until written). Returns the number of values evicted."""
         hot = self._hot
         excess = len(hot) - self.hot_max
         if excess <= 0:
@@ -224,41 +303,84 @@ class ChangelogTable:
                 victims.append(key)
                 if len(victims) >= excess:
                     break
-        store, pack = self._store, self._deflate.pack
+        written = self._written
+        batch: WriteBatch | None = None
         for key in victims:
             del hot[key]
-            stored = store[key]
-            if stored[0] == _RAW:
-                store[key] = pack(_partition_of(stored), memoryview(stored)[_HEADER:])
+            stored = written.pop(key, None)
+            if stored is not None:
+                if batch is None:
+                    batch = WriteBatch(raw_mode=True)
+                batch.put(key.encode(), stored)
+        if batch is not None:
+            # Recovered records are older than any write: they must not land after it.
+            self._flush_restored()
+            self._db.write(batch, self._write_opt)
         self.evicted += len(victims)
         return len(victims)
 
     def drop(self, partitions: Iterable[int]) -> None:
+        """Forget every key of ``partitions`` (a rebalance: reads the whole store)."""
         gone = set(partitions)
-        store, hot, dirty = self._store, self._hot, self._dirty
+        if not gone:
+            return
+        self._flush_restored()
+        hot, dirty, written = self._hot, self._dirty, self._written
         # Keys only ``set`` (no write yet) have no partition and stay: a batch in flight owns them.
-        for key in [k for k, v in store.items() if _partition_of(v) in gone]:
-            del store[key]
+        dropped = {k for k, v in written.items() if _partition_of(v) in gone}
+        for key in dropped:
+            del written[key]
             hot.pop(key, None)
             dirty.discard(key)
+        batch = WriteBatch(raw_mode=True)
+        n = 0
+        for k, v in _stored_items(self._db):
+            key = k.decode()
+            if key in written:  # a later write, in a partition that stays, supersedes the entry
+                continue
+            if key in dropped or _partition_of(v) in gone:
+                batch.delete(k)
+                n += 1
+                hot.pop(key, None)
+                dirty.discard(key)
+        if n:
+            self._db.write(batch, self._write_opt)
 
     def restore(self, partition: int, key: bytes | None, value: bytes | None) -> None:
         """Apply one changelog record (a tombstone when ``value`` is None) as recovery reads it:
-        the JSON is kept as a stored entry and decoded only when ``get`` asks for it."""
-        k = sys.intern(key.decode()) if key else ""
+        the JSON goes to the store and is decoded only when ``get`` asks for it."""
+        k = key.decode() if key else ""
         self._hot.pop(k, None)
         self._dirty.discard(k)
+        self._written.pop(k, None)
+        if self._restoring is None:
+            self._restoring = WriteBatch(raw_mode=True)
         if value is None:
-            self._store.pop(k, None)
+            self._restoring.delete(key or b"")
         else:
-            self._store[k] = self._deflate.pack(partition, value)
+            header = self._raw_headers[partition] if partition < len(self._raw_headers) else _raw_header(partition)
+            self._restoring.put(key or b"", header + value)
+        self._restoring_n += 1
+        if self._restoring_n >= _RESTORE_BATCH:
+            self._flush_restored()
+
+    def _flush_restored(self) -> None:
+        if self._restoring is not None:
+            batch, self._restoring, self._restoring_n = self._restoring, None, 0
+            self._db.write(batch, self._write_opt)
 
     def footprint(self) -> dict[str, int]:
         """Sizes for logs and measurements (walks every key)."""
-        stored = self._store.values()
-        return {"keys": len(self._store), "hot": len(self._hot), "dirty": len(self._dirty),
-                "stored_bytes": sum(map(len, stored)), "deflated": sum(1 for v in stored if v[0] != _RAW),
-                "dictionaries": len(self._deflate.dicts) - 1, "hydrated": self.hydrated, "evicted": self.evicted}
+        self._flush_restored()
+        db = self._db
+        disk = 0
+        for entry in os.scandir(self.path):
+            if entry.is_file(follow_symlinks=False):
+                disk += entry.stat(follow_symlinks=False).st_size
+        return {"keys": len(self), "hot": len(self._hot), "dirty": len(self._dirty), "written": len(self._written),
+                "cold": db.property_int_value("rocksdb.estimate-num-keys") or 0,
+                "memtable_bytes": db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0,
+                "disk_bytes": disk, "hydrated": self.hydrated, "evicted": self.evicted}
 
     async def ensure_topic(self, bootstrap: str, replication: int) -> None:
         await create_topic(bootstrap, self.topic, self.partitions, replication, {"cleanup.policy": "compact"})
@@ -288,6 +410,7 @@ class ChangelogTable:
                 for tp in list(pending):
                     if await consumer.position(tp) >= ends[tp]:
                         pending.discard(tp)
+            self._flush_restored()
         finally:
             await consumer.stop()
         log.info("recovered %d %s records for partitions %s in %.2fs", n, self.name,

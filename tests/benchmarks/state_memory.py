@@ -233,7 +233,9 @@ async def run(path: Path, accounts: int, trace: bool, sizes: bool, settings_kw: 
         out["tables"] = {}
         for t in tables:
             fp = t.footprint()
-            fp["stored_bytes_per_key"] = round(fp["stored_bytes"] / max(1, fp["keys"]), 1)
+            for size in ("stored_bytes", "disk_bytes"):  # in memory (deflate versions) or in RocksDB
+                if size in fp:
+                    fp[f"{size}_per_key"] = round(fp[size] / max(1, fp["keys"]), 1)
             out["tables"][t.name] = fp
     if trace:
         current, peak = tracemalloc.get_traced_memory()
@@ -270,7 +272,7 @@ def changelog_sizes(producer: MemoryProducer, tables: tuple[Any, ...], accounts:
             row[f"zlib{level}"] = sum(len(zlib.compress(v, level)) for v in values)
         try:
             from streams.tables import _Deflate
-        except ImportError:  # measuring a tables.py that keeps everything decoded
+        except ImportError:  # a tables.py that keeps everything decoded, or cold keys in RocksDB
             pass
         else:
             # What ChangelogTable stores: raw deflate with a dictionary of the table's first values.

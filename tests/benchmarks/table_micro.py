@@ -7,8 +7,8 @@ table, each written once per round in batches of ``--batch`` like the processor 
 best of ``--repeat`` rounds:
 
 - ``get hot`` / ``put_many hot``: every key fits the decoded set (``hot_max`` >= keys);
-- ``put_many+evict cold``: ``hot_max`` 0, so every write is also deflated at the end of its batch;
-- ``get cold``: decoding a key that is held as bytes (the next ``put_many`` evicts it again).
+- ``put_many+evict cold``: ``hot_max`` 0, so every write also goes to the local store at the end of its batch;
+- ``get cold``: reading a key back from the local store and decoding it (the next ``put_many`` evicts it again).
 
 ``--baseline`` loads another ``tables.py`` (e.g. ``git show main:streams/tables.py > /tmp/t.py``) and
 reports its figures as ``baseline hot``.

@@ -236,7 +236,7 @@ def _write_profile(profiler: Any, session: Any, out: Path, events: int) -> dict[
 
 def main() -> None:
     cfg = json.loads(sys.argv[1])
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+    logging.basicConfig(level=os.environ.get("CREDITFLOW_BENCH_LOG_LEVEL", "WARNING"), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         result = asyncio.run(_run(cfg))

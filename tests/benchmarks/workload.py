@@ -1,7 +1,7 @@
 """The benchmark workload: synthetic events (``streams.generator``) pre-produced to the real broker.
 
 Events are encoded exactly as platform services send them (Avro single-object encoding, keyed by
-account id, lz4 batches) straight through aiokafka: the producer's validation is skipped because
+account id, zstd batches) straight through aiokafka: the producer's validation is skipped because
 the generator only makes valid events, and this keeps producing 1M events to about a minute.
 For the ClickHouse-native peer the same events are also written as JSONEachRow to a separate topic,
 because ClickHouse's ``Avro`` input format reads container files / Confluent framing, not Avro
@@ -56,7 +56,7 @@ class Workload:
 
 def producer(bootstrap: str, linger_ms: int = 20) -> AIOKafkaProducer:
     return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                            compression_type="lz4", linger_ms=linger_ms, max_batch_size=1024 * 1024)
+                            compression_type="zstd", linger_ms=linger_ms, max_batch_size=1024 * 1024)
 
 
 async def create_topics(bootstrap: str, prefix: str) -> None:

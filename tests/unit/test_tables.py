@@ -1,12 +1,18 @@
-"""ChangelogTable without a broker: decoded values beyond ``hot_max`` go back to their (deflated)
-changelog JSON at safe points and come back equal; values not written yet are never evicted;
-recovery keeps records as bytes; a revoked partition's keys are dropped."""
+"""ChangelogTable without a broker: decoded values beyond ``hot_max`` go to the local RocksDB store
+at safe points and come back equal; values not written yet are never evicted; recovery writes
+records to the store as bytes; a revoked partition's keys are dropped; the store's directory is
+removed on close, and stale ones of dead processes when a table is created."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
-from collections.abc import Sequence
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +24,8 @@ from streams.settings import Settings
 from streams.tables import ChangelogTable
 
 PARTITIONS = 6
+
+MakeTable = Callable[..., ChangelogTable]
 
 
 class _Batch:
@@ -58,8 +66,30 @@ def account_state(i: int) -> dict[str, Any]:
             "o": i}
 
 
-def table(hot_max: int, partitions: int = PARTITIONS) -> ChangelogTable:
-    return ChangelogTable("t", "t-changelog", partitions, hot_max=hot_max)
+def state_dirs(base: Path) -> list[Path]:
+    return sorted(base.glob("creditflow-state-*"))
+
+
+@pytest.fixture
+def state_base(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def table(state_base: Path) -> Iterator[MakeTable]:
+    """Makes tables whose stores live under ``state_base``; closes them after the test and checks
+    that no store directory is left behind."""
+    made: list[ChangelogTable] = []
+
+    def make(hot_max: int, partitions: int = PARTITIONS) -> ChangelogTable:
+        t = ChangelogTable("t", "t-changelog", partitions, hot_max=hot_max, state_dir=str(state_base))
+        made.append(t)
+        return t
+
+    yield make
+    for t in made:
+        t.close()
+    assert state_dirs(state_base) == []
 
 
 def put(t: ChangelogTable, producer: FakeProducer, items: Sequence[tuple[int, str, Any]]) -> None:
@@ -73,14 +103,27 @@ def copy(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def test_evicted_values_come_back_equal_from_deflated_bytes() -> None:
+class CountingStore:
+    """Wraps a table's Rdict to count the writes that reach it."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.writes = 0
+
+    def write(self, batch: Any, write_opt: Any = None) -> None:
+        self.writes += 1
+        self.db.write(batch, write_opt)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+def test_evicted_values_come_back_equal_from_the_store(table: MakeTable) -> None:
     t, producer = table(hot_max=10), FakeProducer()
     expected = {f"k{i}": account_state(i) for i in range(500)}
     put(t, producer, [(i % PARTITIONS, k, copy(v)) for i, (k, v) in enumerate(expected.items())])
     fp = t.footprint()
-    assert fp["hot"] == 10 and fp["keys"] == 500
-    assert fp["deflated"] >= 480, fp  # all but the dictionary's first samples
-    assert fp["stored_bytes"] < sum(len(json.dumps(v)) for v in expected.values()) / 3
+    assert (fp["keys"], fp["hot"], fp["written"], fp["cold"], fp["evicted"]) == (500, 10, 10, 490, 490), fp
     for k, v in expected.items():
         assert t.get(k) == v
     assert t.hydrated == 490
@@ -88,7 +131,23 @@ def test_evicted_values_come_back_equal_from_deflated_bytes() -> None:
     assert {(k or b"").decode(): json.loads(v or b"") for _, k, v in producer.sent} == expected
 
 
-def test_hot_bound_holds_after_each_write_and_reads_are_evicted_at_the_next_safe_point() -> None:
+def test_many_keys_written_over_several_batches_come_back_as_last_written(table: MakeTable) -> None:
+    t, producer = table(hot_max=100), FakeProducer()
+    expected: dict[str, Any] = {}
+    for rnd in range(3):
+        # Each round rewrites a third of the keys: the store holds older versions that must lose.
+        items = [(i % PARTITIONS, f"key-{i}", {**account_state(i), "round": rnd})
+                 for i in range(5_000) if rnd == 0 or i % 3 == rnd]
+        for start in range(0, len(items), 700):
+            put(t, producer, items[start:start + 700])
+            assert len(t._hot) <= 100
+        expected.update((k, copy(v)) for _, k, v in items)
+    assert len(t) == 5_000 and set(t.keys()) == set(expected)
+    assert sum(1 for k, v in expected.items() if t.get(k) != v) == 0
+    assert t.footprint()["disk_bytes"] > 0
+
+
+def test_hot_bound_holds_after_each_write_and_reads_are_evicted_at_the_next_safe_point(table: MakeTable) -> None:
     t, producer = table(hot_max=50), FakeProducer()
     for start in range(0, 400, 100):
         put(t, producer, [(0, f"k{i}", account_state(i)) for i in range(start, start + 100)])
@@ -102,19 +161,35 @@ def test_hot_bound_holds_after_each_write_and_reads_are_evicted_at_the_next_safe
     assert set(t._hot) == {f"k{i}" for i in range(250, 300)}
 
 
-def test_a_value_changed_in_place_and_written_is_what_comes_back() -> None:
+def test_a_value_changed_in_place_and_written_is_what_comes_back(table: MakeTable) -> None:
     t, producer = table(hot_max=0), FakeProducer()
     put(t, producer, [(1, f"k{i}", account_state(i)) for i in range(20)])
     v = t.get("k3")
+    assert "k3" not in t._written  # read from the store: nothing to write back
     v["o"] = 999
     v["d"]["CF-001"]["c"][0] = 5
     put(t, producer, [(1, "k3", v)])
-    assert "k3" not in t._hot
+    assert "k3" not in t._hot and "k3" not in t._written
     again = t.get("k3")
     assert again == v and again is not v  # evicted after its write, decoded again
 
 
-def test_values_set_but_not_written_are_never_evicted() -> None:
+def test_values_only_read_are_evicted_without_writing_the_store(table: MakeTable) -> None:
+    t, producer = table(hot_max=0), FakeProducer()
+    put(t, producer, [(0, f"k{i}", account_state(i)) for i in range(30)])
+    counting = CountingStore(t._db)
+    t._db = counting  # type: ignore[assignment]
+    for i in range(30):
+        t.get(f"k{i}")
+    assert t._written == {} and len(t._hot) == 30
+    assert t.evict() == 30
+    assert counting.writes == 0
+    put(t, producer, [(0, "k5", {"o": 5})])
+    assert counting.writes == 1  # the write's eviction: one batch per evict
+    assert t.get("k5") == {"o": 5} and t.get("k6") == account_state(6)
+
+
+def test_values_set_but_not_written_are_never_evicted(table: MakeTable) -> None:
     t, producer = table(hot_max=0), FakeProducer()
     fresh = t.set("new", {"d": {}, "o": -1})
     put(t, producer, [(2, f"k{i}", account_state(i)) for i in range(50)])
@@ -128,55 +203,149 @@ def test_values_set_but_not_written_are_never_evicted() -> None:
     assert len(t) == 51
 
 
-def test_drop_forgets_the_revoked_partitions_keys_hot_or_cold() -> None:
+def test_a_written_null_hides_an_older_value_in_the_store(table: MakeTable) -> None:
+    t, producer = table(hot_max=1), FakeProducer()
+    put(t, producer, [(0, "k", {"o": 1}), (0, "other", {"o": 2})])  # "k" goes to the store
+    put(t, producer, [(0, "k", None)])
+    assert "k" in t._hot and t.get("k") is None
+
+
+def test_drop_forgets_the_revoked_partitions_keys_hot_or_cold(table: MakeTable) -> None:
     t, producer = table(hot_max=20, partitions=300), FakeProducer()
     parts = (0, 1, 5, 299)
     put(t, producer, [(parts[i % 4], f"k{i}", account_state(i)) for i in range(200)])
+    t.get("k101")  # read back from the store: hot, not written
     pending = t.set("unwritten", {"o": 1})
     t.drop({1, 299})
-    assert set(t.keys()) == {f"k{i}" for i in range(200) if parts[i % 4] in (0, 5)} | {"unwritten"}
+    kept = {f"k{i}" for i in range(200) if parts[i % 4] in (0, 5)}
+    assert set(t.keys()) == kept | {"unwritten"} and len(t) == len(kept) + 1
+    assert "k101" not in t._hot and "k101" not in t
     assert all(parts[int(k[1:]) % 4] in (0, 5) for k in t._hot if k != "unwritten")
-    assert t.get("k1") is None and t.get("k3") is None
+    assert all(parts[int(k[1:]) % 4] in (0, 5) for k in t._written)
+    assert t.get("k1") is None and t.get("k3") is None and t.get("k199") is None
     assert t.get("k2") == account_state(2)
     assert t.get("unwritten") is pending
 
 
-def test_dictionaries_are_retrained_and_older_entries_still_decode(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tables_mod, "_DICT_SAMPLES", 2)
-    monkeypatch.setattr(tables_mod, "_RETRAIN_MIN", 5)
-    monkeypatch.setattr(tables_mod, "_RETRAIN_MAX", 5)
-    t, producer = table(hot_max=0), FakeProducer()
-    # Shapes change over time, like accounts first seen through a grant and later through events.
-    values = {f"k{i}": account_state(i) if i % 200 < 100 else {"g": {f"grant-{i}": [i, None]}} for i in range(3000)}
-    items = list(values.items())
-    for start in range(0, len(items), 20):
-        put(t, producer, [(0, k, v) for k, v in items[start:start + 20]])
-    fp = t.footprint()
-    assert fp["dictionaries"] == 256 - 1  # the format byte names at most 255; training then stops
-    assert {v[0] for v in t._store.values()} >= {1, 2, 255}
-    for key, value in values.items():
-        assert t.get(key) == value
+def test_drop_goes_by_the_partition_of_the_last_write(table: MakeTable) -> None:
+    t, producer = table(hot_max=1), FakeProducer()
+    put(t, producer, [(1, "moved", {"o": 1}), (1, "other", {"o": 2})])  # "moved" is in the store under 1
+    put(t, producer, [(0, "moved", {"o": 3})])  # written again under 0, hot
+    t.drop({1})
+    assert t.get("moved") == {"o": 3} and "other" not in t
+    t.evict()
+    assert t.get("moved") == {"o": 3}
 
 
-def test_recover_keeps_plain_json_records_as_deflated_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    records = {3: [(f"k{i}".encode(), json.dumps(account_state(i)).encode()) for i in range(300)],
-               4: [(b"gone", b'{"o":1}'), (b"twice", b'{"o":1}'), (b"gone", None), (b"twice", b'{"o":2}'),
-                   (b"k-spaced", b' {"o": 3}')]}
+def test_recover_writes_plain_json_records_to_the_store(monkeypatch: pytest.MonkeyPatch, table: MakeTable) -> None:
+    records: dict[int, list[tuple[bytes, bytes | None]]] = {
+        3: [(f"k{i}".encode(), json.dumps(account_state(i)).encode()) for i in range(300)],
+        4: [(b"gone", b'{"o":1}'), (b"twice", b'{"o":1}'), (b"gone", None), (b"twice", b'{"o":2}'),
+            (b"k-spaced", b' {"o": 3}')]}
     FakeConsumer.records = records
     monkeypatch.setattr(tables_mod, "AIOKafkaConsumer", FakeConsumer)
+    monkeypatch.setattr(tables_mod, "_RESTORE_BATCH", 128)  # several store writes, and a remainder
     t = table(hot_max=10)
     t.set("k-old", {"o": 0})
     t.restore(3, b"stale", b'{"o":-1}')  # recovery starts by dropping what the partitions held
     n = asyncio.run(t.recover("unused:9092", [3, 4]))
     assert n == 305
-    assert set(t._hot) == {"k-old"}  # recovered records stay bytes until read
+    assert t._restoring is None  # everything recovered is in the store
+    assert set(t._hot) == {"k-old"} and t._written == {}  # recovered records stay bytes until read
     assert "stale" not in t and "gone" not in t
     assert t.get("k1") == account_state(1)
     assert t.get("twice") == {"o": 2}  # the later record of a key wins
     assert t.get("k-spaced") == {"o": 3}
-    assert t.footprint()["deflated"] >= 290
+    fp = t.footprint()
+    assert fp["keys"] == 302 + 1 and fp["cold"] >= 302  # "cold" is RocksDB's estimate
     t.drop([4])
     assert "twice" not in t and "k-spaced" not in t and "k8" in t
+
+
+def test_restored_records_are_seen_without_recover_and_a_tombstone_removes_a_hot_key(table: MakeTable) -> None:
+    t, producer = table(hot_max=10), FakeProducer()
+    put(t, producer, [(2, "hot", {"o": 1})])
+    t.restore(2, b"a", b'{"o":1}')
+    assert t.get("a") == {"o": 1}  # restored and not flushed yet: still visible
+    t.restore(2, b"b", b'{"o":2}')
+    assert "b" in t and set(t.keys()) == {"hot", "a", "b"}
+    t.restore(2, b"hot", None)
+    t.restore(2, b"a", b'{"o":3}')
+    assert t.get("hot") is None and "hot" not in t._hot and "hot" not in t._written
+    assert t.get("a") == {"o": 3}  # the decoded value read before is replaced, not kept
+    assert len(t) == 2
+
+
+def test_save_evicts_values_a_batch_only_read_in_tables_it_did_not_write(table: MakeTable) -> None:
+    async def go() -> None:
+        grants, usage = table(hot_max=1_000), table(hot_max=1_000)
+        svc = PartitionedService(Settings(state_hot_keys=5), "unused:9092", "g", (grants, usage))
+        assert grants.hot_max == 5
+        svc.producer = FakeProducer()  # type: ignore[assignment]
+        await svc.save((grants, 0, f"a{i}", {"g": i}) for i in range(20))
+        assert len(grants._hot) == 5
+        for i in range(20):
+            assert grants.get(f"a{i}") == {"g": i}  # the meter reads grants, never writes them
+        await svc.save((usage, 0, f"a{i}", {"spent": i}) for i in range(3))
+        assert len(grants._hot) == 5 and len(usage._hot) == 3
+
+    asyncio.run(go())
+
+
+def test_integers_beyond_64_bits_come_back_exact_from_cold_entries(table: MakeTable) -> None:
+    t, producer = table(hot_max=1), FakeProducer()
+    big = {"o": 1 << 70, "small": [1, 2], "float": 0.5}
+    put(t, producer, [(0, "big", copy(big)), *((1, f"k{i}", account_state(i)) for i in range(20))])
+    assert t.footprint()["hot"] == 1 and "big" not in t._hot
+    back = t.get("big")
+    assert back == big and type(back["o"]) is int
+
+
+def test_close_removes_the_directory_and_may_be_repeated(state_base: Path) -> None:
+    t = ChangelogTable("t", "t-changelog", PARTITIONS, hot_max=0, state_dir=str(state_base))
+    put(t, FakeProducer(), [(0, f"k{i}", account_state(i)) for i in range(100)])
+    assert Path(t.path).is_dir() and Path(t.path).parent == state_base
+    assert Path(t.path).name.startswith(f"creditflow-state-{os.getpid()}-")
+    t.close()
+    assert not Path(t.path).exists()
+    t.close()
+
+
+def test_the_service_closes_its_tables_on_stop_and_an_unclosed_table_is_removed_when_collected(
+        state_base: Path) -> None:
+    tables = [ChangelogTable(f"t{i}", f"t{i}-changelog", PARTITIONS, state_dir=str(state_base)) for i in range(3)]
+    assert len(state_dirs(state_base)) == 3
+    svc = PartitionedService(Settings(), "unused:9092", "g", tables)
+    asyncio.run(svc.on_stop())
+    assert state_dirs(state_base) == []
+
+    forgotten = ChangelogTable("t", "t-changelog", PARTITIONS, state_dir=str(state_base))
+    path = Path(forgotten.path)
+    assert path.is_dir()
+    del forgotten
+    gc.collect()
+    assert not path.exists()
+
+
+def test_a_dead_process_s_directory_is_removed_when_a_table_is_created(state_base: Path, table: MakeTable) -> None:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, check=True)
+    dead_pid = int(child.stdout)  # exited: its pid is free (reuse this soon is unlikely)
+    state_base.mkdir(parents=True)
+    dead = state_base / f"creditflow-state-{dead_pid}-x"
+    (dead / "sub").mkdir(parents=True)
+    (dead / "sub" / "000001.sst").write_bytes(b"x" * 100)
+    mine = state_base / f"creditflow-state-{os.getpid()}-x"
+    parent = state_base / f"creditflow-state-{os.getppid()}-x"
+    unrelated = state_base / "creditflow-other-1-x"
+    for d in (mine, parent, unrelated):
+        d.mkdir()
+    t = table(hot_max=0)
+    assert not dead.exists()
+    assert mine.is_dir() and parent.is_dir() and unrelated.is_dir()  # live processes' and other names stay
+    assert Path(t.path).is_dir()
+    for d in (mine, parent, unrelated):
+        d.rmdir()
 
 
 class FakeConsumer:
@@ -217,28 +386,3 @@ class FakeConsumer:
 class _Record:
     def __init__(self, key: bytes, value: bytes | None) -> None:
         self.key, self.value = key, value
-
-
-def test_save_evicts_values_a_batch_only_read_in_tables_it_did_not_write() -> None:
-    async def go() -> None:
-        grants, usage = table(hot_max=1_000), table(hot_max=1_000)
-        svc = PartitionedService(Settings(state_hot_keys=5), "unused:9092", "g", (grants, usage))
-        assert grants.hot_max == 5
-        svc.producer = FakeProducer()  # type: ignore[assignment]
-        await svc.save((grants, 0, f"a{i}", {"g": i}) for i in range(20))
-        assert len(grants._hot) == 5
-        for i in range(20):
-            assert grants.get(f"a{i}") == {"g": i}  # the meter reads grants, never writes them
-        await svc.save((usage, 0, f"a{i}", {"spent": i}) for i in range(3))
-        assert len(grants._hot) == 5 and len(usage._hot) == 3
-
-    asyncio.run(go())
-
-
-def test_integers_beyond_64_bits_come_back_exact_from_cold_entries() -> None:
-    t, producer = table(hot_max=1), FakeProducer()
-    big = {"o": 1 << 70, "small": [1, 2], "float": 0.5}
-    put(t, producer, [(0, "big", copy(big)), *((1, f"k{i}", account_state(i)) for i in range(20))])
-    assert t.footprint()["hot"] == 1  # "big" went back to bytes
-    back = t.get("big")
-    assert back == big and type(back["o"]) is int
