@@ -348,6 +348,32 @@ def test_a_dead_process_s_directory_is_removed_when_a_table_is_created(state_bas
         d.rmdir()
 
 
+def test_a_store_open_in_another_process_is_kept_whatever_pid_its_name_says(state_base: Path,
+                                                                           table: MakeTable) -> None:
+    """Containers sharing CREDITFLOW_STATE_DIR have separate pid spaces: the name's pid may be dead
+    here while the store is open there. RocksDB's lock on LOCK is what counts."""
+    state_base.mkdir(parents=True)
+    code = ("import sys, time; from streams.tables import ChangelogTable; "
+            f"t = ChangelogTable('t', 't-changelog', 6, state_dir={str(state_base)!r}); "
+            "print(t.path, flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        held = Path(holder.stdout.readline().strip())
+        # Named as if its process were gone (pids never exceed 2**22 on Linux).
+        renamed = held.with_name("creditflow-state-99999999-held")
+        held.rename(renamed)
+        table(hot_max=0)
+        assert renamed.is_dir() and (renamed / "LOCK").exists()
+        holder.kill()
+        holder.wait()
+        table(hot_max=0)  # the lock went with its process: now it is stale
+        assert not renamed.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 class FakeConsumer:
     """The part of AIOKafkaConsumer ``ChangelogTable.recover`` uses, over ``records``."""
 
