@@ -72,13 +72,15 @@ _DIR_PID = re.compile(re.escape(_DIR_PREFIX) + r"(\d+)-")
 _RESTORE_BATCH = 10_000
 
 # RocksDB memory, bounded whatever the number of keys (see ``_options``). Memtables hold values
-# uncompressed until flushed; one manager caps them over every table of the process.
-_WRITE_BUFFER = 16 << 20
+# uncompressed until flushed; one manager caps them over every table of the process. With 1M
+# accounts the processor peaked at 1,041 MiB with 64 MB of memtables and a 32 MB cache, 1,011 MiB
+# with these (`python -m tests.benchmarks.run --stages accounts`; the bar is 1 GiB).
+_WRITE_BUFFER = 8 << 20
 _WRITE_BUFFERS = 2
-_WRITE_BUFFERS_TOTAL = 64 << 20
+_WRITE_BUFFERS_TOTAL = 32 << 20
 # Hot values are decoded in ``_hot``; the block cache only saves re-reading a block from the page
 # cache (the files stay in the OS page cache, which is not this process's RSS).
-_BLOCK_CACHE = 32 << 20
+_BLOCK_CACHE = 16 << 20
 _BLOOM_BITS = 10  # a get of a key never written (new accounts, fingerprints) skips every file
 
 DEFAULT_HOT_KEYS: int = Settings.model_fields["state_hot_keys"].default

@@ -181,6 +181,7 @@ class Simulation:
 
 async def simulate(path: Path, settings_kw: dict[str, Any], keep_changelog: bool = False) -> Simulation:
     """The processor (metering and detection) over the workload file, in this process."""
+    from streams import gc_policy
     from streams.batch_send import KeyPartitions
     from streams.processor import Processor
     from streams.settings import Settings
@@ -200,8 +201,11 @@ async def simulate(path: Path, settings_kw: dict[str, Any], keep_changelog: bool
 
     processor._fp_partitions_here = every_partition_here
     sim = Simulation(processor, producer)
+    # As a worker runs it (``create_app`` tunes the collector, ``PartitionedService._run`` pauses it).
+    gc_policy.tune_for_batches()
     for chunk in _chunks(read_workload(path, names), settings.process_batch):
-        await processor.process(fetched(chunk))
+        with gc_policy.paused():
+            await processor.process(fetched(chunk))
         del chunk
         sim.batches += 1
     return sim
