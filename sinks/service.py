@@ -503,21 +503,22 @@ class ClickHouseSink(Service):
         def store() -> dict[str, int]:
             counts: dict[str, int] = {}
             client = self._client_sync()
-            t0 = time.perf_counter()
+            # Per-insert timings at debug: a store's cost is mostly per insert, and it sets latency.
+            took: list[str] = []
+            t = time.perf_counter()
             client.insert("sink_batches", plans, column_names=list(INSERT_COLUMNS["sink_batches"]))
-            t1 = time.perf_counter()
             fallback = [ins for item in direct for ins in self._insert_direct(client, item, counts)]
-            t2 = time.perf_counter()
-            took = []
+            took.append(f"plans and events {1e3 * (time.perf_counter() - t):.0f} ms")
             for table, cols, data, token in [*inserts, *fallback]:
                 t = time.perf_counter()
                 client.insert(
                     table, data, column_names=cols, column_oriented=True,
                     settings=dedup_settings(token),
                 )
-                took.append(f"{table} {len(data[0]) if data else 0} rows {1e3 * (time.perf_counter() - t):.0f} ms")
-                counts[table] = counts.get(table, 0) + (len(data[0]) if data else 0)
-            log.debug("store: plans %.0f ms, events %.0f ms, %s", 1e3 * (t1 - t0), 1e3 * (t2 - t1), ", ".join(took))
+                rows = len(data[0]) if data else 0
+                took.append(f"{table} {rows} rows {1e3 * (time.perf_counter() - t):.0f} ms")
+                counts[table] = counts.get(table, 0) + rows
+            log.debug("store: %s", ", ".join(took))
             return counts
 
         delay = 0.5
