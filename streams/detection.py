@@ -70,10 +70,16 @@ _OBS_FIELDS = ("event_id", "account_id", "occurred_at", "plan", "category", "mod
 
 
 def observation(rec: Mapping[str, Any]) -> dict[str, Any]:
-    """UsageEnriched record -> the observation ``DetectorEngine.observe_account`` takes."""
-    obs = {k: rec.get(k) for k in _OBS_FIELDS}
+    """UsageEnriched record -> the observation ``DetectorEngine.observe_account`` takes: the record's
+    fields (rules read only theirs; a whole-dict copy is cheaper than picking 22) with the debits as
+    tuples. ``wire_observation`` is the subset sent to other workers."""
+    obs = dict(rec)
     obs["debits"] = [(d["grant_id"], d["amount_micro"], d["balance_after_micro"]) for d in rec["debits"]]
     return obs
+
+
+def wire_observation(obs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: obs.get(k) for k in (*_OBS_FIELDS, "debits")}
 
 
 # What the fingerprint rules read of an observation (``observe_common`` without grants, CF-004
@@ -214,12 +220,14 @@ class Detection:
                     self.engine.mark_confirmed(self._expanded(etype, fp))
                     batch.fps[alert_state_key(etype, eid)] = partition
 
-    def on_metered(self, batch: DetectionBatch, metered: Iterable[Mapping[str, Any]],
+    def on_metered(self, batch: DetectionBatch, metered: Sequence[Mapping[str, Any]],
                    fp_partitions_here: Collection[int]) -> None:
         """UsageEnriched records just metered (in input order per partition). Fingerprint
         observations whose partition is in ``fp_partitions_here`` are folded now, the rest queued."""
         assert self.fp_partitions is not None, "the processor sets fp_partitions before the first batch"
         where = self.fp_partitions
+        kinds = tuple(self.fp_kinds.items())
+        where.prime(fp.encode() for rec in metered for _, field in kinds if (fp := rec.get(field)))
         for rec in metered:
             account_id = rec["account_id"]
             partition, offset = rec["source_partition"], rec["source_offset"]
@@ -232,7 +240,7 @@ class Detection:
             self._fold(batch, partition, self.engine.observe_account(wrapper["d"], obs))
             self._touch(self.recent_accounts, account_id, partition)
             obs_json: bytes | None = None
-            for kind, field in self.fp_kinds.items():
+            for kind, field in kinds:
                 fp = obs.get(field)
                 if not fp:
                     continue
@@ -242,7 +250,7 @@ class Detection:
                     batch.folded_here += 1
                     continue
                 if obs_json is None:
-                    obs_json = orjson.dumps(obs)
+                    obs_json = orjson.dumps(wire_observation(obs))
                 # The message {"k", "sp", "so", "obs"} as JSON, with obs encoded once for all its
                 # fingerprints (kind names are plain identifiers).
                 payload = f'{{"k":"{kind}","sp":{partition},"so":{offset},"obs":'.encode() + obs_json + b"}"

@@ -59,9 +59,9 @@ class Options:
     out: Path = Path("bench-results")
     accounts: int = 20_000
     seed: int = 11
-    latency_seconds: float = 30.0
+    latency_seconds: float = 20.0
     rss_accounts: int = 1_000_000
-    profile_events: int = 100_000
+    profile_events: int = 50_000
     bootstrap: str | None = None
     stages: frozenset[str] = frozenset({"processor", "sink", "all", "latency", "scaling", "accounts",
                                         "handwritten", "clickhouse_kafka", "profile"})
@@ -520,8 +520,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     ap.add_argument("--accounts", type=int, help="accounts in the throughput workload (default 20k)")
     ap.add_argument("--rss-accounts", type=int, help="distinct accounts for the memory figure (default 1M, "
                                                      "quick 50k)")
-    ap.add_argument("--latency-seconds", type=float, help="duration of each fixed-rate run (default 30, quick 10)")
-    ap.add_argument("--profile-events", type=int, help="events for the profiled processor run (default 100k)")
+    ap.add_argument("--latency-seconds", type=float, help="duration of each fixed-rate run (default 20, quick 10)")
+    ap.add_argument("--profile-events", type=int, help="events for the profiled processor run (default 50k)")
     ap.add_argument("--bootstrap", help="use this Kafka instead of starting one (the tests' session broker)")
     ap.add_argument("--stages", help="comma-separated subset: processor,sink,all,latency,scaling,accounts,"
                                      "handwritten,clickhouse_kafka,profile")

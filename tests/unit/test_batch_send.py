@@ -41,3 +41,15 @@ def test_murmur2_is_kafkas_for_every_tail_length() -> None:
             assert murmur2(data) == reference(data), (length, data)
     # Known value from Kafka's own partitioner tests: "21" hashes to -973932308 as a signed int.
     assert murmur2(b"21") == -973932308 & 0xFFFFFFFF
+
+
+def test_primed_partitions_of_keys_of_every_length_agree_with_the_default_partitioner() -> None:
+    rng = random.Random(5)
+    # Lengths 0-3 exercise every tail case; repeats and many lengths exercise the grouping.
+    keys = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 70))) for _ in range(3_000)]
+    keys += [b"", b"a", b"ab", b"abc", b"abcd", keys[7], keys[7]]
+    everyone = list(range(6))
+    partitions = KeyPartitions(6, max_cached=1_000)
+    partitions.prime(keys)
+    assert len(partitions._cache) == len(set(keys))  # one batch's keys stay together beyond max_cached
+    assert [partitions(k) for k in keys] == [DefaultPartitioner()(k, everyone, everyone) for k in keys]
