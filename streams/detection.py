@@ -78,8 +78,11 @@ def observation(rec: Mapping[str, Any]) -> dict[str, Any]:
     return obs
 
 
+_WIRE_FIELDS = (*_OBS_FIELDS, "debits")
+
+
 def wire_observation(obs: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: obs.get(k) for k in (*_OBS_FIELDS, "debits")}
+    return {k: obs.get(k) for k in _WIRE_FIELDS}
 
 
 # What the fingerprint rules read of an observation (``observe_common`` without grants, CF-004

@@ -17,7 +17,9 @@ by dropping it (everything it holds that nothing else does), and detection's oth
 caches. ``--sizes`` also reports the JSON, zlib level 1 and level 6 sizes of every table's last
 changelog write per key, and the size ``ChangelogTable`` stores it in (this keeps a copy of every
 value, so use it with a few tens of thousands of accounts). ``--events N`` replaces the one event
-per account with N events of random accounts, as in the throughput benchmark.
+per account with N events of random accounts, as in the throughput benchmark. ``--without
+prompt,device`` leaves parts of detection out (the account rules, or fingerprint kinds): the
+difference in ``cpu_us_per_event`` is what they cost.
 """
 
 from __future__ import annotations
@@ -179,8 +181,13 @@ class Simulation:
     batches: int = 0
 
 
-async def simulate(path: Path, settings_kw: dict[str, Any], keep_changelog: bool = False) -> Simulation:
-    """The processor (metering and detection) over the workload file, in this process."""
+WITHOUT_CHOICES = ("account", "device", "payment", "prompt")
+
+
+async def simulate(path: Path, settings_kw: dict[str, Any], keep_changelog: bool = False,
+                   without: frozenset[str] = frozenset()) -> Simulation:
+    """The processor (metering and detection) over the workload file, in this process. ``without``:
+    the account rules and/or fingerprint kinds left out, to see what each costs."""
     from streams import gc_policy
     from streams.batch_send import KeyPartitions
     from streams.processor import Processor
@@ -195,6 +202,9 @@ async def simulate(path: Path, settings_kw: dict[str, Any], keep_changelog: bool
     processor.consumer = MemoryConsumer()
     processor.owned = set(range(PARTITIONS))
     processor.detection.fp_partitions = KeyPartitions(PARTITIONS)
+    if "account" in without:
+        processor.detection.engine._account = ()
+    processor.detection.fp_kinds = {k: f for k, f in processor.detection.fp_kinds.items() if k not in without}
 
     async def every_partition_here() -> set[int]:
         return set(range(PARTITIONS))
@@ -211,14 +221,15 @@ async def simulate(path: Path, settings_kw: dict[str, Any], keep_changelog: bool
     return sim
 
 
-async def run(path: Path, accounts: int, trace: bool, sizes: bool, settings_kw: dict[str, Any]) -> dict[str, Any]:
+async def run(path: Path, accounts: int, trace: bool, sizes: bool, settings_kw: dict[str, Any],
+              without: frozenset[str] = frozenset()) -> dict[str, Any]:
     if trace:
         tracemalloc.start()
     gc.collect()
     rss_start = peak_rss_bytes()
     started = time.perf_counter()
     cpu0 = time.process_time()
-    sim = await simulate(path, settings_kw, keep_changelog=sizes)
+    sim = await simulate(path, settings_kw, keep_changelog=sizes, without=without)
     processor, producer, batches = sim.processor, sim.producer, sim.batches
     detection = processor.detection
     elapsed = time.perf_counter() - started
@@ -229,7 +240,8 @@ async def run(path: Path, accounts: int, trace: bool, sizes: bool, settings_kw: 
         "peak_rss_mib": round(peak_rss_bytes() / MIB, 1),
         "rss_before_run_mib": round(rss_start / MIB, 1),
         "records_sent": producer.sent, "metered": processor.metered, "detection_events": detection.events,
-        "settings": settings_kw,
+        "settings": settings_kw, "without": sorted(without),
+        "cpu_us_per_event": round(cpu * 1e6 / max(1, processor.metered), 1),
     }
     tables = processor.tables
     out["keys"] = {t.name: len(list(t.keys())) if hasattr(t, "keys") else len(t.data) for t in tables}
@@ -311,8 +323,14 @@ def main() -> None:
     ap.add_argument("--sizes", action="store_true", help="JSON/zlib sizes of the changelog writes")
     ap.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                     help="a Settings field for the run, e.g. state_hot_keys=50000")
+    ap.add_argument("--without", default="", metavar="PARTS",
+                    help=f"comma-separated parts of detection to leave out: {', '.join(WITHOUT_CHOICES)}")
     ap.add_argument("--write-only", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    without = frozenset(w for w in a.without.split(",") if w)
+    unknown = sorted(without - set(WITHOUT_CHOICES))
+    if unknown:
+        ap.error(f"--without takes {', '.join(WITHOUT_CHOICES)}; got {', '.join(unknown)}")
     name = f"{a.accounts}-{a.seed}" + (f"-{a.events}ev" if a.events is not None else "")
     path = a.cache_dir / f"creditflow-state-memory-{name}.bin"
     if a.write_only:
@@ -324,7 +342,7 @@ def main() -> None:
                         "--accounts", str(a.accounts), "--seed", str(a.seed), "--cache-dir", str(a.cache_dir),
                         *(("--events", str(a.events)) if a.events is not None else ())], check=True)
     settings_kw = dict(s.split("=", 1) for s in a.setting)
-    print(json.dumps(asyncio.run(run(path, a.accounts, a.trace, a.sizes, settings_kw)), indent=1))
+    print(json.dumps(asyncio.run(run(path, a.accounts, a.trace, a.sizes, settings_kw, without)), indent=1))
 
 
 if __name__ == "__main__":
