@@ -127,6 +127,12 @@ class Processor(PartitionedService):
         for tp, records in fetched.items():
             # aiokafka's records carry every field the meter reads; no copy into another type.
             by_topic[tp.topic].extend(records)
+        # Per-account state of earlier batches makes way for this batch's accounts before it is read,
+        # so decoded state peaks at ``state_hot_keys`` per table, not that plus the batch's accounts.
+        accounts = {r.key.decode(errors="replace") for records in (grant_records, event_records) for r in records
+                    if r.key}
+        for table in (self.usage, self.grants, self.detection.accounts):
+            table.make_room(accounts)
         now = _now_ms()
         granted = self.meter.grants(grant_records, self.grants.get, now)
         # Grants of this batch are visible to its events.

@@ -48,7 +48,10 @@ class Settings(BaseSettings):
     retention_hours: int = Field(default=168, ge=1, description="retention of topics the project creates")
     policy_path: Path | None = Field(default=None, description="credit policy TOML; unset = shipped default")
     sink_batch_rows: int = Field(default=50_000, ge=1, description="rows per partition that force a flush")
-    sink_flush_seconds: float = Field(default=1.0, gt=0, description="max age of buffered rows")
+    sink_flush_seconds: float = Field(
+        default=0.5, gt=0,
+        description="max age of buffered rows; 0.5 measured best for latency and throughput (1.0 and 0.25 were worse)",
+    )
     compression: Literal["zstd", "lz4", "snappy", "gzip", "none"] = Field(
         default="zstd",
         description="codec of record batches the workers produce; aiokafka's lz4 runs at level 9 (~35 MB/s "

@@ -314,14 +314,27 @@ class ChangelogTable:
         are dropped, those written since they were loaded after putting their last write in the
         store. Call only when every change to a value from ``get`` has been written (``set`` values
         are kept until written). Returns the number of values evicted."""
+        return self._evict_oldest(len(self._hot) - self.hot_max)
+
+    def make_room(self, upcoming: Set[str]) -> int:
+        """Before a batch that will use the keys ``upcoming``: evict the oldest values it does not
+        use, so that its keys fit in ``hot_max`` beside what stays. Otherwise the hot set holds
+        ``hot_max`` values of earlier batches plus every new key of this one until it ends: with
+        many distinct accounts, twice the decoded state at the peak. A wrong guess of the keys only
+        evicts more or less. Call only where ``evict`` may be called. Returns the values evicted."""
         hot = self._hot
-        excess = len(hot) - self.hot_max
+        if len(hot) + len(upcoming) <= self.hot_max:
+            return 0
+        new = sum(1 for k in upcoming if k not in hot)
+        return self._evict_oldest(len(hot) + new - self.hot_max, keep=upcoming)
+
+    def _evict_oldest(self, excess: int, keep: Set[str] = frozenset()) -> int:
         if excess <= 0:
             return 0
-        dirty = self._dirty
+        hot, dirty = self._hot, self._dirty
         victims: list[str] = []
         for key in hot:
-            if key not in dirty:
+            if key not in dirty and key not in keep:
                 victims.append(key)
                 if len(victims) >= excess:
                     break

@@ -61,7 +61,7 @@ CREATE TABLE {KAFKA_TABLE} (
     kafka_broker_list = {_sql_str(bootstrap)}, kafka_topic_list = {_sql_str(topic)},
     kafka_group_name = {_sql_str(group)}, kafka_format = 'JSONEachRow',
     kafka_num_consumers = {num_consumers}, kafka_thread_per_consumer = 1,
-    kafka_max_block_size = 65536, kafka_flush_interval_ms = 1000, input_format_json_read_numbers_as_strings = 0,
+    kafka_max_block_size = 65536, kafka_flush_interval_ms = 500, input_format_json_read_numbers_as_strings = 0,
     kafka_handle_error_mode = 'default'"""
 
 

@@ -156,7 +156,7 @@ async def _run(cfg: dict[str, Any]) -> dict[str, Any]:
                     ))
                 if records:
                     offsets[tp] = records[-1].offset + 1
-            due = len(rows) >= flush_rows or (rows and time.monotonic() - last_flush >= 1.0)
+            due = len(rows) >= flush_rows or (rows and time.monotonic() - last_flush >= 0.5)
             if due:
                 await settle()
                 batch, rows = rows, []

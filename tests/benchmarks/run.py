@@ -60,6 +60,9 @@ class Options:
     accounts: int = 20_000
     seed: int = 11
     latency_seconds: float = 20.0
+    latency_rate: int | None = None
+    # Leading seconds of each latency run left out of its headline figures (see worker._latency).
+    latency_warmup_s: float = 5.0
     rss_accounts: int = 1_000_000
     profile_events: int = 50_000
     bootstrap: str | None = None
@@ -246,7 +249,7 @@ class Bench:
         await create_topics(self.bootstrap, prefix)
         await produce_grants(self.bootstrap, prefix, accounts=self.opts.accounts, seed=self.opts.seed + 1)
         events = latency_events(n, accounts=self.opts.accounts, seed=self.opts.seed + 1, prefix=prefix)
-        cfg = self._worker_cfg("latency", prefix, prefix, n)
+        cfg = self._worker_cfg("latency", prefix, prefix, n, warmup_s=self.opts.latency_warmup_s)
         proc, log = await self.spawn("tests.benchmarks.worker", cfg, name)
         ready = asyncio.Event()
         task = self.task(f"{name} landed", n)
@@ -379,7 +382,7 @@ async def _main(opts: Options, console: Console) -> dict[str, Any]:
                     sink_runs.append(await bench.role_run("sink", wl.prefix, src["output_prefix"], wl.events,
                                                           f"sink run {i}"))
                 figures["sink"] = _aggregate(sink_runs)
-            if stages & {"all", "latency"}:
+            if "all" in stages or ("latency" in stages and not opts.latency_rate):
                 all_runs = []
                 for i in runs:
                     out_prefix = f"{wl.prefix}all-{secrets.token_hex(3)}."
@@ -417,13 +420,16 @@ async def _main(opts: Options, console: Console) -> dict[str, Any]:
                                    "prices in SQL but does no grant burn-down, sampling or output topic.")
             if "latency" in stages:
                 base = (figures.get("all") or {}).get("eps", {}).get("median")
-                if base:
-                    rate = round(base * 0.5)
+                if opts.latency_rate or base:
+                    rate = opts.latency_rate or round(base * 0.5)
                     lat_runs = [await bench.latency_run(rate, f"latency run {i}") for i in runs]
                     agg = _aggregate(lat_runs, ("p50_ms", "p99_ms", "max_ms", "achieved_rate", "to_processor_p50_ms",
                                                 "to_processor_p99_ms", "processor_to_visible_p50_ms",
-                                                "processor_to_visible_p99_ms"))
+                                                "processor_to_visible_p99_ms", "p99_with_warmup_ms",
+                                                "max_with_warmup_ms", "store_p50_ms",
+                                                "store_p99_ms", "store_max_ms"))
                     agg["rate"] = rate
+                    agg["warmup_s"] = opts.latency_warmup_s
                     figures["latency"] = agg
                 else:
                     figures["latency"] = {"unavailable": "no all-roles throughput to derive the rate from"}
@@ -520,7 +526,12 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     ap.add_argument("--accounts", type=int, help="accounts in the throughput workload (default 20k)")
     ap.add_argument("--rss-accounts", type=int, help="distinct accounts for the memory figure (default 1M, "
                                                      "quick 50k)")
-    ap.add_argument("--latency-seconds", type=float, help="duration of each fixed-rate run (default 20, quick 10)")
+    ap.add_argument("--latency-seconds", type=float,
+                    help="duration of each fixed-rate run, warm-up included (default 20, quick 10)")
+    ap.add_argument("--latency-warmup", type=float, dest="latency_warmup_s",
+                    help="leading seconds of each latency run left out of p50/p99/max (default 5, quick 3)")
+    ap.add_argument("--latency-rate", type=int, help="events/s of the latency runs (default: 50%% of the "
+                                                     "all-roles throughput measured in the same run)")
     ap.add_argument("--profile-events", type=int, help="events for the profiled processor run (default 50k)")
     ap.add_argument("--bootstrap", help="use this Kafka instead of starting one (the tests' session broker)")
     ap.add_argument("--stages", help="comma-separated subset: processor,sink,all,latency,scaling,accounts,"
@@ -530,12 +541,15 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     o = Options(quick=a.quick, out=a.out)
     if a.quick:
         o.events, o.runs, o.rss_accounts, o.latency_seconds, o.profile_events = 50_000, 1, 50_000, 10.0, 50_000
+        o.latency_warmup_s = 3.0
         o.accounts = 5_000
     for name in ("events", "runs", "accounts", "rss_accounts", "latency_seconds", "profile_events", "bootstrap",
-                 "run_timeout"):
+                 "run_timeout", "latency_rate", "latency_warmup_s"):
         value = getattr(a, name)
         if value is not None:
             setattr(o, name, value)
+    if not 0 <= o.latency_warmup_s < o.latency_seconds:
+        ap.error(f"--latency-warmup must be at least 0 and shorter than the run ({o.latency_seconds:g} s)")
     if a.stages:
         o.stages = frozenset(s.strip() for s in a.stages.split(",") if s.strip())
     return o

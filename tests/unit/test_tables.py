@@ -161,6 +161,31 @@ def test_hot_bound_holds_after_each_write_and_reads_are_evicted_at_the_next_safe
     assert set(t._hot) == {f"k{i}" for i in range(250, 300)}
 
 
+def test_make_room_keeps_a_batchs_keys_within_the_bound_and_evicts_only_others(table: MakeTable) -> None:
+    t, producer = table(hot_max=50), FakeProducer()
+    put(t, producer, [(0, f"k{i}", account_state(i)) for i in range(50)])  # batch 1: 50 hot, written
+    pending = t.set("pending", {"o": 1})  # set, not written yet: never evicted
+    # The next batch uses 10 of the hot keys and 30 keys only in the store or new.
+    upcoming = {f"k{i}" for i in range(40, 50)} | {f"n{i}" for i in range(30)}
+    assert t.make_room(upcoming) == 31  # 51 hot + 30 new - 50
+    assert upcoming & {f"k{i}" for i in range(40, 50)} <= set(t._hot) and "pending" in t._hot
+    for k in upcoming:
+        if k.startswith("n"):
+            t.set(k, {"o": int(k[1:])})
+    assert len(t._hot) == 50  # the bound holds through the batch's reads, not just after its writes
+    # Evicted values were written to the store first and come back equal.
+    assert [t.get(f"k{i}") for i in range(31)] == [account_state(i) for i in range(31)]
+    assert t.get("pending") is pending
+
+
+def test_make_room_does_nothing_while_the_batch_fits(table: MakeTable) -> None:
+    t, producer = table(hot_max=100), FakeProducer()
+    put(t, producer, [(0, f"k{i}", account_state(i)) for i in range(60)])
+    assert t.make_room({f"n{i}" for i in range(40)}) == 0 and len(t._hot) == 60
+    # Keys already hot are not new: nothing to make room for.
+    assert t.make_room({f"k{i}" for i in range(60)} | {"n0"}) == 0
+
+
 def test_a_value_changed_in_place_and_written_is_what_comes_back(table: MakeTable) -> None:
     t, producer = table(hot_max=0), FakeProducer()
     put(t, producer, [(1, f"k{i}", account_state(i)) for i in range(20)])
