@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich.progress import Progress
 
 from schemas.catalogue import get_catalogue
+from streams.batch_send import KeyPartitions, Outgoing, send_partitioned
 from streams.codec import encode_single_object_with
 from streams.generator import Generator
 from streams.settings import Settings
@@ -101,6 +102,33 @@ class Delivery:
             raise RuntimeError(f"{len(self.failures)} record(s) not delivered: {self.failures[0]!r}")
 
 
+class BatchedSend:
+    """Records queued and sent as whole record batches per partition, each where the default
+    partitioner puts its key (``streams.batch_send``): ~20 µs per record less than ``send``, about a
+    minute of the two workloads' production."""
+
+    def __init__(self, p: AIOKafkaProducer, topic: str, delivery: Delivery, chunk: int = 10_000) -> None:
+        self.p, self.topic, self.delivery, self.chunk = p, topic, delivery, chunk
+        self.where = KeyPartitions(PARTITIONS)
+        self.pending: list[tuple[bytes, bytes]] = []
+
+    async def add(self, key: bytes, value: bytes) -> None:
+        self.pending.append((key, value))
+        if len(self.pending) >= self.chunk:
+            await self.flush()
+
+    async def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        self.where.prime(key for key, _ in pending)
+        by_partition: dict[int, list[Outgoing]] = {}
+        for key, value in pending:
+            by_partition.setdefault(self.where(key), []).append((key, value, []))
+        for fut in await send_partitioned(self.p, self.topic, by_partition):
+            fut.add_done_callback(self.delivery)  # type: ignore[attr-defined]
+
+
 async def create_topic(bootstrap: str, name: str, partitions: int = PARTITIONS) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -147,20 +175,21 @@ async def produce_workload(bootstrap: str, prefix: str, n: int, *, accounts: int
     await p.start()
     try:
         task = progress.add_task(f"producing {prefix}", total=n + len(grants)) if progress else None
-        grants_topic = wl.topic("credit-grants")
+        grants_out = BatchedSend(p, wl.topic("credit-grants"), delivery)
         for i, g in enumerate(grants, 1):
-            fut = await p.send(grants_topic, encode_single_object_with(g, sv_grant), key=g["account_id"].encode())
-            fut.add_done_callback(delivery)
+            await grants_out.add(g["account_id"].encode(), encode_single_object_with(g, sv_grant))
             if progress is not None and task is not None and i % 5000 == 0:
                 progress.update(task, completed=i)
-        events_topic = wl.topic("interaction-events")
+        await grants_out.flush()  # every grant is queued before the first event
+        events_out = BatchedSend(p, wl.topic("interaction-events"), delivery)
+        json_out = BatchedSend(p, json_topic, delivery) if json_topic else None
         stream = _distinct(gen, n) if distinct_accounts else gen.events(n)
         for i, ev in enumerate(stream):
             key = ev["account_id"].encode()
             value = encode_single_object_with(ev, sv_event)
-            (await p.send(events_topic, value, key=key)).add_done_callback(delivery)
-            if json_topic:
-                (await p.send(json_topic, to_json(ev), key=key)).add_done_callback(delivery)
+            await events_out.add(key, value)
+            if json_out is not None:
+                await json_out.add(key, to_json(ev))
             if sample_every and i % sample_every == 0:
                 wl.sample.append(ev)
             if i < head:
@@ -168,6 +197,9 @@ async def produce_workload(bootstrap: str, prefix: str, n: int, *, accounts: int
                 wl.head_encoded.append(value)
             if progress is not None and task is not None and i % 5000 == 0:
                 progress.update(task, completed=len(grants) + i)
+        for out in (events_out, json_out):
+            if out is not None:
+                await out.flush()
         await p.flush()
         await asyncio.sleep(0)  # let the last done-callbacks run
         delivery.check()
