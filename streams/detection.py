@@ -230,7 +230,9 @@ class Detection:
         assert self.fp_partitions is not None, "the processor sets fp_partitions before the first batch"
         where = self.fp_partitions
         kinds = tuple(self.fp_kinds.items())
-        where.prime(fp.encode() for rec in metered for _, field in kinds if (fp := rec.get(field)))
+        # Each fingerprint of the batch encoded once, for the vectorised partition pass and the lookups.
+        fp_keys = {fp: fp.encode() for rec in metered for _, field in kinds if (fp := rec.get(field))}
+        where.prime(fp_keys.values())
         for rec in metered:
             account_id = rec["account_id"]
             partition, offset = rec["source_partition"], rec["source_offset"]
@@ -247,7 +249,7 @@ class Detection:
                 fp = obs.get(field)
                 if not fp:
                     continue
-                target = where(fp.encode())
+                target = where(fp_keys[fp])
                 if target in fp_partitions_here:
                     self._observe_fingerprint(batch, target, kind, fp, partition, offset, obs)
                     batch.folded_here += 1
