@@ -136,6 +136,9 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
     if acc:
         add(f"processor peak RSS, {acc.get('accounts', 0):,} accounts", acc.get("peak_rss_mib"), " MiB",
             "accounts_1m")
+    speed = results.get("machine_speed")
+    if speed and speed.get("runs"):
+        add(f"machine speed probe, CPU-µs/event ({speed['runs']} points)", speed, " µs")
     for key, label in (("vs_handwritten", "processor / hand-written"), ("all_vs_handwritten",
                                                                        "all roles / hand-written"),
                        ("vs_clickhouse_kafka", "all roles / CH Kafka engine"),

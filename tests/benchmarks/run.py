@@ -38,6 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from tests.benchmarks import report
 from tests.benchmarks.common import OffsetWatcher
+from tests.benchmarks.machine_probe import MachineSpeed
 from tests.benchmarks.workload import (
     PARTITIONS,
     Workload,
@@ -347,6 +348,8 @@ async def _main(opts: Options, console: Console) -> dict[str, Any]:
     progress = Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, transient=False)
     bench.progress = progress
+    speed = MachineSpeed()
+    speed.take("start")
     try:
         if opts.bootstrap:
             bench.bootstrap = opts.bootstrap
@@ -372,6 +375,7 @@ async def _main(opts: Options, console: Console) -> dict[str, Any]:
                 for i in runs:
                     proc_runs.append(await bench.processor_run(wl, f"processor run {i}"))
                 figures["processor"] = _aggregate(proc_runs)
+                speed.take("processor")
             if "sink" in stages:
                 src = next((r for r in proc_runs if "error" not in r), None)
                 sink_runs = []
@@ -382,6 +386,7 @@ async def _main(opts: Options, console: Console) -> dict[str, Any]:
                     sink_runs.append(await bench.role_run("sink", wl.prefix, src["output_prefix"], wl.events,
                                                           f"sink run {i}"))
                 figures["sink"] = _aggregate(sink_runs)
+                speed.take("sink")
             if "all" in stages or ("latency" in stages and not opts.latency_rate):
                 all_runs = []
                 for i in runs:
@@ -390,6 +395,7 @@ async def _main(opts: Options, console: Console) -> dict[str, Any]:
                     all_runs.append(await bench.role_run("all", wl.prefix, out_prefix, wl.events,
                                                          f"all roles run {i}"))
                 figures["all"] = _aggregate(all_runs)
+                speed.take("all")
             if "handwritten" in stages:
                 hw = []
                 for i in runs:
@@ -399,6 +405,7 @@ async def _main(opts: Options, console: Console) -> dict[str, Any]:
                     hw.append(await bench.peer_run("tests.benchmarks.peer_handwritten", cfg,
                                                    f"hand-written run {i}", wl.events))
                 figures["handwritten"] = _aggregate(hw)
+                speed.take("handwritten")
             if "clickhouse_kafka" in stages and json_topic:
                 ck = []
                 ids = [e["event_id"] for e in wl.sample]
@@ -409,6 +416,7 @@ async def _main(opts: Options, console: Console) -> dict[str, Any]:
                     ck.append(await bench.peer_run("tests.benchmarks.peer_clickhouse_kafka", cfg,
                                                    f"CH Kafka engine run {i}", wl.events))
                 figures["clickhouse_kafka"] = _aggregate(ck)
+                speed.take("clickhouse_kafka")
                 first_ok = next((r for r in ck if "error" not in r), None)
                 if first_ok is not None:
                     figures["clickhouse_kafka"]["pricing_check"] = verify_sql_pricing(first_ok.get("sample", []),
@@ -431,12 +439,14 @@ async def _main(opts: Options, console: Console) -> dict[str, Any]:
                     agg["rate"] = rate
                     agg["warmup_s"] = opts.latency_warmup_s
                     figures["latency"] = agg
+                    speed.take("latency")
                 else:
                     figures["latency"] = {"unavailable": "no all-roles throughput to derive the rate from"}
             if "scaling" in stages:
                 two = [await bench.processor_run(wl, f"2 processors run {i}", workers=2) for i in runs]
                 figures["scaling_2"] = _aggregate(two, ("eps", "eps_all_assigned", "cpu_per_million",
                                                         "peak_rss_mib"))
+                speed.take("scaling")
             if "accounts" in stages:
                 acc_prefix = f"bench-acc-{secrets.token_hex(3)}."
                 n_acc = opts.rss_accounts
@@ -448,6 +458,7 @@ async def _main(opts: Options, console: Console) -> dict[str, Any]:
                                           "peak_rss_mib": report.summary([r["peak_rss_mib"]] if "error" not in r
                                                                          else []),
                                           "eps": r.get("eps"), "run": r}
+                speed.take("accounts")
             if "profile" in stages:
                 target = min(opts.profile_events, wl.events)
                 r = await bench.processor_run(wl, f"profile processor ({target:,})", target=target,
@@ -466,6 +477,10 @@ async def _main(opts: Options, console: Console) -> dict[str, Any]:
         if broker is not None:
             broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    speed.take("end")
+    results["machine_speed"] = speed.summary()
+    if (speed_note := speed.note()) is not None:
+        bench.notes.append(speed_note)
     results["elapsed_seconds"] = time.monotonic() - started
     _ratios_and_bars(results)
     results["environment"] = report.environment()

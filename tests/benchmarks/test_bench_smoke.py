@@ -69,6 +69,14 @@ def test_benchmark_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
     assert profile["pyinstrument"].get("categories") or profile["pyinstrument"].get("unavailable"), profile
     assert profile["micro_us_per_event"]["decode"] > 0
     assert results["ratios"]["vs_handwritten"] > 0
+    # The machine's speed, probed before the first stage, after each one and at the end.
+    speed = results["machine_speed"]
+    assert [p["after"] for p in speed["points"]] == [
+        "start", "processor", "sink", "all", "handwritten", "clickhouse_kafka", "latency", "scaling", "accounts",
+        "end"]
+    assert speed["min"] > 0 and speed["drift"] >= 0
+    assert any(n.startswith("machine speed probe moved") for n in results["notes"])
+    assert "machine speed probe" in (out / "bench.md").read_text()
 
     written = json.loads((out / "bench.json").read_text())
     assert written["events"] == 2000 and written["environment"]["python"]

@@ -1,0 +1,100 @@
+"""How fast this machine is right now: a fixed slice of the processor's own kind of work, timed
+between the benchmark's stages.
+
+A shared VM's speed moves while the benchmark runs. Here the in-process processor took 116 CPU-µs
+per event at the start of one hour and 175 later in the same hour, with nothing else running. A
+figure is only comparable with another one measured at the same machine speed, so the benchmark
+times this probe before its first stage, after every stage and at the end, and reports the points
+and how far they moved. A drift of a few percent is noise; tens of percent means the run's figures
+tell more about the host than about the code.
+
+The probe decodes and re-encodes fixed InteractionEvents (fastavro, single-object encoding), classifies
+and prices them with the project's pure policy functions, and writes them as JSON: single-threaded
+Python and C-extension work, as the processor does. It takes about a second. The figure is CPU time
+(``time.process_time``), the best of a few repetitions, so a pause of the runner is not counted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from schemas.catalogue import get_catalogue
+from streams.codec import Decoder, encode_single_object_with
+from streams.generator import Generator
+from streams.policy import charge, classify, list_price_micro, load_policy
+from tests.benchmarks import report
+
+EVENTS = 2_000
+REPETITIONS = 5
+
+
+class Probe:
+    """The fixed work: built once, timed many times."""
+
+    def __init__(self, events: int = EVENTS) -> None:
+        self.sv = get_catalogue().latest("InteractionEvent")
+        self.decoder = Decoder("InteractionEvent")
+        self.policy = load_policy()
+        gen = Generator(accounts=100, seed=7)
+        self.encoded = [encode_single_object_with(ev, self.sv) for ev in gen.events(events)]
+
+    def once(self) -> int:
+        """One pass over the events; returns a checksum of what it computed (so nothing is skipped)."""
+        policy, sv, total = self.policy, self.sv, 0
+        for data in self.encoded:
+            ev = self.decoder.decode(data)
+            price = policy.price_for(ev["model"])
+            if price is None:
+                continue
+            cls = classify(policy, ev["context_window_tokens"], ev["reasoning_steps"], ev["thinking_tokens"],
+                           ev["tool_calls"])
+            lp = list_price_micro(price, ev["input_tokens"], ev["output_tokens"], ev.get("cached_tokens", 0),
+                                  ev["thinking_tokens"])
+            total += charge(policy, cls.category, lp).charged_micro
+            total += len(encode_single_object_with(ev, sv)) + len(orjson.dumps(ev))
+        return total
+
+    def measure(self, repetitions: int = REPETITIONS) -> float:
+        """CPU-µs per event, the best of ``repetitions`` passes."""
+        best = float("inf")
+        for _ in range(repetitions):
+            start = time.process_time()
+            self.once()
+            best = min(best, time.process_time() - start)
+        return best / len(self.encoded) * 1e6
+
+
+@dataclass
+class MachineSpeed:
+    """The probe's points through one benchmark run."""
+
+    probe: Probe = field(default_factory=Probe)
+    started: float = field(default_factory=time.monotonic)
+    points: list[dict[str, Any]] = field(default_factory=list)
+
+    def take(self, after: str) -> float:
+        us = self.probe.measure()
+        self.points.append({"after": after, "at_s": round(time.monotonic() - self.started, 1), "us_per_event": us})
+        return us
+
+    def summary(self) -> dict[str, Any]:
+        values = [p["us_per_event"] for p in self.points]
+        out: dict[str, Any] = {"unit": "CPU-µs per probe event (lower is faster)", "points": self.points,
+                               **report.summary(values)}
+        out["drift"] = max(values) / min(values) - 1 if values and min(values) > 0 else None
+        return out
+
+    def note(self) -> str | None:
+        """One line for the run's notes: how far the machine's speed moved, and where."""
+        if len(self.points) < 2:
+            return None
+        slow = max(self.points, key=lambda p: p["us_per_event"])
+        fast = min(self.points, key=lambda p: p["us_per_event"])
+        drift = slow["us_per_event"] / fast["us_per_event"] - 1
+        return (f"machine speed probe moved {drift:.0%} during the run: fastest {fast['us_per_event']:.1f} µs "
+                f"(after {fast['after']}), slowest {slow['us_per_event']:.1f} µs (after {slow['after']}); "
+                "figures measured at different speeds compare only that far")
