@@ -10,7 +10,7 @@ tell more about the host than about the code.
 
 The probe decodes and re-encodes fixed InteractionEvents (fastavro, single-object encoding), classifies
 and prices them with the project's pure policy functions, and writes them as JSON: single-threaded
-Python and C-extension work, as the processor does. It takes about a second. The figure is CPU time
+Python and C-extension work, as the processor does. It takes 0.2-0.4 s. The figure is CPU time
 (``time.process_time``), the best of a few repetitions, so a pause of the runner is not counted.
 """
 
