@@ -25,7 +25,7 @@ import orjson
 from schemas.catalogue import get_catalogue
 from streams.codec import Decoder, encode_single_object_with
 from streams.generator import Generator
-from streams.policy import charge, classify, list_price_micro, load_policy
+from streams.policy import load_policy, price_event
 from tests.benchmarks import report
 
 EVENTS = 2_000
@@ -50,11 +50,7 @@ class Probe:
             price = policy.price_for(ev["model"])
             if price is None:
                 continue
-            cls = classify(policy, ev["context_window_tokens"], ev["reasoning_steps"], ev["thinking_tokens"],
-                           ev["tool_calls"])
-            lp = list_price_micro(price, ev["input_tokens"], ev["output_tokens"], ev.get("cached_tokens", 0),
-                                  ev["thinking_tokens"])
-            total += charge(policy, cls.category, lp).charged_micro
+            total += price_event(policy, price, ev)[1].charged_micro
             total += len(encode_single_object_with(ev, sv)) + len(orjson.dumps(ev))
         return total
 
