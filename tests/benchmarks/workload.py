@@ -11,12 +11,12 @@ single-object encoding.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich.progress import Progress
@@ -154,7 +154,7 @@ def to_json(ev: dict[str, Any]) -> bytes:
     row = {k: ev[k] for k in JSON_FIELDS}
     # The Kafka table calls it occurred_ms: the view's output column occurred_at is a DateTime64.
     row["occurred_ms"] = row.pop("occurred_at")
-    return json.dumps(row, separators=(",", ":")).encode()
+    return orjson.dumps(row)
 
 
 async def produce_workload(bootstrap: str, prefix: str, n: int, *, accounts: int, seed: int,
