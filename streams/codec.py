@@ -124,9 +124,11 @@ def encode_single_object(
     return SINGLE_OBJECT_MAGIC + sv.fingerprint + _version_body(record, sv)
 
 
-def encode_single_object_with(record: Mapping[str, Any], sv: SchemaVersion) -> bytes:
-    """Single-object encoding with an explicit (possibly older) schema version."""
-    return SINGLE_OBJECT_MAGIC + sv.fingerprint + _version_body(record, sv)
+def encode_single_object_with(record: Mapping[str, Any], sv: SchemaVersion, *, fast: bool = True) -> bytes:
+    """Single-object encoding with an explicit (possibly older) schema version; ``fast=False``
+    writes with fastavro only."""
+    body = _version_body(record, sv) if fast else _body(record, sv.parsed)
+    return SINGLE_OBJECT_MAGIC + sv.fingerprint + body
 
 
 def encode_confluent(record: Mapping[str, Any], schema_id: int, parsed_schema: dict[str, Any]) -> bytes:
@@ -322,7 +324,7 @@ def _simple_default(field: dict[str, Any]) -> tuple[bool, Any]:
 
 
 def _additive_plan(
-    writer_json: dict[str, Any], reader_json: dict[str, Any], writer: dict[str, Any]
+    writer_json: dict[str, Any], reader_json: dict[str, Any], writer: dict[str, Any], fast: bool
 ) -> _Plan | None:
     """A resolution-free plan when the reader only adds defaulted fields to the writer, else None."""
     try:
@@ -352,7 +354,7 @@ def _additive_plan(
             empty.append((name, value))
         else:
             defaults[name] = value
-    return _Plan(writer, None, defaults, tuple(empty), fast_schema(writer_json))
+    return _Plan(writer, None, defaults, tuple(empty), fast_schema(writer_json) if fast else None)
 
 
 class Decoder:
@@ -364,7 +366,11 @@ class Decoder:
         registry: SchemaRegistryClient | None = None,
         *,
         catalogue: Catalogue | None = None,
+        fast: bool = True,
     ) -> None:
+        """``fast=False`` reads every body with fastavro (the benchmark's hand-written peer is
+        defined as a fastavro loop)."""
+        self._fast = fast
         self._catalogue = catalogue or get_catalogue()
         self.reader_version = self._catalogue.latest(reader_schema_name)
         self._reader_json = strip_logical_types(self.reader_version.schema_json)
@@ -386,7 +392,7 @@ class Decoder:
             return shared
         plan: _Plan | DecodeError
         if fp == self.reader_version.fingerprint:
-            plan = _Plan(self._reader, None, fast=fast_schema(self._reader_json))
+            plan = _Plan(self._reader, None, fast=fast_schema(self._reader_json) if self._fast else None)
         else:
             reasons = check_compatible(self.reader_version.schema_json, writer_json)
             if reasons:
@@ -404,7 +410,7 @@ class Decoder:
                 except Exception as exc:
                     plan = DecodeError(ErrorKind.UNKNOWN_SCHEMA, f"writer schema does not parse: {exc}")
                 else:
-                    plan = _additive_plan(writer_json, self._reader_json, writer) or _Plan(
+                    plan = _additive_plan(writer_json, self._reader_json, writer, self._fast) or _Plan(
                         writer, self._reader
                     )
         self._by_canonical_fp[fp] = plan

@@ -8,7 +8,8 @@ times this probe before its first stage, after every stage and at the end, and r
 and how far they moved. A drift of a few percent is noise; tens of percent means the run's figures
 tell more about the host than about the code.
 
-The probe decodes and re-encodes fixed InteractionEvents (fastavro, single-object encoding), classifies
+The probe decodes and re-encodes fixed InteractionEvents (fastavro, single-object encoding; fastavro
+rather than the codec's cavro path, so readings compare with runs from before it), classifies
 and prices them with the project's pure policy functions, and writes them as JSON: single-threaded
 Python and C-extension work, as the processor does. It takes 0.2-0.4 s. The figure is CPU time
 (``time.process_time``), the best of a few repetitions, so a pause of the runner is not counted.
@@ -37,10 +38,10 @@ class Probe:
 
     def __init__(self, events: int = EVENTS) -> None:
         self.sv = get_catalogue().latest("InteractionEvent")
-        self.decoder = Decoder("InteractionEvent")
+        self.decoder = Decoder("InteractionEvent", fast=False)
         self.policy = load_policy()
         gen = Generator(accounts=100, seed=7)
-        self.encoded = [encode_single_object_with(ev, self.sv) for ev in gen.events(events)]
+        self.encoded = [encode_single_object_with(ev, self.sv, fast=False) for ev in gen.events(events)]
 
     def once(self) -> int:
         """One pass over the events; returns a checksum of what it computed (so nothing is skipped)."""
@@ -51,7 +52,7 @@ class Probe:
             if price is None:
                 continue
             total += price_event(policy, price, ev)[1].charged_micro
-            total += len(encode_single_object_with(ev, sv)) + len(orjson.dumps(ev))
+            total += len(encode_single_object_with(ev, sv, fast=False)) + len(orjson.dumps(ev))
         return total
 
     def measure(self, repetitions: int = REPETITIONS) -> float:

@@ -120,3 +120,21 @@ def test_values_cavro_refuses_are_written_or_refused_by_fastavro(traffic: Any) -
     # An unknown enum symbol: the error is fastavro's.
     with pytest.raises(ValueError, match="is not in list"):
         encode_single_object(dict(event, plan="PLATINUM"), "InteractionEvent")
+
+
+def test_fast_false_is_fastavro_only(traffic: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    inputs, _, _ = traffic
+    sv = get_catalogue().latest("InteractionEvent")
+    event = inputs[0]
+    message = encode_single_object_with(event, sv, fast=False)
+    assert message[SINGLE_OBJECT_HEADER_LEN:] == _fastavro_body(event, sv)
+    dec = Decoder("InteractionEvent", fast=False)
+    assert dec._single_object_plan(sv.fingerprint).fast is None
+    assert Decoder("InteractionEvent")._single_object_plan(sv.fingerprint).fast is not None
+
+    def refuse(*_: Any) -> bytes:
+        raise AssertionError("cavro wrote a body that fastavro was asked for")
+
+    monkeypatch.setattr(codec, "_version_body", refuse)
+    assert encode_single_object_with(event, sv, fast=False) == message
+    assert dec.decode(message) == Decoder("InteractionEvent").decode(message)
