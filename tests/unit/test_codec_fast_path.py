@@ -52,7 +52,7 @@ def test_fast_writer_gives_fastavros_bytes(traffic: Any) -> None:
     for record, sv in cases:
         assert codec._version_body(record, sv) == _fastavro_body(record, sv), sv.name
     # ...and it was cavro that wrote them.
-    assert all(codec._FAST_WRITERS[sv.fingerprint] is not None for _, sv in cases)
+    assert all(codec._FAST_WRITERS[sv.fingerprint][1] is not None for _, sv in cases)
 
 
 def test_fast_reader_gives_fastavros_dicts_and_is_used(traffic: Any, monkeypatch: pytest.MonkeyPatch) -> None:
