@@ -82,16 +82,21 @@ class MachineSpeed:
         values = [p["us_per_event"] for p in self.points]
         out: dict[str, Any] = {"unit": "CPU-µs per probe event (lower is faster)", "points": self.points,
                                **report.summary(values)}
-        out["drift"] = max(values) / min(values) - 1 if values and min(values) > 0 else None
+        out["drift"] = self.drift()
         return out
+
+    def drift(self) -> float | None:
+        """Slowest point over fastest, minus one."""
+        values = [p["us_per_event"] for p in self.points]
+        return max(values) / min(values) - 1 if values and min(values) > 0 else None
 
     def note(self) -> str | None:
         """One line for the run's notes: how far the machine's speed moved, and where."""
-        if len(self.points) < 2:
+        drift = self.drift()
+        if len(self.points) < 2 or drift is None:
             return None
         slow = max(self.points, key=lambda p: p["us_per_event"])
         fast = min(self.points, key=lambda p: p["us_per_event"])
-        drift = slow["us_per_event"] / fast["us_per_event"] - 1
         return (f"machine speed probe moved {drift:.0%} during the run: fastest {fast['us_per_event']:.1f} µs "
                 f"(after {fast['after']}), slowest {slow['us_per_event']:.1f} µs (after {slow['after']}); "
                 "figures measured at different speeds compare only that far")
