@@ -33,9 +33,9 @@ not counted twice: one source partition's observations reach a fingerprint in of
 way); alert ids are deterministic in their dedup key, so an alert re-emitted by a replay replaces
 itself at the sink.
 
-A wall-clock timer (``CREDITFLOW_DETECTOR_FLUSH_SECONDS``, 30 s) evaluates entities touched since
-the last flush (at most ``FLUSH_MAX`` per tick) at their last event time: a quiet account's
-findings would otherwise wait for its next event.
+A wall-clock timer (``CREDITFLOW_DETECTOR_FLUSH_SECONDS``, 30 s) evaluates entities with events
+their rules have not seen yet (at most ``FLUSH_MAX`` per tick) at their last event time: a quiet
+account's findings would otherwise wait for its next event.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ class Detection:
         self.fp_topic = settings.topic(FINGERPRINTS_TOPIC)
         # Where the default partitioner puts a fingerprint; set by the processor from the topic's metadata.
         self.fp_partitions: KeyPartitions | None = None
-        # Touched since the last timer flush: key -> partition, oldest first.
+        # Entities with events not evaluated yet (see ``_remember``): key -> partition, oldest first.
         self.recent_accounts: OrderedDict[str, int] = OrderedDict()
         self.recent_fps: OrderedDict[str, int] = OrderedDict()
         self.events = 0
@@ -243,7 +243,7 @@ class Detection:
             obs = observation(rec)
             self.events += 1
             self._fold(batch, partition, self.engine.observe_account(wrapper["d"], obs))
-            self._touch(self.recent_accounts, account_id, partition)
+            self._remember(self.recent_accounts, account_id, partition, wrapper["d"])
             obs_json: bytes | None = None
             for kind, field in kinds:
                 fp = obs.get(field)
@@ -286,7 +286,7 @@ class Detection:
         wrapper["o"][src] = source_offset
         batch.fps[fkey] = partition
         self._fold(batch, partition, self.engine.observe_fingerprint(kind, self._expanded(kind, wrapper), obs))
-        self._touch(self.recent_fps, fkey, partition)
+        self._remember(self.recent_fps, fkey, partition, wrapper["d"])
 
     def _expanded(self, kind: str, wrapper: dict[str, Any]) -> dict[str, Any]:
         """The fingerprint's detector state, built from its first sighting if that is all there is."""
@@ -298,7 +298,14 @@ class Detection:
         return wrapper["d"]  # type: ignore[no-any-return]
 
     @staticmethod
-    def _touch(recent: OrderedDict[str, int], key: str, partition: int) -> None:
+    def _remember(recent: OrderedDict[str, int], key: str, partition: int, state: Mapping[str, Any]) -> None:
+        """After an entity's event: keep it for the timer while it has events its rules have not seen."""
+        # An entity evaluated with its event has nothing for the timer. Remembering it anyway made
+        # every tick decode up to 2 x _RECENT_MAX states only to skip them, all held in the tables'
+        # hot sets until the next write: +180 MiB at the peak with 300k one-event accounts.
+        if not state["_"]["ne"]:
+            recent.pop(key, None)
+            return
         recent[key] = partition
         recent.move_to_end(key)
         if len(recent) > _RECENT_MAX:
@@ -318,7 +325,7 @@ class Detection:
     # -- timer flush ------------------------------------------------------------------------------
 
     def evaluate_quiet(self, batch: DetectionBatch, limit: int | None = None) -> int:
-        """Evaluate entities touched since the last flush at their last event time. Returns
+        """Evaluate entities with events not evaluated yet, at their last event time. Returns
         entities evaluated."""
         n = 0
         for recent, table, evaluate, target in (

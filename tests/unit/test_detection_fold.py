@@ -130,3 +130,28 @@ def test_a_fingerprint_kept_as_its_first_sighting_grows_the_same_state(tmp_path:
     assert firings, "fingerprint rules fire on this scenario set"
     assert sorted(firings) == sorted((f.entity_id, f.rule_id) for f in d.record_firings
                                      if f.entity_type != "account")
+
+
+def test_the_timer_remembers_only_entities_with_events_not_evaluated(tmp_path: Path,
+                                                                     enriched: list[dict[str, Any]]) -> None:
+    d = _detection(tmp_path)
+    batch = DetectionBatch()
+    d.on_metered(batch, enriched, set(range(PARTITIONS)))
+
+    def pending(table: ChangelogTable, key: str) -> int:
+        return int(table.get(key)["d"]["_"]["ne"])
+
+    waiting = {k for k in d.accounts if pending(d.accounts, k)}
+    assert waiting and len(waiting) < len(list(d.accounts))  # some accounts were evaluated with their events
+    assert set(d.recent_accounts) == waiting
+    fps_waiting = {k for k in d.fingerprints if "d" in d.fingerprints.get(k) and pending(d.fingerprints, k)}
+    assert set(d.recent_fps) == fps_waiting
+
+    hydrated = d.accounts.hydrated + d.fingerprints.hydrated
+    quiet = DetectionBatch()
+    assert d.evaluate_quiet(quiet) == len(waiting) + len(fps_waiting)
+    assert not d.recent_accounts and not d.recent_fps
+    assert set(quiet.accounts) == waiting and set(quiet.fps) == fps_waiting
+    assert all(pending(d.accounts, k) == 0 for k in waiting)
+    # Every value the tick read is one it evaluated (and will write): none decoded only to be skipped.
+    assert d.accounts.hydrated + d.fingerprints.hydrated - hydrated <= len(waiting) + len(fps_waiting)
