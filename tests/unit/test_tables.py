@@ -262,6 +262,49 @@ def test_drop_goes_by_the_partition_of_the_last_write(table: MakeTable) -> None:
     assert t.get("moved") == {"o": 3}
 
 
+def test_dropping_every_partition_with_entries_starts_an_empty_store(table: MakeTable) -> None:
+    t, producer = table(hot_max=5), FakeProducer()
+    put(t, producer, [(i % 3, f"k{i}", account_state(i)) for i in range(100)])
+    t.restore(4, b"restored", b'{"o":1}')
+    t.get("k0")  # hot again, read from the store
+    pending = t.set("unwritten", {"o": 1})
+    t.set("k99", {"o": 2})  # written before, then set: dropped like any written key
+    old = Path(t.path)
+    t.drop({0, 1, 2, 3, 4, 5})
+    assert not old.exists() and Path(t.path).is_dir()  # a new store, the old directory is gone
+    assert set(t.keys()) == {"unwritten"} and set(t._hot) == {"unwritten"}
+    assert t.get("unwritten") is pending and t.get("k99") is None
+    assert t.get("k0") is None and t.get("restored") is None
+    put(t, producer, [(2, f"n{i}", account_state(i)) for i in range(20)])  # the new store works
+    assert t.get("n1") == account_state(1)
+    assert set(t.keys()) == {"unwritten"} | {f"n{i}" for i in range(20)}
+
+
+def test_a_drop_covers_the_partitions_held_not_every_partition(table: MakeTable) -> None:
+    t, producer = table(hot_max=5), FakeProducer()
+    old = t.path
+    t.drop({0, 1})  # nothing written yet: nothing to do, the store stays
+    assert t.path == old
+    put(t, producer, [(i % 2, f"k{i}", account_state(i)) for i in range(40)])
+    t.drop({1, 2})
+    assert t.path == old and set(t.keys()) == {f"k{i}" for i in range(0, 40, 2)}
+    t.drop({0})  # the only partition still held
+    assert t.path != old and set(t.keys()) == set()
+
+
+def test_a_partial_drop_deletes_in_bounded_batches(monkeypatch: pytest.MonkeyPatch, table: MakeTable) -> None:
+    monkeypatch.setattr(tables_mod, "_RESTORE_BATCH", 16)
+    t, producer = table(hot_max=0), FakeProducer()
+    put(t, producer, [(i % 2, f"k{i}", account_state(i)) for i in range(200)])
+    store = CountingStore(t._db)
+    t._db = store  # type: ignore[assignment]
+    t.drop({1})
+    assert store.writes == -(-100 // 16)
+    assert set(t.keys()) == {f"k{i}" for i in range(0, 200, 2)}
+    assert t.get("k2") == account_state(2) and t.get("k3") is None
+    t._db = store.db
+
+
 def test_recover_writes_plain_json_records_to_the_store(monkeypatch: pytest.MonkeyPatch, table: MakeTable) -> None:
     records: dict[int, list[tuple[bytes, bytes | None]]] = {
         3: [(f"k{i}".encode(), json.dumps(account_state(i)).encode()) for i in range(300)],
