@@ -19,7 +19,7 @@ from streams.dead_letters import build_dead_letter
 from streams.ledger import apply_grant_event, debit
 from streams.models import DeadLetter
 from streams.policy import CompiledPolicy, price_event, should_sample
-from streams.validation import validate_event, validate_grant
+from streams.validation import decoded_event_passes, validate_event, validate_grant
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -121,7 +121,7 @@ class Meter:
             except DecodeError as exc:
                 self._dead(out, rec, exc.kind, exc.message, now_ms)
                 continue
-            reason = validate_event(ev, now_ms)
+            reason = None if decoded_event_passes(ev, now_ms) else validate_event(ev, now_ms)
             if reason:
                 self._dead(out, rec, "VALIDATION", reason, now_ms)
                 continue

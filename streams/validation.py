@@ -184,6 +184,32 @@ def validate_event(
     return None
 
 
+def decoded_event_passes(ev: Mapping[str, Any], now_ms: int, max_future_ms: int = DEFAULT_MAX_FUTURE_MS) -> bool:
+    """True only for an event ``validate_event`` accepts; False means "ask ``validate_event`` why".
+
+    For records the InteractionEvent decoder returned: every field is there with its schema's type
+    (enums within their symbols, ints within range), so only the values Avro cannot constrain are
+    looked at, inline. The meter calls this first: ~1/3 of ``validate_event``'s cost per event."""
+    try:
+        for name in _EVENT_IDS:
+            v = ev[name]
+            if not v or len(v) > MAX_ID_LEN or v.isspace():
+                return False
+        t = ev["occurred_at"]
+        if (t < EARLIEST_MS or t > now_ms + max_future_ms or ev["turn_index"] < 0 or ev["input_tokens"] < 0
+                or ev["output_tokens"] < 0 or ev["cached_tokens"] < 0 or ev["context_window_tokens"] < 0
+                or ev["reasoning_steps"] < 0 or ev["thinking_tokens"] < 0 or ev["tool_calls"] < 0
+                or ev["latency_ms"] < 0):
+            return False
+        names = ev["tool_names"]
+        if len(names) > MAX_TOOL_NAMES or (names and not all(n and len(n) <= MAX_TOOL_NAME_LEN for n in names)):
+            return False
+        cu = ev["context_uniqueness"]
+        return cu is None or 0.0 <= cu <= 1.0  # False for NaN too
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
 def validate_grant(
     g: Mapping[str, Any], now_ms: int, *, max_future_ms: int = DEFAULT_MAX_FUTURE_MS
 ) -> str | None:

@@ -6,10 +6,14 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from streams.codec import Decoder, encode_single_object
 from streams.validation import (
     EARLIEST_MS,
     MAX_TOOL_NAMES,
+    decoded_event_passes,
     validate_event,
     validate_grant,
     validate_subscription_change,
@@ -221,3 +225,30 @@ def test_valid_subscription_changes() -> None:
 def test_invalid_subscription_changes(overrides: dict[str, Any], field: str) -> None:
     reason = validate_subscription_change(change(**overrides), NOW)
     assert reason is not None and field in reason
+
+
+# Values an Avro-decoded InteractionEvent can hold that ``validate_event`` may refuse.
+_EDGE_VALUES: dict[str, list[Any]] = {
+    **{name: ["", " ", "\t\n", "x" * 256, "x" * 257, "ok"] for name in ("event_id", "account_id", "session_id",
+                                                                         "model")},
+    **{name: [-1, 0, 1, -(2**31)] for name in COUNTS},
+    "occurred_at": [0, EARLIEST_MS - 1, EARLIEST_MS, NOW + 10 * MIN, NOW + 10 * MIN + 1],
+    "tool_names": [[], ["a"], [""], ["x" * 257], ["a"] * MAX_TOOL_NAMES, ["a"] * (MAX_TOOL_NAMES + 1)],
+    "context_uniqueness": [None, 0.0, 1.0, -0.0, 1.0000001, -1e-9, math.nan, math.inf],
+}
+
+
+@given(st.fixed_dictionaries({}, optional={k: st.sampled_from(v) for k, v in _EDGE_VALUES.items()}))
+@settings(max_examples=400, deadline=None)
+def test_the_decoded_fast_check_passes_exactly_what_validate_event_accepts(changes: dict[str, Any]) -> None:
+    # Through the wire, so the record is what the meter's decoder hands over.
+    ev = Decoder("InteractionEvent").decode(encode_single_object({**sample_event(), **changes}, "InteractionEvent"))
+    assert decoded_event_passes(ev, NOW) == (validate_event(ev, NOW) is None)
+
+
+def test_the_decoded_fast_check_refuses_what_is_not_a_decoded_record() -> None:
+    ev = sample_event()
+    assert decoded_event_passes(ev, NOW)
+    for broken in ({k: v for k, v in ev.items() if k != "latency_ms"}, {**ev, "account_id": 7},
+                   {**ev, "tool_names": None}):
+        assert not decoded_event_passes(broken, NOW)
