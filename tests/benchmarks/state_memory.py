@@ -12,7 +12,7 @@ and has consumed its fingerprint partitions, so every fingerprint observation is
 (``Processor._fp_partitions_here`` answers all of them); what is published (usage-enriched, alerts,
 samples, changelog records) is dropped after being counted. The detectors' timer flush does not run.
 
-Reports peak RSS (``ru_maxrss``) and, with ``--trace``, tracemalloc figures: per table the bytes freed
+Reports peak RSS (``VmHWM``) and, with ``--trace``, tracemalloc figures: per table the bytes freed
 by dropping it (everything it holds that nothing else does), and detection's other in-memory
 caches. ``--sizes`` also reports the JSON, zlib level 1 and level 6 sizes of every table's last
 changelog write per key, and the size ``ChangelogTable`` stores it in (this keeps a copy of every
