@@ -303,7 +303,8 @@ class Detection:
         # An entity evaluated with its event has nothing for the timer. Remembering it anyway made
         # every tick decode up to 2 x _RECENT_MAX states only to skip them, all held in the tables'
         # hot sets until the next write: +150-180 MiB for ~1 s, with 300k one-event accounts.
-        if not state["_"]["ne"]:
+        common = state.get("_")  # absent when no rule watches the entity's kind
+        if not common or not common["ne"]:
             recent.pop(key, None)
             return
         recent[key] = partition
