@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import signal
 import sys
 import time
 from typing import Any
@@ -19,6 +20,10 @@ from streams.processor import Processor
 from streams.producer import CreditflowProducer
 from streams.runtime import build, prepare
 from streams.settings import Role, Settings
+
+INTERRUPTED = 130  # the exit status of a process ended by SIGINT, as shells report it
+# app.stop() after Ctrl-C: long enough for the workers to leave their groups, bounded if the broker is gone.
+_STOP_TIMEOUT_S = 60.0
 
 CREDITS_BY_CATEGORY = """
 SELECT category,
@@ -113,33 +118,57 @@ async def _run(settings: Settings, bootstrap: str, events: int, accounts: int, s
                console: Console) -> int:
     pipeline = build(settings, bootstrap)
     app = pipeline.app
-    sink: ClickHouseSink = app.creditflow_sink  # type: ignore[attr-defined]
-    processor: Processor = app.creditflow_processor  # type: ignore[attr-defined]
     run_id = settings.topic_prefix.strip(".-_") or secrets.token_hex(3)
-    prefix = f"{run_id}-acct"
-    gen = Generator(accounts=accounts, seed=seed, account_prefix=prefix)
+    gen = Generator(accounts=accounts, seed=seed, account_prefix=f"{run_id}-acct")
     started = time.monotonic()
-    await app.start()
+    # Ctrl-C sets a flag, and the demo's own work is what gets cancelled, never app.start(): a
+    # cancellation landing there was swallowed by a Faust service (the demo then ran to its end) or
+    # left a half-started non-daemon thread behind that kept the process from exiting.
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    loop.add_signal_handler(signal.SIGINT, interrupted.set)
     try:
-        grants = await _produce(settings, bootstrap, gen, events, console, processor)
-        landed = await _wait_landed(sink, prefix, events, grants, timeout, console)
-        elapsed = time.monotonic() - started
-        rows = await sink.query(CREDITS_BY_CATEGORY, {"prefix": prefix})
-        console.print(_table("credits by feature category (this run)",
-                             ["category", "events", "list", "charged", "subsidy", "from grants",
-                              "from subscription"], rows))
-        utilisation = await sink.query(GRANT_UTILISATION, {"prefix": prefix})
-        console.print(_table("grant utilisation by campaign", ["campaign", "grants", "granted", "used",
-                                                               "utilisation"], utilisation))
-        ok = landed == events
-        style = "green" if ok else "red"
-        console.print(f"[{style}]{landed:,} of {events:,} events landed in ClickHouse "
-                      f"in {elapsed:.1f}s[/{style}] (run {run_id}, sink batches {sink.stats.batches}, "
-                      f"dead letters {sink.stats.rows.get('dead_letters', 0)})")
-        return 0 if ok else 1
+        await app.start()
+        if interrupted.is_set():
+            return INTERRUPTED
+        work = asyncio.ensure_future(_produce_and_report(app, settings, bootstrap, gen, events, run_id, started,
+                                                         timeout, console))
+        stop = asyncio.ensure_future(interrupted.wait())
+        await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if work.done():
+            return work.result()
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await work
+        return INTERRUPTED
     finally:
+        loop.remove_signal_handler(signal.SIGINT)
         with contextlib.suppress(Exception):
-            await app.stop()
+            await asyncio.wait_for(app.stop(), _STOP_TIMEOUT_S)
+
+
+async def _produce_and_report(app: Any, settings: Settings, bootstrap: str, gen: Generator, events: int, run_id: str,
+                              started: float, timeout: float, console: Console) -> int:
+    sink: ClickHouseSink = app.creditflow_sink
+    processor: Processor = app.creditflow_processor
+    prefix = f"{run_id}-acct"
+    grants = await _produce(settings, bootstrap, gen, events, console, processor)
+    landed = await _wait_landed(sink, prefix, events, grants, timeout, console)
+    elapsed = time.monotonic() - started
+    rows = await sink.query(CREDITS_BY_CATEGORY, {"prefix": prefix})
+    console.print(_table("credits by feature category (this run)",
+                         ["category", "events", "list", "charged", "subsidy", "from grants",
+                          "from subscription"], rows))
+    utilisation = await sink.query(GRANT_UTILISATION, {"prefix": prefix})
+    console.print(_table("grant utilisation by campaign", ["campaign", "grants", "granted", "used",
+                                                           "utilisation"], utilisation))
+    ok = landed == events
+    style = "green" if ok else "red"
+    console.print(f"[{style}]{landed:,} of {events:,} events landed in ClickHouse "
+                  f"in {elapsed:.1f}s[/{style}] (run {run_id}, sink batches {sink.stats.batches}, "
+                  f"dead letters {sink.stats.rows.get('dead_letters', 0)})")
+    return 0 if ok else 1
 
 
 def run_demo(settings: Settings, *, events: int, accounts: int, seed: int, timeout: float) -> int:
@@ -153,6 +182,7 @@ def run_demo(settings: Settings, *, events: int, accounts: int, seed: int, timeo
         "app_id": f"{settings.app_id}-demo-{run_id}",
     })
     broker = None
+    rc: int | None = None
     try:
         console.print("[bold]creditflow demo[/bold]: starting Kafka (KRaft) and ClickHouse (chDB)...")
         bootstrap, broker = prepare(settings)
@@ -161,10 +191,12 @@ def run_demo(settings: Settings, *, events: int, accounts: int, seed: int, timeo
                       f"clickhouse {settings.resolved_clickhouse_url}")
         if reused:
             broker = None  # not ours to stop
-        return asyncio.run(_run(settings, bootstrap, events, accounts, seed, timeout, console))
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted; stopping what the demo started[/yellow]")
-        return 130
+        rc = asyncio.run(_run(settings, bootstrap, events, accounts, seed, timeout, console))
+    except KeyboardInterrupt:  # outside the event loop (starting the broker)
+        rc = INTERRUPTED
     finally:
+        if rc == INTERRUPTED:
+            console.print("[yellow]interrupted; stopping what the demo started[/yellow]")
         if broker is not None:
             broker.stop()
+    return rc
