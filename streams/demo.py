@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+import faust
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -148,10 +149,10 @@ async def _run(settings: Settings, bootstrap: str, events: int, accounts: int, s
             await asyncio.wait_for(app.stop(), _STOP_TIMEOUT_S)
 
 
-async def _produce_and_report(app: Any, settings: Settings, bootstrap: str, gen: Generator, events: int, run_id: str,
-                              started: float, timeout: float, console: Console) -> int:
-    sink: ClickHouseSink = app.creditflow_sink
-    processor: Processor = app.creditflow_processor
+async def _produce_and_report(app: faust.App, settings: Settings, bootstrap: str, gen: Generator, events: int,
+                              run_id: str, started: float, timeout: float, console: Console) -> int:
+    sink: ClickHouseSink = app.creditflow_sink  # type: ignore[attr-defined]
+    processor: Processor = app.creditflow_processor  # type: ignore[attr-defined]
     prefix = f"{run_id}-acct"
     grants = await _produce(settings, bootstrap, gen, events, console, processor)
     landed = await _wait_landed(sink, prefix, events, grants, timeout, console)

@@ -51,7 +51,7 @@ def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path, after_s: float
         assert proc.stdout is not None
         deadline = time.monotonic() + 180
         seen = ""
-        # Interrupt once the pipeline is running (the broker is up and events are flowing).
+        # Interrupt ``after_s`` after the demo reports its broker.
         while "kafka 127.0.0.1" not in seen and time.monotonic() < deadline:
             seen += proc.stdout.readline()
         time.sleep(after_s)
