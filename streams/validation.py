@@ -189,18 +189,19 @@ def decoded_event_passes(ev: Mapping[str, Any], now_ms: int, max_future_ms: int 
 
     For records the InteractionEvent decoder returned: every field is there with its schema's type
     (enums within their symbols, ints within range), so only the values Avro cannot constrain are
-    looked at, inline. The meter calls this first: 0.66 µs per event against ``validate_event``'s 3.5."""
+    looked at. The meter calls this first: 0.9-1.0 µs per event against ``validate_event``'s 3.5 (with
+    the count fields written out instead of looping over ``_EVENT_COUNTS``, 0.8)."""
     try:
         for name in _EVENT_IDS:
             v = ev[name]
             if not v or len(v) > MAX_ID_LEN or v.isspace():
                 return False
         t = ev["occurred_at"]
-        if (t < EARLIEST_MS or t > now_ms + max_future_ms or ev["turn_index"] < 0 or ev["input_tokens"] < 0
-                or ev["output_tokens"] < 0 or ev["cached_tokens"] < 0 or ev["context_window_tokens"] < 0
-                or ev["reasoning_steps"] < 0 or ev["thinking_tokens"] < 0 or ev["tool_calls"] < 0
-                or ev["latency_ms"] < 0):
+        if t < EARLIEST_MS or t > now_ms + max_future_ms:
             return False
+        for name in _EVENT_COUNTS:
+            if ev[name] < 0:
+                return False
         names = ev["tool_names"]
         if len(names) > MAX_TOOL_NAMES or (names and not all(n and len(n) <= MAX_TOOL_NAME_LEN for n in names)):
             return False
