@@ -87,6 +87,24 @@ def _fmt(v: Any, unit: str = "") -> str:
     return f"{text}{unit}"
 
 
+def run_line(name: str, run: dict[str, Any], elapsed_s: float) -> str:
+    """One line per measured run, printed as it ends: the only progress a log file or CI output gets
+    (rich draws its bars on a terminal alone) and the figures before the table, 25 minutes later."""
+    if "error" in run:
+        return f"{name}: FAILED after {elapsed_s:,.0f} s: {run['error']}"
+    parts: list[str] = []
+    if run.get("eps") is not None:
+        parts.append(f"{_fmt(float(run['eps']))} events/s")
+    if run.get("p99_ms") is not None:
+        parts.append(f"p50 {_fmt(float(run['p50_ms']))} ms, p99 {_fmt(float(run['p99_ms']))} ms"
+                     f" at {_fmt(float(run['achieved_rate']))}/s")
+    if run.get("cpu_per_million"):
+        parts.append(f"{_fmt(float(run['cpu_per_million']))} CPU-s per 1M")
+    if run.get("peak_rss_mib") is not None:
+        parts.append(f"peak RSS {_fmt(float(run['peak_rss_mib']))} MiB")
+    return f"{name}: {', '.join(parts) or 'done'} ({elapsed_s:,.0f} s)"
+
+
 def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     """(figure, median, min, max, bar, verdict) rows shared by the terminal and README tables."""
     rows: list[tuple[str, str, str, str, str, str]] = []

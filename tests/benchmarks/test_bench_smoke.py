@@ -40,7 +40,7 @@ def test_benchmark_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
         results = run.main([
             "--events", "2000", "--runs", "1", "--accounts", "200", "--rss-accounts", "2000",
             "--latency-seconds", "2", "--latency-warmup", "0.5", "--profile-events", "2000", "--run-timeout", "90",
-            "--bootstrap", kafka_bootstrap, "--out", str(out),
+            "--stages", ",".join(run.STAGES), "--bootstrap", kafka_bootstrap, "--out", str(out),
         ])
     finally:
         run.Bench.spawn = original_spawn  # type: ignore[method-assign]

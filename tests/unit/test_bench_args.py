@@ -23,3 +23,18 @@ def test_latency_warm_up_as_long_as_the_run_is_refused(capsys: pytest.CaptureFix
 def test_latency_rate_given_skips_deriving_it() -> None:
     o = parse_args(["--latency-rate", "1200", "--stages", "latency"])
     assert o.latency_rate == 1200 and o.stages == frozenset({"latency"})
+
+
+def test_a_full_run_leaves_the_profile_out_unless_asked() -> None:
+    from tests.benchmarks.run import STAGES
+
+    assert "profile" not in parse_args([]).stages
+    assert parse_args([]).stages == frozenset(STAGES) - {"profile"}
+    assert "profile" in parse_args(["--stages", "processor,profile"]).stages
+
+
+def test_an_unknown_stage_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--stages", "processor,sinks"])
+    assert exc.value.code == 2
+    assert "--stages takes processor,sink," in capsys.readouterr().err.strip().splitlines()[-1]
