@@ -600,7 +600,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         o.stages = frozenset(s.strip() for s in a.stages.split(",") if s.strip())
         unknown = sorted(o.stages - set(STAGES))
         if unknown or not o.stages:
-            ap.error(f"--stages takes {','.join(STAGES)}; got {a.stages!r}")
+            ap.error(f"--stages takes {','.join(STAGES)}; "
+                     + (f"unknown: {','.join(unknown)}" if unknown else "none given"))
     return o
 
 
