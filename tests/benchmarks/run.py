@@ -292,6 +292,11 @@ class Bench:
                                         "peak_rss_mib": res["peak_rss_bytes"] / MIB})
 
 
+def _workload_line(wl: Workload) -> str:
+    return (f"workload: {wl.events:,} events and {wl.grants:,} grants over {wl.accounts:,} accounts produced in "
+            f"{wl.produce_seconds:,.0f} s")
+
+
 def _drain_figures(res: dict[str, Any], expected: int) -> dict[str, Any]:
     if "error" in res:
         return {"error": res["error"]}
@@ -380,8 +385,7 @@ async def _main(opts: Options, console: Console) -> dict[str, Any]:
             wl = await produce_workload(bench.bootstrap, prefix, opts.events, accounts=opts.accounts,
                                         seed=opts.seed, json_topic=json_topic, progress=progress,
                                         sample_every=max(1, opts.events // 2000), head=min(opts.events, 20_000))
-            console.print(f"workload: {wl.events:,} events and {wl.grants:,} grants over {wl.accounts:,} accounts "
-                          f"produced in {wl.produce_seconds:,.0f} s", highlight=False)
+            console.print(_workload_line(wl), highlight=False)
             results["workload"] = {"events": wl.events, "grants": wl.grants, "accounts": wl.accounts,
                                    "produce_seconds": wl.produce_seconds, "input_topic": wl.topic("interaction-events"),
                                    "json_topic": json_topic}
@@ -483,8 +487,7 @@ async def _main(opts: Options, console: Console) -> dict[str, Any]:
                         production.cancel()
                         with contextlib.suppress(asyncio.CancelledError, Exception):
                             await production
-                console.print(f"workload: {n_acc:,} events and {acc_wl.grants:,} grants over {n_acc:,} accounts "
-                              f"produced in {acc_wl.produce_seconds:,.0f} s, during the run", highlight=False)
+                console.print(_workload_line(acc_wl) + ", during the run", highlight=False)
                 figures["accounts_1m"] = {"accounts": n_acc, "grants": acc_wl.grants, "events": n_acc,
                                           "peak_rss_mib": report.summary([r["peak_rss_mib"]] if "error" not in r
                                                                          else []),
