@@ -33,13 +33,13 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from mode import Service
 
-from sinks.avro_batch import LEDGER_FILE_STRUCTURE, ContainerBuilder, GuardedBlock, merged_container, write_spool
-from sinks.clickhouse_client import connect, is_unavailable
+from sinks.avro_container import LEDGER_FILE_STRUCTURE, ContainerBuilder, GuardedBlock, merged_container, write_spool
+from sinks.client import connect, is_unavailable
+from sinks.columns import CREDIT_LEDGER_COLUMNS, EVENTS_COLUMNS, INSERT_COLUMNS, dedup_settings
 from sinks.routing import ROUTES, Route, dead_letter_rows
-from sinks.tables import CREDIT_LEDGER_COLUMNS, EVENTS_COLUMNS, INSERT_COLUMNS, dedup_settings
-from streams.codec import DecodeError, Decoder
-from streams.dead_letters import build_dead_letter
 from streams.settings import Settings
+from streams.wire.codec import DecodeError, Decoder
+from streams.wire.dead_letters import build_dead_letter
 
 log = logging.getLogger("creditflow.sink")
 

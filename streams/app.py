@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import faust
 
-from streams.gc_policy import tune_for_batches
+from streams.runtime.gc_policy import tune_for_batches
 from streams.settings import Role, Settings
 
 
@@ -41,7 +41,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         table_cleanup_interval=3600.0,
     )
     from streams.processor import register_processor
-    from streams.topics import topic_names
+    from streams.runtime.topics import topic_names
 
     names = topic_names(settings)
     if settings.role in (Role.ALL, Role.PROCESSOR):

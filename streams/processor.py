@@ -1,9 +1,9 @@
 """The processor role: meter interaction events, fold credit grants, detect credit-gaming, in batches.
 
-Order inside one batch is what makes a crash harmless (see ``streams/meter.py``):
+Order inside one batch is what makes a crash harmless (see ``streams/credits/meter.py``):
 1. grants, then events, are decoded, priced and debited against in-memory account state; reviews,
    fingerprint observations from other workers, then the grants and metered events are folded
-   into detection state (``streams/detection.py``) from the same decoded values;
+   into detection state (``streams/detection/engine.py``) from the same decoded values;
 2. outputs (usage-enriched, refinement-feed, dead-letters, gaming-alerts, fingerprint
    observations for other workers) are published and acknowledged;
 3. detection state, then account state, is published to its changelog and acknowledged;
@@ -30,17 +30,17 @@ from typing import Any
 import faust
 from mode import Service
 
-from streams.batch_send import KeyPartitions, Outgoing, send_partitioned
-from streams.codec import Decoder, SchemaRegistryClient, encode_single_object
-from streams.dead_letters import encode_dead_letter
-from streams.detection import FLUSH_MAX, Detection, DetectionBatch
-from streams.headers import source_offset_header
-from streams.meter import InputRecord, Meter, MeterResult
-from streams.partitioned import Fetched, PartitionedService
-from streams.policy import load_policy
+from streams.credits.meter import InputRecord, Meter, MeterResult
+from streams.credits.policy import load_policy
+from streams.detection.engine import FLUSH_MAX, Detection, DetectionBatch
+from streams.runtime.batch_send import KeyPartitions, Outgoing, send_partitioned
+from streams.runtime.changelog import ChangelogTable
+from streams.runtime.partitioned import Fetched, PartitionedService
+from streams.runtime.topics import create_topic, retention_ms
 from streams.settings import Settings
-from streams.tables import ChangelogTable
-from streams.topics import create_topic, retention_ms
+from streams.wire.codec import Decoder, SchemaRegistryClient, encode_single_object
+from streams.wire.dead_letters import encode_dead_letter
+from streams.wire.headers import source_offset_header
 
 log = logging.getLogger("creditflow.processor")
 _trace = log.info if os.environ.get("CREDITFLOW_TRACE_BATCHES") else log.debug

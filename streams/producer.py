@@ -30,16 +30,16 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from schemas.catalogue import SchemaVersion, get_catalogue
-from streams.codec import (
+from streams.runtime.topics import CREDIT_GRANTS, INTERACTION_EVENTS, SUBSCRIPTION_CHANGES
+from streams.settings import Settings, get_settings
+from streams.wire.codec import (
     RegistryUnavailable,
     SchemaRegistryClient,
     SchemaRegistryError,
     encode_confluent,
     encode_single_object_with,
 )
-from streams.settings import Settings, get_settings
-from streams.topics import CREDIT_GRANTS, INTERACTION_EVENTS, SUBSCRIPTION_CHANGES
-from streams.validation import validate_event, validate_grant, validate_subscription_change
+from streams.wire.validation import validate_event, validate_grant, validate_subscription_change
 
 T = TypeVar("T")
 

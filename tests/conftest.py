@@ -50,7 +50,7 @@ def _release_chdb_paths() -> Iterator[None]:
     """chDB admits one data path per process: whatever path a test opened is closed after it, even
     when the test failed, so the next test can open its own. Paths opened by wider-scoped fixtures
     (before this test) stay open for them."""
-    from sinks import clickhouse_client
+    from sinks import client as clickhouse_client
 
     before = set(clickhouse_client._chdb_clients)
     yield

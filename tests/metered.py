@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.codec import Decoder, encode_single_object
-from streams.generator import Generator
-from streams.meter import Meter, RawRecord
-from streams.policy import load_policy
+from streams.credits.meter import Meter, RawRecord
+from streams.credits.policy import load_policy
+from streams.synthetic.generator import Generator
+from streams.wire.codec import Decoder, encode_single_object
 
 NOW_MS = 1_793_100_000_000
 

@@ -85,7 +85,7 @@ def render_server_properties(broker_port: int, controller_port: int, log_dir: Pa
         # Consumers in tests and the demo join one at a time; the default 3 s delay only slows them.
         "group.initial.rebalance.delay.ms": 0,
         "num.partitions": 6,
-        # Topics are created deliberately (streams.topics.ensure_topics) so a typo fails loudly.
+        # Topics are created deliberately (streams.runtime.topics.ensure_topics) so a typo fails loudly.
         "auto.create.topics.enable": "false",
         "offsets.topic.num.partitions": 6,
         "num.network.threads": 2,

@@ -30,7 +30,7 @@ INPUT_TOPICS = frozenset({"interaction-events", "credit-grants", "subscription-c
 
 def split_topic_names(input_prefix: str, output_prefix: str) -> dict[str, str]:
     """Base name -> topic name, inputs under ``input_prefix`` and outputs under ``output_prefix``."""
-    from streams.topics import TOPICS
+    from streams.runtime.topics import TOPICS
 
     return {s.name: (input_prefix if s.name in INPUT_TOPICS else output_prefix) + s.name for s in TOPICS}
 
@@ -43,7 +43,7 @@ def install_split_topics(input_prefix: str, output_prefix: str) -> None:
     at call time, so replacing the module attribute is enough (see the proposed
     ``input_topic_prefix`` setting in tests/benchmarks/README.md, which would make this unnecessary).
     """
-    import streams.topics as topics_mod
+    import streams.runtime.topics as topics_mod
 
     names = split_topic_names(input_prefix, output_prefix)
     topics_mod.topic_names = lambda settings: dict(names)  # type: ignore[assignment]

@@ -24,9 +24,9 @@ from typing import Any
 import orjson
 
 from schemas.catalogue import get_catalogue
-from streams.codec import Decoder, encode_single_object_with
-from streams.generator import Generator
-from streams.policy import load_policy, price_event
+from streams.credits.policy import load_policy, price_event
+from streams.synthetic.generator import Generator
+from streams.wire.codec import Decoder, encode_single_object_with
 from tests.benchmarks import report
 
 EVENTS = 2_000

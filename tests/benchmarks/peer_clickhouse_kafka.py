@@ -11,7 +11,7 @@ Differences from creditflow, stated in the output too:
 
 The SQL is generated from the same compiled policy the Python pricing uses (thresholds, multipliers,
 per-model prices, priorities), with the same integer half-even rounding, and a sample of rows is
-checked against ``streams.policy`` by the orchestrator.
+checked against ``streams.credits.policy`` by the orchestrator.
 
 Config keys: bootstrap, json_topic, data_dir, group, expected, sample_ids, num_consumers.
 """
@@ -44,7 +44,7 @@ def _arr(values: list[Any]) -> str:
 
 
 def _half_even(num: str, den: str, name: str) -> str:
-    """``num / den`` rounded half-to-even, like ``streams.policy.div_half_even``."""
+    """``num / den`` rounded half-to-even, like ``streams.credits.policy.div_half_even``."""
     return (f"intDiv({num}, {den}) + if(2 * ({num} % {den}) > {den} OR "
             f"(2 * ({num} % {den}) = {den} AND intDiv({num}, {den}) % 2 = 1), 1, 0) AS {name}")
 
@@ -67,7 +67,14 @@ CREATE TABLE {KAFKA_TABLE} (
 
 def view_sql() -> str:
     """The materialized view: the credit policy in SQL, generated from the compiled policy."""
-    from streams.policy import CATEGORIES, COMPLEX_REASONING, EXTENDED_CONTEXT, FALLBACK_MODEL, TOOL_USE, load_policy
+    from streams.credits.policy import (
+        CATEGORIES,
+        COMPLEX_REASONING,
+        EXTENDED_CONTEXT,
+        FALLBACK_MODEL,
+        TOOL_USE,
+        load_policy,
+    )
 
     p = load_policy()
     models = [m for m in p.prices if m != FALLBACK_MODEL]
@@ -112,7 +119,7 @@ FROM {KAFKA_TABLE}"""
 
 
 def _run(cfg: dict[str, Any]) -> dict[str, Any]:
-    from sinks.clickhouse_client import connect
+    from sinks.client import connect
     from sinks.migrations import apply_migrations
 
     client = connect(f"chdb://{Path(cfg['data_dir']).resolve() / 'clickhouse'}")

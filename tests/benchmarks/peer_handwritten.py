@@ -1,7 +1,7 @@
 """Peer 1, the hand-written loop: ``python -m tests.benchmarks.peer_handwritten '<json>'``.
 
 What a competent engineer would write without a framework, and so the ceiling for Python here:
-one aiokafka consumer, fastavro decoding (``streams.codec.Decoder(fast=False)``, as the benchmark
+one aiokafka consumer, fastavro decoding (``streams.wire.codec.Decoder(fast=False)``, as the benchmark
 defines this peer; through the codec's cavro path it took 38.9 CPU-s per 1M events in one full run,
 41.5 on fastavro in the next), the project's own pure
 functions (``validate_event``, ``price_event`` (classify, list price, charge), ``ledger.debit``,
@@ -32,8 +32,8 @@ from tests.benchmarks.common import cpu_seconds, emit, emit_result, now, peak_rs
 
 
 async def _load_grants(bootstrap: str, topic: str) -> dict[str, dict[str, dict[str, Any]]]:
-    from streams.codec import Decoder
-    from streams.ledger import apply_grant_event
+    from streams.credits.ledger import apply_grant_event
+    from streams.wire.codec import Decoder
 
     decoder = Decoder("CreditGrant", fast=False)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
@@ -61,13 +61,13 @@ async def _load_grants(bootstrap: str, topic: str) -> dict[str, dict[str, dict[s
 
 
 async def _run(cfg: dict[str, Any]) -> dict[str, Any]:
-    from sinks.clickhouse_client import connect
+    from sinks.client import connect
+    from sinks.columns import EVENTS_COLUMNS
     from sinks.migrations import apply_migrations
-    from sinks.tables import EVENTS_COLUMNS
-    from streams.codec import DecodeError, Decoder
-    from streams.ledger import debit
-    from streams.policy import load_policy, price_event, should_sample
-    from streams.validation import validate_event
+    from streams.credits.ledger import debit
+    from streams.credits.policy import load_policy, price_event, should_sample
+    from streams.wire.codec import DecodeError, Decoder
+    from streams.wire.validation import validate_event
 
     client = connect(f"chdb://{Path(cfg['data_dir']).resolve() / 'clickhouse'}")
     apply_migrations(client, 730)

@@ -10,22 +10,22 @@ from typing import Any
 # (category, predicate on (function, file path)). A frame takes the first matching category; a
 # frame matching none inherits its caller's, so e.g. lz4 under aiokafka's producer is "producer".
 _RULES: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
-    ("decode (fastavro read)", lambda f, p: p.endswith("streams/codec.py") and f in ("decode", "_read_body")),
-    ("encode outputs (fastavro write)", lambda f, p: p.endswith("streams/codec.py")
+    ("decode (fastavro read)", lambda f, p: p.endswith("streams/wire/codec.py") and f in ("decode", "_read_body")),
+    ("encode outputs (fastavro write)", lambda f, p: p.endswith("streams/wire/codec.py")
      and f in ("encode_single_object", "_body", "encode_single_object_with")),
-    ("encode outputs (fastavro write)", lambda f, p: p.endswith("streams/dead_letters.py")),
-    ("validate", lambda f, p: p.endswith("streams/validation.py")),
-    ("sampling hash", lambda f, p: p.endswith("streams/policy.py") and f == "should_sample"),
-    ("classify + price", lambda f, p: p.endswith("streams/policy.py")),
-    ("grant debit", lambda f, p: p.endswith("streams/ledger.py")),
-    ("table writes (changelog)", lambda f, p: p.endswith("streams/tables.py")),
-    ("meter: record dicts, state copies", lambda f, p: p.endswith("streams/meter.py")),
-    ("producer send (aiokafka)", lambda f, p: p.endswith("streams/batch_send.py")),
+    ("encode outputs (fastavro write)", lambda f, p: p.endswith("streams/wire/dead_letters.py")),
+    ("validate", lambda f, p: p.endswith("streams/wire/validation.py")),
+    ("sampling hash", lambda f, p: p.endswith("streams/credits/policy.py") and f == "should_sample"),
+    ("classify + price", lambda f, p: p.endswith("streams/credits/policy.py")),
+    ("grant debit", lambda f, p: p.endswith("streams/credits/ledger.py")),
+    ("table writes (changelog)", lambda f, p: p.endswith("streams/runtime/changelog.py")),
+    ("meter: record dicts, state copies", lambda f, p: p.endswith("streams/credits/meter.py")),
+    ("producer send (aiokafka)", lambda f, p: p.endswith("streams/runtime/batch_send.py")),
     # The processor role hosts the detector service; without these its frames would fall to the
     # mode service frames above them.
-    ("detector: observe, fold, fingerprint messages, state JSON", lambda f, p: "streams/detectors/" in p
-     or p.endswith("streams/detection.py") or p.endswith("streams/alerts.py")),
-    ("batch skeleton (partitioned.py, processor.py)", lambda f, p: p.endswith("streams/partitioned.py")
+    ("detector: observe, fold, fingerprint messages, state JSON", lambda f, p: "streams/detection/rules/" in p
+     or p.endswith("streams/detection/engine.py") or p.endswith("streams/detection/alerts.py")),
+    ("batch skeleton (partitioned.py, processor.py)", lambda f, p: p.endswith("streams/runtime/partitioned.py")
      or p.endswith("streams/processor.py")),
     ("producer send (aiokafka)", lambda f, p: "/aiokafka/producer/" in p),
     ("kafka fetch (aiokafka consumer)", lambda f, p: "/aiokafka/consumer/" in p),
@@ -82,10 +82,10 @@ def categorise(root: Any, events: int, duration: float) -> dict[str, Any]:
 
 def micro_timings(events: Sequence[dict[str, Any]], encoded: Sequence[bytes]) -> dict[str, float]:
     """µs per event of each pure step, measured in-process on the given events."""
-    from streams.codec import Decoder, encode_single_object
-    from streams.meter import Meter, RawRecord
-    from streams.policy import load_policy, price_event
-    from streams.validation import validate_event
+    from streams.credits.meter import Meter, RawRecord
+    from streams.credits.policy import load_policy, price_event
+    from streams.wire.codec import Decoder, encode_single_object
+    from streams.wire.validation import validate_event
 
     policy = load_policy()
     dec = Decoder("InteractionEvent")

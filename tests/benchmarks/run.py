@@ -326,8 +326,8 @@ def _aggregate(runs: Sequence[dict[str, Any]], keys: Sequence[str] = ("eps", "cp
 
 
 def verify_sql_pricing(sample_rows: list[list[Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every sampled row the SQL view wrote must equal what streams.policy computes."""
-    from streams.policy import load_policy, price_event
+    """Every sampled row the SQL view wrote must equal what streams.credits.policy computes."""
+    from streams.credits.policy import load_policy, price_event
 
     policy = load_policy()
     by_id = {e["event_id"]: e for e in events}

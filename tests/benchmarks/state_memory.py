@@ -42,7 +42,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from streams.meter import RawRecord
+from streams.credits.meter import RawRecord
 from tests.benchmarks.common import peak_rss_bytes
 
 MIB = 1024 * 1024
@@ -55,9 +55,9 @@ _HEADER = struct.Struct("<BBHI")  # topic (0 grants, 1 events), partition, key l
 def write_workload(path: Path, accounts: int, seed: int, events: int | None = None) -> None:
     """Grants, then one event per account (``events`` None) or ``events`` events of random accounts
     (the throughput benchmark's workload)."""
-    from streams.batch_send import KeyPartitions
-    from streams.codec import encode_single_object
-    from streams.generator import Generator
+    from streams.runtime.batch_send import KeyPartitions
+    from streams.synthetic.generator import Generator
+    from streams.wire.codec import encode_single_object
     from tests.benchmarks.workload import _distinct
 
     gen = Generator(accounts=accounts, seed=seed, account_prefix="mem-acct")
@@ -188,11 +188,11 @@ async def simulate(path: Path, settings_kw: dict[str, Any], keep_changelog: bool
                    without: frozenset[str] = frozenset()) -> Simulation:
     """The processor (metering and detection) over the workload file, in this process. ``without``:
     the account rules and/or fingerprint kinds left out, to see what each costs."""
-    from streams import gc_policy
-    from streams.batch_send import KeyPartitions
     from streams.processor import Processor
+    from streams.runtime import gc_policy
+    from streams.runtime.batch_send import KeyPartitions
+    from streams.runtime.topics import topic_names
     from streams.settings import Settings
-    from streams.topics import topic_names
 
     settings = Settings(partitions=PARTITIONS, app_id="mem", **settings_kw)
     names = topic_names(settings)
@@ -287,7 +287,7 @@ def changelog_sizes(producer: MemoryProducer, tables: tuple[Any, ...], accounts:
         for level in (1, 6):
             row[f"zlib{level}"] = sum(len(zlib.compress(v, level)) for v in values)
         try:
-            from streams.tables import _Deflate
+            from streams.runtime.changelog import _Deflate
         except ImportError:  # a tables.py that keeps everything decoded, or cold keys in RocksDB
             pass
         else:

@@ -10,7 +10,7 @@ best of ``--repeat`` rounds:
 - ``put_many+evict cold``: ``hot_max`` 0, so every write also goes to the local store at the end of its batch;
 - ``get cold``: reading a key back from the local store and decoding it (the next ``put_many`` evicts it again).
 
-``--baseline`` loads another ``tables.py`` (e.g. ``git show main:streams/tables.py > /tmp/t.py``) and
+``--baseline`` loads another ``tables.py`` (e.g. ``git show main:streams/runtime/changelog.py > /tmp/t.py``) and
 reports its figures as ``baseline hot``.
 """
 
@@ -43,7 +43,7 @@ def sample_values(cache_dir: Path) -> dict[str, list[bytes]]:
 
 def load_table_class(path: Path | None) -> Any:
     if path is None:
-        from streams.tables import ChangelogTable
+        from streams.runtime.changelog import ChangelogTable
 
         return ChangelogTable
     spec = importlib.util.spec_from_file_location("baseline_tables", path)

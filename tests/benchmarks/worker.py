@@ -45,7 +45,7 @@ class _Clock:
 
 
 def _instrument_meter(clock: _Clock, on_first: Any = None) -> None:
-    from streams.meter import Meter
+    from streams.credits.meter import Meter
 
     original = Meter.meter
 
@@ -155,7 +155,7 @@ async def _run(cfg: dict[str, Any]) -> dict[str, Any]:
     if mode == "latency":
         _instrument_sink_stores(store_seconds)
 
-    from sinks.clickhouse_client import connect
+    from sinks.client import connect
     from sinks.migrations import apply_migrations
     from streams.app import create_app
 

@@ -1,4 +1,4 @@
-"""The benchmark workload: synthetic events (``streams.generator``) pre-produced to the real broker.
+"""The benchmark workload: synthetic events (``streams.synthetic.generator``) pre-produced to the real broker.
 
 Events are encoded exactly as platform services send them (Avro single-object encoding, keyed by
 account id, zstd batches) straight through aiokafka: the producer's validation is skipped because
@@ -22,11 +22,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich.progress import Progress
 
 from schemas.catalogue import get_catalogue
-from streams.batch_send import KeyPartitions, Outgoing, send_partitioned
-from streams.codec import encode_single_object_with
-from streams.generator import Generator
+from streams.runtime.batch_send import KeyPartitions, Outgoing, send_partitioned
+from streams.runtime.topics import ensure_topics, topic_names
 from streams.settings import Settings
-from streams.topics import ensure_topics, topic_names
+from streams.synthetic.generator import Generator
+from streams.wire.codec import encode_single_object_with
 
 # Fields the ClickHouse-native peer needs; the JSON topic carries nothing else.
 JSON_FIELDS = (
@@ -104,7 +104,7 @@ class Delivery:
 
 class BatchedSend:
     """Records queued and sent as whole record batches per partition, each where the default
-    partitioner puts its key (``streams.batch_send``): ~20 µs per record less than ``send``, about a
+    partitioner puts its key (``streams.runtime.batch_send``): ~20 µs per record less than ``send``, about a
     minute of the two workloads' production."""
 
     def __init__(self, p: AIOKafkaProducer, topic: str, delivery: Delivery, chunk: int = 10_000) -> None:

@@ -1,5 +1,5 @@
 """An independent recomputation of what the pipeline must produce, written from the published
-policy table with decimal arithmetic, sharing no code with ``streams.policy`` or ``streams.ledger``."""
+policy table with decimal arithmetic, sharing no code with ``streams.credits.policy`` or ``streams.credits.ledger``."""
 
 from __future__ import annotations
 

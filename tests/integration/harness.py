@@ -18,8 +18,8 @@ from typing import Any
 
 from aiokafka.errors import CoordinatorNotAvailableError, GroupCoordinatorNotAvailableError, NotCoordinatorError
 
+from streams.runtime.topics import group_lag as topics_group_lag
 from streams.settings import Settings
-from streams.topics import group_lag as topics_group_lag
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,7 +61,7 @@ class Worker:
         log.write(f"\n===== start #{self.starts} ({self.role}) =====\n".encode())
         log.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--role", self.role],
+            [sys.executable, "-m", "streams.cli.main", "worker", "--role", self.role],
             cwd=REPO, env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -21,9 +21,8 @@ from typing import Any
 import clickhouse_connect
 import pytest
 
-from sinks import clickhouse_client
-from sinks.migrations import apply_migrations, discover, pending
-from sinks.tables import (
+from sinks import client as clickhouse_client
+from sinks.columns import (
     ALERT_REVIEWS_COLUMNS,
     CREDIT_GRANTS_COLUMNS,
     CREDIT_LEDGER_COLUMNS,
@@ -33,6 +32,7 @@ from sinks.tables import (
     SUBSCRIPTION_CHANGES_COLUMNS,
     dedup_settings,
 )
+from sinks.migrations import apply_migrations, discover, pending
 
 pytestmark = pytest.mark.integration
 
@@ -371,7 +371,7 @@ def test_unused_column_lists_are_importable() -> None:
 
 def _cli(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CLICKHOUSE_URL": f"chdb://{tmp / 'cli-chdb'}", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "streams.cli.main", *args], capture_output=True, text=True,
                           env=env, cwd=Path(__file__).resolve().parents[2], timeout=120)
 
 

@@ -87,9 +87,9 @@ def kafka_clickhouse(docker: None) -> Iterator[Settings]:
 
 
 def test_pair_takes_topics_and_migrations(kafka_clickhouse: Settings) -> None:
-    from sinks.clickhouse_client import close, connect
+    from sinks.client import close, connect
     from sinks.migrations import apply_migrations, status
-    from streams.topics import ensure_topics, topic_names
+    from streams.runtime.topics import ensure_topics, topic_names
 
     settings = kafka_clickhouse
     assert settings.kafka_bootstrap_servers is not None

@@ -19,7 +19,7 @@ def _demo(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "CLICKHOUSE_URL")}
     # Its own data dir: the demo must start (and then stop) its own broker.
     env["CREDITFLOW_DATA_DIR"] = str(tmp_path / "data")
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", "demo", *args], cwd=REPO, env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "streams.cli.main", "demo", *args], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 

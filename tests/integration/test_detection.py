@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from sinks.clickhouse_client import connect
-from streams.commands.alerts_cmd import build_decision, publish_decision
-from streams.commands.evaluate_cmd import latest_alerts, read_topic, targets_met
-from streams.detection import FINGERPRINTS_TOPIC
-from streams.evaluation import score
-from streams.scenarios import SCENARIO_RULE, ScenarioSet, build
+from sinks.client import connect
+from streams.cli.alerts import build_decision, publish_decision
+from streams.cli.evaluate import latest_alerts, read_topic, targets_met
+from streams.detection.engine import FINGERPRINTS_TOPIC
 from streams.settings import Settings
+from streams.synthetic.evaluation import score
+from streams.synthetic.scenarios import SCENARIO_RULE, ScenarioSet, build
 from tests.integration.harness import Worker, group_lag
 from tests.integration.test_pipeline import _produce, _wait_grants_applied
 

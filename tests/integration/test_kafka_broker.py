@@ -16,8 +16,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from deploy.kafka.launcher import KafkaLaunchError, LocalKafka, is_kafka_process, metadata_probe
+from streams.runtime.topics import INTERACTION_EVENTS, TOPICS, ensure_topics, topic_names, wait_for_broker
 from streams.settings import Settings
-from streams.topics import INTERACTION_EVENTS, TOPICS, ensure_topics, topic_names, wait_for_broker
 
 pytestmark = pytest.mark.integration
 

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from sinks.clickhouse_client import close, connect
-from streams.codec import Decoder, encode_single_object
-from streams.generator import Generator
+from sinks.client import close, connect
 from streams.producer import CreditflowProducer
+from streams.runtime.topics import ensure_topics
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.synthetic.generator import Generator
+from streams.wire.codec import Decoder, encode_single_object
 from tests.integration.expected import MICRO, expected
 from tests.integration.harness import Worker, group_lag, wait_drained
 

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from streams.codec import Decoder
 from streams.producer import CreditflowProducer, InvalidEventError, SyncCreditflowProducer
+from streams.runtime.topics import CREDIT_GRANTS, INTERACTION_EVENTS, SUBSCRIPTION_CHANGES, ensure_topics
 from streams.settings import Settings
-from streams.topics import CREDIT_GRANTS, INTERACTION_EVENTS, SUBSCRIPTION_CHANGES, ensure_topics
-from tests.unit.test_codec import sample_event
+from streams.wire.codec import Decoder
+from tests.unit.wire.test_codec import sample_event
 
 pytestmark = pytest.mark.integration
 

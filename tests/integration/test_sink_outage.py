@@ -12,13 +12,13 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from sinks.clickhouse_client import ClickHouseUnavailable, close, connect
+from sinks.client import ClickHouseUnavailable, close, connect
 from sinks.migrations import apply_migrations
 from sinks.service import ClickHouseSink
-from streams.codec import encode_single_object
-from streams.headers import source_offset_header
+from streams.runtime.topics import ensure_topics, topic_names
 from streams.settings import Settings
-from streams.topics import ensure_topics, topic_names
+from streams.wire.codec import encode_single_object
+from streams.wire.headers import source_offset_header
 from tests.metered import metered
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,208 @@
+"""``creditflow evaluate``: detection quality on a labelled scenario set, through the real pipeline.
+
+By default the set is produced to Kafka (own topic prefix and app id, so nothing mixes with other
+runs), metered and watched by the processor in this process, and the alerts are read
+back from ``gaming-alerts``. ``--offline`` runs the same detectors in memory instead (seconds, no
+broker). Exit 0 only when the issue's targets hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import click
+
+from streams.runtime.topics import group_lag
+from streams.synthetic.evaluation import EvaluationResult, score
+from streams.synthetic.scenarios import ScenarioSet
+
+PRECISION_TARGET = 0.95
+RECALL_TARGET = 0.90
+
+
+def targets_met(result: EvaluationResult) -> list[str]:
+    """The targets that failed (empty = all hold)."""
+    failed = []
+    if result.precision < PRECISION_TARGET:
+        failed.append(f"precision {result.precision:.3f} < {PRECISION_TARGET}")
+    if result.recall < RECALL_TARGET:
+        failed.append(f"recall {result.recall:.3f} < {RECALL_TARGET}")
+    if result.decoy_flagged_high:
+        failed.append("a decoy was flagged at HIGH or above")
+    missed = sorted(rule for rule, ok in result.detectors_catch_own.items() if not ok)
+    if missed:
+        failed.append(f"detectors missed their own scenario: {', '.join(missed)}")
+    return failed
+
+
+async def read_topic(bootstrap: str, topic: str, schema: str) -> list[dict[str, Any]]:
+    """Every record of ``topic`` from the beginning to its current end, decoded."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.wire.codec import Decoder
+
+    decoder = Decoder(schema)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    out: list[dict[str, Any]] = []
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        pending = {tp for tp in tps if ends[tp] > 0}
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=1000)
+            for records in batch.values():
+                out.extend(decoder.decode(r.value) for r in records if r.value is not None)
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def latest_alerts(emitted: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One alert per alert id: its newest emission (most firings, then latest last_seen_at)."""
+    best: dict[str, dict[str, Any]] = {}
+    for a in emitted:
+        cur = best.get(a["alert_id"])
+        if cur is None or (a["firings"], a["last_seen_at"]) >= (cur["firings"], cur["last_seen_at"]):
+            best[a["alert_id"]] = a
+    return list(best.values())
+
+
+async def _run_pipeline(settings: Any, bootstrap: str, scenarios: ScenarioSet, timeout: float,
+                        say: Any) -> tuple[list[dict[str, Any]], list[Any], dict[str, list[tuple[int, int]]], int]:
+    from streams.detection.engine import FINGERPRINTS_TOPIC
+    from streams.processor import Processor
+    from streams.producer import CreditflowProducer
+    from streams.runtime.pipeline import build
+
+    app = build(settings, bootstrap).app
+    processor: Processor = app.creditflow_processor  # type: ignore[attr-defined]
+    detection = processor.detection
+    detection.record_firings = []
+    await app.start()
+    try:
+        async with CreditflowProducer(settings, bootstrap_servers=bootstrap) as producer:
+            for g in scenarios.grants:
+                await producer.emit_grant(g)
+            await producer.flush()
+            say(f"produced {len(scenarios.grants)} grants; waiting for the processor to apply them")
+            deadline = time.monotonic() + timeout
+            # Grants first, as a platform would issue them before use: debits are then deterministic.
+            while await group_lag(bootstrap, f"{settings.app_id}-processor", [settings.topic("credit-grants")]):
+                if time.monotonic() > deadline:
+                    raise click.ClickException("the processor did not apply the grants in time")
+                await asyncio.sleep(0.5)
+            for i, ev in enumerate(scenarios.events, 1):
+                await producer.emit_interaction(ev)
+                if i % 2000 == 0:
+                    await asyncio.sleep(0)
+            await producer.flush()
+        say(f"produced {len(scenarios.events)} events; waiting for the processor to consume them")
+        topics = [settings.topic(t) for t in ("interaction-events", "credit-grants", FINGERPRINTS_TOPIC)]
+        clean = 0
+        while clean < 2:
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"the pipeline did not drain within {timeout:.0f}s")
+            clean = clean + 1 if await group_lag(bootstrap, processor.group, topics) == 0 else 0
+            await asyncio.sleep(0.5)
+        # Quiet entities' last findings: what the timer would emit within a flush interval.
+        async with processor.lock:
+            await processor.flush()
+        emitted = await read_topic(bootstrap, settings.topic("gaming-alerts"), "GamingAlert")
+        usage: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for rec in await read_topic(bootstrap, settings.topic("usage-enriched"), "UsageEnriched"):
+            usage[rec["account_id"]].append((rec["occurred_at"], rec["charged_micro"]))
+        for v in usage.values():
+            v.sort()
+        return latest_alerts(emitted), list(detection.record_firings), usage, len(emitted)
+    finally:
+        with contextlib.suppress(Exception):
+            await app.stop()
+
+
+def run_evaluation(size: str, seed: int, offline: bool, timeout: float) -> int:
+    from rich.console import Console
+
+    from streams.synthetic.evaluation import evaluate_offline, render_table
+    from streams.synthetic.scenarios import SCENARIO_RULE, build
+
+    # The table is wide; a pipe or a log file should get all of it, not a squeezed 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    started = time.monotonic()
+    scenarios = build(size, seed=seed)
+    console.print(f"scenario set '{size}' (seed {seed}): {len(scenarios.events)} events, "
+                  f"{len(scenarios.grants)} grants, {len(scenarios.labels)} labelled accounts")
+    emissions = None
+    if offline:
+        result = evaluate_offline(scenarios)
+    else:
+        alerts, firings, usage, emissions = _pipeline(scenarios, timeout, console)
+        result = score(scenarios.labels, alerts, firings=firings, usage=usage, scenario_rules=SCENARIO_RULE)
+    console.print(render_table(result))
+    mode = "offline (in memory)" if offline else f"real pipeline, {emissions} alert emissions on the topic"
+    console.print(f"{mode}; {time.monotonic() - started:.1f}s")
+    failed = targets_met(result)
+    if failed:
+        console.print("[red]targets not met:[/red] " + "; ".join(failed))
+        return 1
+    console.print("[green]targets met[/green] (precision >= 0.95, recall >= 0.90, no decoy at HIGH+, "
+                  "every detector caught its own scenario)")
+    return 0
+
+
+def _pipeline(scenarios: ScenarioSet, timeout: float, console: Any
+              ) -> tuple[list[dict[str, Any]], list[Any], dict[str, list[tuple[int, int]]], int]:
+    from streams.runtime.pipeline import prepare
+    from streams.settings import Role, Settings
+
+    run_id = secrets.token_hex(3)
+    base = Settings()
+    # Own topics and groups per run; processor role only: alerts are read from the topic, so this
+    # neither needs nor holds the ClickHouse path a running sink may own.
+    settings = base.model_copy(update={
+        "role": Role.PROCESSOR,
+        "topic_prefix": f"eval-{run_id}.",
+        "app_id": f"{base.app_id}-eval-{run_id}",
+        "process_batch": 1000,
+    })
+    broker = None
+    try:
+        bootstrap, broker = prepare(settings)
+        if broker is not None and getattr(broker, "reused", False):
+            broker = None  # not ours to stop
+        console.print(f"kafka {bootstrap}; topics eval-{run_id}.*")
+        return asyncio.run(_run_pipeline(settings, bootstrap, scenarios, timeout, console.print))
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+@click.command()
+@click.option("--set", "size", type=click.Choice(["small", "default"]), default="default", show_default=True,
+              help="which labelled scenario set")
+@click.option("--seed", type=int, default=11, show_default=True)
+@click.option("--offline", is_flag=True, help="run the detectors in memory instead of through Kafka")
+@click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
+              help="seconds to wait for the pipeline to consume the set")
+def evaluate(size: str, seed: int, offline: bool, timeout: float) -> None:
+    """Score the detectors on a labelled scenario set; exit 0 only if the quality targets hold."""
+    try:
+        code = run_evaluation(size, seed, offline, timeout)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        code = 130
+    sys.exit(code)

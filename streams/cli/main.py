@@ -1,0 +1,151 @@
+"""The ``creditflow`` command line: the Faust worker plus the project's own commands.
+
+Errors a user can cause (bad arguments, unreachable services, invalid files) print one line and
+exit non-zero; tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from streams.settings import Role, Settings
+
+
+class _Group(click.Group):
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("standalone_mode", True)
+        try:
+            return super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(130)
+        except click.UsageError as exc:
+            # One line, not click's three: the usage is one `--help` away.
+            where = exc.ctx.command_path if exc.ctx else "creditflow"
+            click.echo(f"error: {exc.format_message()} (see '{where} --help')", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except ValidationError as exc:
+            # A bad environment variable: name it, one line.
+            first = exc.errors()[0]
+            field = str(first["loc"][0]) if first["loc"] else "?"
+            click.echo(f"error: invalid configuration {_env_name(field)}: {first['msg']}", err=True)
+            sys.exit(2)
+
+
+def _env_name(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, str):
+        return info.validation_alias
+    return f"CREDITFLOW_{field.upper()}"
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="creditflow")
+def cli() -> None:
+    """creditflow: meter promotional compute credits from Kafka into ClickHouse."""
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@cli.command()
+@click.option("--role", type=click.Choice([r.value for r in Role]), default=None,
+              help="which roles to run (default: CREDITFLOW_ROLE or all)")
+@click.option("--loglevel", "-l", default=None, help="log level (default: CREDITFLOW_LOG_LEVEL)")
+def worker(role: str | None, loglevel: str | None) -> None:
+    """Run a pipeline worker (processor, sink, or both) until interrupted."""
+    import faust
+
+    from streams.runtime.pipeline import build, prepare
+
+    settings = _settings(role=role, log_level=loglevel)
+    try:
+        bootstrap, broker = prepare(settings)
+    except Exception as exc:
+        raise click.ClickException(str(exc)) from None
+    pipeline = build(settings, bootstrap, broker)
+    click.echo(f"creditflow worker: role={settings.role.value} kafka={bootstrap} "
+               f"clickhouse={_redact(settings.resolved_clickhouse_url)}", err=True)
+    faust.Worker(pipeline.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+
+
+def _redact(url: str) -> str:
+    from sinks.client import _redact as redact
+
+    return redact(url)
+
+
+@cli.command()
+@click.option("--events", "-n", type=click.IntRange(min=1), default=20_000, show_default=True,
+              help="interaction events to produce")
+@click.option("--accounts", type=click.IntRange(min=1), default=2_000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="seconds to wait for every event to land")
+def demo(events: int, accounts: int, seed: int, timeout: float) -> None:
+    """Start everything, produce N events, wait until all are in ClickHouse, print a summary."""
+    from streams.synthetic.demo import run_demo
+
+    code = run_demo(_settings(), events=events, accounts=accounts, seed=seed, timeout=timeout)
+    sys.exit(code)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def faust(ctx: click.Context) -> None:
+    """Faust's own command line (agents, tables, send, ...) on the creditflow app."""
+    from streams.runtime.pipeline import build, prepare
+
+    settings = _settings()
+    bootstrap, broker = prepare(settings)
+    app = build(settings, bootstrap, broker).app
+    sys.argv = ["creditflow faust", *ctx.args]
+    app.main()
+
+
+def _register() -> None:
+    import importlib
+
+    # Each command group lives in its own module of this package; the group only collects them.
+    commands = {
+        "kafka": ["kafka"], "schemas": ["schemas"], "policy": ["policy"],
+        "produce": ["produce"], "migrate": ["migrate"], "query": ["query", "report"],
+        "alerts": ["alerts"], "evaluate": ["evaluate"],
+    }
+    for module_name, names in commands.items():
+        try:
+            module = importlib.import_module(f"streams.cli.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"streams.cli.{module_name}":
+                raise
+            continue
+        for name in names:
+            command = getattr(module, name, None)
+            if isinstance(command, click.Command):
+                cli.add_command(command, name)
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("CREDITFLOW_LOG_LEVEL", "WARNING").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Per-batch timings of the processor, without Faust's own debug flood.
+    if os.environ.get("CREDITFLOW_TRACE_BATCHES"):
+        logging.getLogger("creditflow").setLevel(logging.DEBUG)
+    _register()
+    cli()
+
+
+if __name__ == "__main__":
+    main()

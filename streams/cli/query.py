@@ -1,0 +1,242 @@
+"""``creditflow query`` (read-only SQL with bound parameters) and ``creditflow report`` (canned
+tables from the analyst views).
+
+Values never go into the SQL text: ``--param name=value`` binds server-side to a ``{name:Type}``
+placeholder, and ClickHouse parses the value as that type. Read-only is enforced twice: only
+SELECT/WITH/SHOW/DESCRIBE/EXPLAIN/EXISTS statements are accepted, and the query runs with
+``readonly=2`` (writes and DDL refused by the engine, per-query SETTINGS still allowed). This is a
+guard against accidents, not a security boundary: whoever runs the CLI can reach the data anyway.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import re
+import sys
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from sinks.client import ClickHouseConfigError, ClickHouseUnavailable, Client, connect
+from sinks.migrations import MigrationError, split_statements
+from streams.settings import get_settings
+
+FORMATS = ("table", "csv", "json")
+READ_ONLY_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS"})
+READ_ONLY_SETTINGS = {"readonly": 2}
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# ---- pure helpers (tested directly) ----------------------------------------------------------
+
+def parse_params(items: Sequence[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not _PARAM_NAME.match(name):
+            raise click.UsageError(f"--param wants NAME=VALUE with NAME an identifier, got {item!r}")
+        if name in params:
+            raise click.UsageError(f"--param {name} given twice")
+        params[name] = value
+    return params
+
+
+def check_read_only(sql: str, params: dict[str, str]) -> str:
+    """The single statement to run, or a UsageError saying why it is refused."""
+    try:
+        statements = split_statements(sql)
+    except MigrationError as exc:
+        raise click.UsageError(f"cannot parse the query: {exc}") from None
+    if len(statements) != 1:
+        raise click.UsageError(f"expected exactly one statement, got {len(statements)}")
+    stmt = statements[0]
+    head = re.sub(r"(--[^\n]*\n|/\*.*?\*/|\s|\()+", " ", stmt + "\n", flags=re.S).strip()
+    keyword = head.split(" ", 1)[0].upper() if head else ""
+    if keyword not in READ_ONLY_KEYWORDS:
+        raise click.UsageError(f"only read-only statements ({', '.join(sorted(READ_ONLY_KEYWORDS))}) are "
+                               f"allowed, got {keyword or 'nothing'}")
+    for name in params:
+        # Without a {name:Type} placeholder clickhouse-connect would fall back to client-side
+        # formatting of the value into the SQL text; refuse instead.
+        if not re.search(r"\{\s*" + re.escape(name) + r"\s*:", stmt):
+            raise click.UsageError(f"--param {name} has no {{{name}:Type}} placeholder in the query")
+    return stmt.rstrip().rstrip(";")
+
+
+def to_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Decimal):
+        return _decimal_text(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode()
+        except UnicodeDecodeError:
+            return bytes(value).hex()
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(to_json(value), ensure_ascii=False)
+    return str(value)
+
+
+def _decimal_text(value: Decimal) -> str:
+    # Fixed-point, never exponent notation; trailing zeros dropped but keep one digit.
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def to_json(value: Any) -> Any:
+    """JSON-safe value. Decimals become strings so credits stay exact for the consumer."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    return to_text(value)
+
+
+def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, title: str | None = None) -> None:
+    if fmt == "json":
+        click.echo(json.dumps([dict(zip(columns, map(to_json, row), strict=False)) for row in rows],
+                              ensure_ascii=False, indent=2))
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([to_text(v) for v in row] for row in rows)
+    else:
+        table = Table(title=title, caption=f"{len(rows)} row{'s' if len(rows) != 1 else ''}")
+        numeric = [bool(rows) and all(isinstance(r[i], int | float | Decimal) and not isinstance(r[i], bool)
+                                      for r in rows if r[i] is not None) for i in range(len(columns))]
+        for name, is_num in zip(columns, numeric, strict=False):
+            table.add_column(name, justify="right" if is_num else "left")
+        for row in rows:
+            table.add_row(*(to_text(v) for v in row))
+        Console().print(table)
+
+
+def _client() -> Client:
+    try:
+        return connect(get_settings().resolved_clickhouse_url)
+    except (ClickHouseUnavailable, ClickHouseConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run(client: Client, sql: str, params: dict[str, Any]) -> tuple[list[str], list[Sequence[Any]]]:
+    try:
+        result = client.query(sql, parameters=params or None, settings=READ_ONLY_SETTINGS)
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "UNKNOWN_TABLE" in message or "Unknown table" in message:
+            message += " (has `creditflow migrate` been run?)"
+        raise click.ClickException(message) from None
+    columns, rows = list(result.column_names), list(result.result_rows)
+    if not columns and not rows:
+        columns = _describe(client, sql, params)
+    return columns, rows
+
+
+def _describe(client: Client, sql: str, params: dict[str, Any]) -> list[str]:
+    """Column names of an empty result. chDB returns no bytes at all for zero rows, so the names
+    must be asked for separately; a statement DESCRIBE cannot wrap (SHOW, ...) just has none."""
+    try:
+        result = client.query(f"DESCRIBE ({sql})", parameters=params or None, settings=READ_ONLY_SETTINGS)
+    except Exception:
+        return []
+    return [str(r[0]) for r in result.result_rows]
+
+
+# ---- query -------------------------------------------------------------------------------------
+
+@click.command("query")
+@click.argument("sql")
+@click.option("--param", "-p", "param_items", multiple=True, metavar="NAME=VALUE",
+              help="bind VALUE to the {NAME:Type} placeholder (repeatable)")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+def query(sql: str, param_items: tuple[str, ...], fmt: str) -> None:
+    """Run one read-only SQL statement against ClickHouse, e.g.
+
+    creditflow query "SELECT * FROM v_credits_by_feature WHERE day >= {since:Date}" -p since=2025-01-01
+    """
+    params = parse_params(param_items)
+    stmt = check_read_only(sql, params)
+    columns, rows = _run(_client(), stmt, params)
+    render(columns, rows, fmt)
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+# (title, SQL). Every window is "the last N UTC days including today", bound as {days:UInt32}.
+REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
+    ("credits by feature", """
+        SELECT category, plan, model, sum(requests) AS requests, sum(list_credits) AS list_credits,
+               sum(charged_credits) AS charged_credits, sum(subsidy_credits) AS subsidy_credits,
+               sum(grant_funded_credits) AS grant_funded_credits
+        FROM v_credits_by_feature
+        WHERE day > toDate(now('UTC')) - {days:UInt32}
+        GROUP BY category, plan, model
+        ORDER BY list_credits DESC, category, plan, model"""),
+    ("feature adoption by week", """
+        SELECT week, count() AS teams, countIf(used_extended_context) AS extended_context,
+               countIf(used_complex_reasoning) AS complex_reasoning, countIf(used_tool_use) AS tool_use,
+               countIf(used_standard_chat) AS standard_chat, countIf(features_used >= 2) AS multi_feature,
+               countIf(features_used = 4) AS all_features
+        FROM v_feature_adoption
+        WHERE week > toMonday(toDate(now('UTC')) - {days:UInt32}) - 7
+        GROUP BY week
+        ORDER BY week"""),
+    ("grant utilisation by campaign", """
+        SELECT campaign, grants, accounts, granted_credits, used_credits, remaining_credits, utilisation,
+               expired_unused_credits, expired_grants, revoked_grants
+        FROM v_campaign_utilisation
+        ORDER BY granted_credits DESC, campaign"""),
+    ("conversion to paid plans", """
+        SELECT cohort, accounts, converted, conversion_rate FROM v_conversion ORDER BY cohort"""),
+    ("alert volume and verdicts", """
+        SELECT rule_id, severity, sum(alerts) AS alerts, sum(reviewed) AS reviewed,
+               sum(confirmed) AS confirmed, sum(false_positive) AS false_positive,
+               if(confirmed + false_positive = 0, NULL,
+                  CAST(confirmed AS Decimal128(6)) / (confirmed + false_positive)) AS precision,
+               sum(credits_exposed) AS credits_exposed
+        FROM v_alert_volume
+        WHERE day > toDate(now('UTC')) - {days:UInt32}
+        GROUP BY rule_id, severity
+        ORDER BY alerts DESC, rule_id, severity"""),
+)
+
+
+@click.command("report")
+@click.option("--days", type=int, default=30, show_default=True,
+              help="window for time-based sections, in UTC days including today")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+def report(days: int, fmt: str) -> None:
+    """Canned analyst tables: credits by feature, adoption, grant utilisation, conversion, alerts."""
+    if not 1 <= days <= 36_500:
+        raise click.UsageError(f"--days must be between 1 and 36500, got {days}")
+    client = _client()
+    results = []
+    for title, sql in REPORT_SECTIONS:
+        params = {"days": days} if "{days:" in sql else {}
+        columns, rows = _run(client, sql, params)
+        results.append((title, columns, rows))
+    if fmt == "json":
+        click.echo(json.dumps(
+            {title: [dict(zip(cols, map(to_json, row), strict=False)) for row in rows]
+             for title, cols, rows in results}, ensure_ascii=False, indent=2))
+        return
+    for n, (title, columns, rows) in enumerate(results):
+        if fmt == "csv":
+            if n:
+                click.echo()
+            click.echo(f"# {title} (last {days} days)" if "{days:" in REPORT_SECTIONS[n][1] else f"# {title}")
+        render(columns, rows, fmt, title=title)

@@ -1,0 +1,239 @@
+"""The meter: classify, price, debit grants and tag priority for a batch of raw input records.
+
+Pure apart from reading state through the lookups it is given: the Faust agent does the I/O.
+Replay safety lives here. Each account's usage state remembers the input partition and offset of
+the last event folded into it; an event at or below that offset was already applied (and, because
+the agent writes state only after the outputs are acknowledged, already published), so it is
+skipped instead of being debited twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from streams.credits.ledger import apply_grant_event, debit
+from streams.credits.policy import CompiledPolicy, price_event, should_sample
+from streams.wire.codec import DecodeError, Decoder
+from streams.wire.dead_letters import build_dead_letter
+from streams.wire.models import DeadLetter
+from streams.wire.validation import decoded_event_passes, validate_event, validate_grant
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def epoch_ms(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    return (value - _EPOCH) // _MS
+
+
+class InputRecord(Protocol):
+    """What the meter reads of a Kafka record: aiokafka's ConsumerRecord has it, so does RawRecord."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+@dataclass(slots=True)
+class RawRecord:
+    """One Kafka record as the agent saw it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+@dataclass
+class MeterResult:
+    enriched: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    usage_updates: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    grant_updates: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    # Decoded, valid grant events with their partition, in input order (detection reads them too).
+    accepted_grants: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    skipped_replays: int = 0
+
+
+UsageLookup = Callable[[str], Mapping[str, Any] | None]
+GrantsLookup = Callable[[str], Mapping[str, Any] | None]
+
+
+class Meter:
+    def __init__(self, policy: CompiledPolicy, event_decoder: Decoder, grant_decoder: Decoder) -> None:
+        self.policy = policy
+        self.event_decoder = event_decoder
+        self.grant_decoder = grant_decoder
+
+    def _dead(self, out: MeterResult, rec: InputRecord, kind: str, message: str, now_ms: int) -> None:
+        out.dead_letters.append(
+            build_dead_letter(rec.topic, rec.partition, rec.offset, rec.key, rec.value,
+                              list(rec.headers or ()), kind, message, now_ms)
+        )
+
+    def grants(self, records: Sequence[InputRecord], lookup: GrantsLookup, now_ms: int) -> MeterResult:
+        """Fold CreditGrant events into per-account grant state (idempotent per event)."""
+        out = MeterResult()
+        for rec in records:
+            try:
+                g = self.grant_decoder.decode(rec.value or b"")
+            except DecodeError as exc:
+                self._dead(out, rec, exc.kind, exc.message, now_ms)
+                continue
+            reason = validate_grant(g, now_ms)
+            if reason:
+                self._dead(out, rec, "VALIDATION", reason, now_ms)
+                continue
+            out.accepted_grants.append((rec.partition, g))
+            account = g["account_id"]
+            pending = out.grant_updates.get(account)
+            state = pending[1] if pending else _copy_grants(lookup(account))
+            if apply_grant_event(state, g):
+                out.grant_updates[account] = (rec.partition, state)
+        return out
+
+    def meter(self, records: Sequence[InputRecord], usage: UsageLookup, grants: GrantsLookup,
+              now_ms: int) -> MeterResult:
+        out = MeterResult()
+        policy = self.policy
+        decode = self.event_decoder.decode
+        updates = out.usage_updates
+        for rec in records:
+            try:
+                ev = decode(rec.value or b"")  # a tombstone is dead-lettered as empty
+            except DecodeError as exc:
+                self._dead(out, rec, exc.kind, exc.message, now_ms)
+                continue
+            reason = None if decoded_event_passes(ev, now_ms) else validate_event(ev, now_ms)
+            if reason:
+                self._dead(out, rec, "VALIDATION", reason, now_ms)
+                continue
+            price = policy.price_for(ev["model"])
+            if price is None:
+                self._dead(out, rec, "VALIDATION", f"model: no list price for {ev['model']!r} in policy "
+                           f"{policy.version} and no '*' fallback", now_ms)
+                continue
+            account = ev["account_id"]
+            pending = updates.get(account)
+            state = _copy_usage(usage(account)) if pending is None else pending[1]
+            if state["p"] == rec.partition and rec.offset <= state["o"]:
+                out.skipped_replays += 1
+                continue
+
+            occurred = epoch_ms(ev["occurred_at"])
+            cls, pr = price_event(policy, price, ev)
+            category = cls.category
+            account_grants = grants(account)
+            debits, uncovered = (
+                debit(account_grants, state["spent"], pr.charged_micro, occurred)
+                if account_grants else ([], pr.charged_micro)
+            )
+            priority = policy.priority[category]
+            sampled, sample_reason = should_sample(policy, ev["event_id"], priority, category, ev["outcome"])
+            state["p"] = rec.partition
+            state["o"] = rec.offset
+            updates[account] = (rec.partition, state)
+            enriched = {
+                "event_id": ev["event_id"],
+                "occurred_at": occurred,
+                "processed_at": now_ms,
+                "account_id": account,
+                "team_id": ev.get("team_id"),
+                "org_id": ev.get("org_id"),
+                "plan": ev["plan"],
+                "model": ev["model"],
+                "surface": ev["surface"],
+                "session_id": ev["session_id"],
+                "outcome": ev["outcome"],
+                "error_code": ev.get("error_code"),
+                "input_tokens": ev["input_tokens"],
+                "output_tokens": ev["output_tokens"],
+                "cached_tokens": ev.get("cached_tokens", 0),
+                "thinking_tokens": ev["thinking_tokens"],
+                "context_window_tokens": ev["context_window_tokens"],
+                "reasoning_steps": ev["reasoning_steps"],
+                "tool_calls": ev["tool_calls"],
+                "latency_ms": ev["latency_ms"],
+                "category": category,
+                "is_extended_context": cls.is_extended_context,
+                "is_complex_reasoning": cls.is_complex_reasoning,
+                "is_tool_use": cls.is_tool_use,
+                "multiplier": policy.multiplier_text[category],
+                "priority": priority,
+                "list_micro": pr.list_micro,
+                "charged_micro": pr.charged_micro,
+                "subsidy_micro": pr.subsidy_micro,
+                "grant_funded_micro": pr.charged_micro - uncovered,
+                "subscription_funded_micro": uncovered,
+                "debits": [
+                    {"grant_id": d.grant_id, "campaign": d.campaign, "amount_micro": d.amount_micro,
+                     "balance_after_micro": d.balance_after_micro}
+                    for d in debits
+                ],
+                "sampled": sampled,
+                "policy_version": policy.version,
+                "source_partition": rec.partition,
+                "source_offset": rec.offset,
+                "ip_hash": ev.get("ip_hash"),
+                "device_hash": ev.get("device_hash"),
+                "payment_hash": ev.get("payment_hash"),
+                "prompt_fingerprint": ev.get("prompt_fingerprint"),
+                "context_uniqueness": ev.get("context_uniqueness"),
+            }
+            out.enriched.append(enriched)
+            if sampled:
+                out.samples.append(_sample(enriched, ev, sample_reason))
+        return out
+
+
+def _copy_usage(state: Mapping[str, Any] | None) -> dict[str, Any]:
+    # Copy so a batch that fails half-way never leaves a half-updated object in the table's store.
+    if state is None:
+        return {"p": -1, "o": -1, "spent": {}}
+    return {"p": state["p"], "o": state["o"], "spent": dict(state["spent"])}
+
+
+def _copy_grants(state: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not state:
+        return {}
+    return {gid: dict(g) for gid, g in state.items()}
+
+
+def _sample(enriched: Mapping[str, Any], ev: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    return {
+        "event_id": enriched["event_id"],
+        "account_id": enriched["account_id"],
+        "occurred_at": enriched["occurred_at"],
+        "model": enriched["model"],
+        "category": enriched["category"],
+        "priority": enriched["priority"],
+        "outcome": enriched["outcome"],
+        "error_code": enriched["error_code"],
+        "reason": reason,
+        "input_tokens": enriched["input_tokens"],
+        "output_tokens": enriched["output_tokens"],
+        "cached_tokens": enriched["cached_tokens"],
+        "thinking_tokens": enriched["thinking_tokens"],
+        "context_window_tokens": enriched["context_window_tokens"],
+        "reasoning_steps": enriched["reasoning_steps"],
+        "tool_calls": enriched["tool_calls"],
+        "policy_version": enriched["policy_version"],
+        "prompt_fingerprint": ev.get("prompt_fingerprint"),
+    }

@@ -1,0 +1,367 @@
+"""Credit-gaming detection inside the processor: rules over each metered event, alerts on
+``gaming-alerts``.
+
+Detection is not a consumer of its own. The processor (``streams/processor.py``, read that first)
+hands every batch's decoded grants, reviews, freshly metered events and fingerprint observations to
+``Detection``, which folds them into its state and says what to publish and write; the processor
+publishes, writes this state before its own, and only then commits. So an event is decoded once,
+and a metered event the processor skips as a replay (its usage state is written) was necessarily
+already folded here (detection state is written first).
+
+Inputs of the processor's consumer group that are detection's alone, both with the Range assignor
+(partition i of every topic goes to the same worker):
+- ``{prefix}detector-fingerprints``, keyed by the fingerprint hash: the repartition. Every metered
+  event that carries a device/payment/prompt fingerprint (and a rule watches that kind) is observed
+  in the fingerprint's partition (murmur2 of the hash, as Kafka's default partitioner does). When
+  this worker holds that partition the observation is folded at once; otherwise it is published
+  here as JSON ``{"k": kind, "sp": source partition, "so": source offset, "obs": ...}`` for the
+  worker that holds it;
+- ``gaming-reviews``, keyed by the alert's *entity id* (``creditflow alerts review`` does so): the
+  account id for account alerts, the fingerprint hash for fingerprint alerts. With the same partition
+  count and the default (murmur2) partitioner a review lands on the partition number that holds the
+  entity's alert state, in this same worker. A review keyed otherwise is still applied, to state
+  kept under the review's partition, but will not meet the entity's open alerts.
+
+State (JSON, see ``streams/runtime/changelog.py``):
+- accounts: account id -> ``{"d": detector state, "o": last interaction-events offset applied}``;
+- fingerprints: ``kind|fp`` -> ``{"d": detector state, "o": {source partition: last offset}}``;
+- alerts: ``entity_type|entity_id`` -> ``streams.detection.alerts`` state (open alerts, suppression, verdicts).
+
+Replays: the offsets in the account and fingerprint state make a replayed batch skip what was
+applied (an observation folded directly and later re-published, or re-published by a replay, is
+not counted twice: one source partition's observations reach a fingerprint in offset order either
+way); alert ids are deterministic in their dedup key, so an alert re-emitted by a replay replaces
+itself at the sink.
+
+A wall-clock timer (``CREDITFLOW_DETECTOR_FLUSH_SECONDS``, 30 s) evaluates entities with events
+their rules have not seen yet (at most ``FLUSH_MAX`` per tick) at their last event time: a quiet
+account's findings would otherwise wait for its next event.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from streams.credits.policy import load_policy
+from streams.detection.alerts import apply_review, new_alert_state, process_firing, to_avro
+from streams.detection.rules.base import Firing
+from streams.detection.runner import FINGERPRINT_FIELDS, DetectorEngine
+from streams.runtime.batch_send import KeyPartitions, Outgoing, send_partitioned
+from streams.runtime.changelog import ChangelogTable
+from streams.settings import Settings
+from streams.wire.codec import DecodeError, Decoder, SchemaRegistryClient, encode_single_object
+
+log = logging.getLogger("creditflow.detection")
+FINGERPRINTS_TOPIC = "detector-fingerprints"
+FLUSH_MAX = 5_000  # entities evaluated per timer tick: keeps a tick's pause bounded
+_RECENT_MAX = 50_000  # touched entities remembered for the timer; the oldest are forgotten
+# The observation the engine expects, taken from a UsageEnriched record (debits are rebuilt).
+_OBS_FIELDS = ("event_id", "account_id", "occurred_at", "plan", "category", "model", "outcome", "error_code",
+               "input_tokens", "output_tokens", "context_window_tokens", "context_uniqueness",
+               "reasoning_steps", "thinking_tokens", "tool_calls", "list_micro", "charged_micro",
+               "grant_funded_micro", "ip_hash", "device_hash", "payment_hash", "prompt_fingerprint")
+
+
+def observation(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """UsageEnriched record -> the observation ``DetectorEngine.observe_account`` takes: the record's
+    fields (rules read only theirs; a whole-dict copy is cheaper than picking 22) with the debits as
+    tuples. ``wire_observation`` is the subset sent to other workers."""
+    obs = dict(rec)
+    obs["debits"] = [(d["grant_id"], d["amount_micro"], d["balance_after_micro"]) for d in rec["debits"]]
+    return obs
+
+
+_WIRE_FIELDS = (*_OBS_FIELDS, "debits")
+
+
+def wire_observation(obs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: obs.get(k) for k in _WIRE_FIELDS}
+
+
+# What the fingerprint rules read of an observation (``observe_common`` without grants, CF-004
+# farming, CF-005 trial cycling, CF-008 replayed prompts). A fingerprint seen once keeps just these
+# (see ``Detection._observe_fingerprint``); ``test_detection_fold`` checks the rules agree.
+_FP_OBS_FIELDS = ("event_id", "account_id", "occurred_at", "plan", "category", "list_micro", "charged_micro",
+                  "grant_funded_micro", "debits")
+
+
+def pending_observation(obs: Mapping[str, Any], kind: str) -> list[Any]:
+    return [*(obs.get(k) for k in _FP_OBS_FIELDS), obs.get(FINGERPRINT_FIELDS[kind])]
+
+
+def observation_from_pending(pending: Sequence[Any], kind: str) -> dict[str, Any]:
+    obs = dict(zip(_FP_OBS_FIELDS, pending, strict=False))
+    obs[FINGERPRINT_FIELDS[kind]] = pending[len(_FP_OBS_FIELDS)]
+    return obs
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def wire_alert(alert: Mapping[str, Any]) -> dict[str, Any]:
+    """The GamingAlert as the schema promises it: ``observed`` and ``limit`` are exact decimal strings
+    (the sink stores them as numbers). Rules phrase them for humans ("22 active hours of 24", "CV <=
+    0.25"); the rule's measure is the first number of the phrase."""
+    out = to_avro(alert)
+    for field in ("observed", "limit"):
+        m = _NUMBER.search(str(out.get(field, "")))
+        out[field] = m.group(0) if m else "0"
+    return out
+
+
+def alert_state_key(entity_type: str, entity_id: str) -> str:
+    return f"{entity_type}|{entity_id}"
+
+
+class DetectionBatch:
+    """What one batch (or one timer flush) changed and must publish."""
+
+    def __init__(self) -> None:
+        self.alerts: list[tuple[str, dict[str, Any]]] = []  # (entity id key, GamingAlert)
+        # fingerprint-topic partition -> (fingerprint, JSON observation) for other workers
+        self.fingerprints: dict[int, list[tuple[str, bytes]]] = {}
+        self.folded_here = 0  # fingerprint observations folded without the round trip
+        self.accounts: dict[str, int] = {}  # key -> partition of touched state
+        self.fps: dict[str, int] = {}
+        self.alert_states: dict[str, int] = {}
+
+
+class Detection:
+    def __init__(self, settings: Settings, names: Mapping[str, str]) -> None:
+        app_id = settings.app_id
+        self.accounts = ChangelogTable("detector-accounts", f"{app_id}-detector-accounts-changelog",
+                                       settings.partitions, state_dir=settings.state_dir)
+        self.fingerprints = ChangelogTable("detector-fingerprints", f"{app_id}-detector-fingerprints-changelog",
+                                           settings.partitions, state_dir=settings.state_dir)
+        self.alert_states = ChangelogTable("detector-alerts", f"{app_id}-detector-alerts-changelog",
+                                           settings.partitions, state_dir=settings.state_dir)
+        self.engine = DetectorEngine(policy=load_policy(settings.policy_path))
+        # Fingerprint kinds some rule watches: only those are repartitioned.
+        self.fp_kinds = {k: f for k, f in FINGERPRINT_FIELDS.items()
+                         if any(k in d.entity_types for d in self.engine.detectors)}
+        registry = SchemaRegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
+        self.review_decoder = Decoder("ReviewDecision", registry)
+        self.reviews_topic = names["gaming-reviews"]
+        self.alerts_topic = names["gaming-alerts"]
+        self.fp_topic = settings.topic(FINGERPRINTS_TOPIC)
+        # Where the default partitioner puts a fingerprint; set by the processor from the topic's metadata.
+        self.fp_partitions: KeyPartitions | None = None
+        # Entities with events not evaluated yet (see ``_remember``): key -> partition, oldest first.
+        self.recent_accounts: OrderedDict[str, int] = OrderedDict()
+        self.recent_fps: OrderedDict[str, int] = OrderedDict()
+        self.events = 0
+        self.alerts_emitted = 0
+        self.firings = 0
+        self.undecodable = 0
+        # The evaluation harness sets this to a list to see raw firings; None in production.
+        self.record_firings: list[Firing] | None = None
+
+    @property
+    def tables(self) -> tuple[ChangelogTable, ...]:
+        return self.accounts, self.fingerprints, self.alert_states
+
+    def on_release(self, partitions: set[int]) -> None:
+        for recent in (self.recent_accounts, self.recent_fps):
+            for key in [k for k, p in recent.items() if p in partitions]:
+                del recent[key]
+
+    # -- folding one batch --------------------------------------------------------------------------
+
+    def _account(self, batch: DetectionBatch, partition: int, account_id: str) -> dict[str, Any]:
+        wrapper = self.accounts.get(account_id)
+        if wrapper is None:
+            wrapper = {"d": {}, "o": -1}
+            self.accounts.set(account_id, wrapper)
+        batch.accounts[account_id] = partition
+        return wrapper  # type: ignore[no-any-return]
+
+    def _alerts_for(self, batch: DetectionBatch, partition: int, key: str) -> dict[str, Any]:
+        state = self.alert_states.get(key)
+        if state is None:
+            state = self.alert_states.set(key, new_alert_state())
+        batch.alert_states[key] = partition
+        return state  # type: ignore[no-any-return]
+
+    def on_grants(self, batch: DetectionBatch, grants: Iterable[tuple[int, Mapping[str, Any]]]) -> None:
+        """Decoded, valid CreditGrant events with their partition. Idempotent (a grant's fields are
+        set), so a replayed grant needs no guard."""
+        for partition, grant in grants:
+            self.engine.observe_grant(self._account(batch, partition, grant["account_id"])["d"], grant)
+
+    def on_review(self, batch: DetectionBatch, partition: int, value: bytes | None) -> None:
+        if value is None:
+            return
+        try:
+            decision = self.review_decoder.decode(value)
+        except DecodeError as exc:
+            # Reviews come from `creditflow alerts review`; an unreadable one is logged and skipped
+            # rather than stopping the partition.
+            self.undecodable += 1
+            log.warning("skipping an undecodable review: %s", exc)
+            return
+        etype, eid = decision["entity_type"], decision["entity_id"]
+        try:
+            # Idempotent on decision_id, so a replayed review changes nothing.
+            changed = apply_review(self._alerts_for(batch, partition, alert_state_key(etype, eid)), decision)
+        except ValueError as exc:
+            log.warning("skipping review %s: %s", decision.get("decision_id"), exc)
+            return
+        if changed and decision["verdict"] == "CONFIRMED":
+            # Keep a confirmed gamer's traffic out of every baseline from now on.
+            if etype == "account":
+                self.engine.mark_confirmed(self._account(batch, partition, eid)["d"])
+            else:
+                fp = self.fingerprints.get(alert_state_key(etype, eid))
+                if fp is not None:
+                    self.engine.mark_confirmed(self._expanded(etype, fp))
+                    batch.fps[alert_state_key(etype, eid)] = partition
+
+    def on_metered(self, batch: DetectionBatch, metered: Sequence[Mapping[str, Any]],
+                   fp_partitions_here: Collection[int]) -> None:
+        """UsageEnriched records just metered (in input order per partition). Fingerprint
+        observations whose partition is in ``fp_partitions_here`` are folded now, the rest queued."""
+        assert self.fp_partitions is not None, "the processor sets fp_partitions before the first batch"
+        where = self.fp_partitions
+        kinds = tuple(self.fp_kinds.items())
+        # Each fingerprint of the batch encoded once, for the vectorised partition pass and the lookups.
+        fp_keys = {fp: fp.encode() for rec in metered for _, field in kinds if (fp := rec.get(field))}
+        where.prime(fp_keys.values())
+        for rec in metered:
+            account_id = rec["account_id"]
+            partition, offset = rec["source_partition"], rec["source_offset"]
+            wrapper = self._account(batch, partition, account_id)
+            if offset <= wrapper["o"]:
+                continue  # a replay of an event this state already holds (its outputs exist)
+            wrapper["o"] = offset
+            obs = observation(rec)
+            self.events += 1
+            self._fold(batch, partition, self.engine.observe_account(wrapper["d"], obs))
+            self._remember(self.recent_accounts, account_id, partition, wrapper["d"])
+            obs_json: bytes | None = None
+            for kind, field in kinds:
+                fp = obs.get(field)
+                if not fp:
+                    continue
+                target = where(fp_keys[fp])
+                if target in fp_partitions_here:
+                    self._observe_fingerprint(batch, target, kind, fp, partition, offset, obs)
+                    batch.folded_here += 1
+                    continue
+                if obs_json is None:
+                    obs_json = orjson.dumps(wire_observation(obs))
+                # The message {"k", "sp", "so", "obs"} as JSON, with obs encoded once for all its
+                # fingerprints (kind names are plain identifiers).
+                payload = f'{{"k":"{kind}","sp":{partition},"so":{offset},"obs":'.encode() + obs_json + b"}"
+                batch.fingerprints.setdefault(target, []).append((fp, payload))
+
+    def on_fingerprint(self, batch: DetectionBatch, partition: int, key: bytes | None, value: bytes | None) -> None:
+        """A fingerprint observation another worker published for this one."""
+        if value is None or key is None:
+            return
+        msg = orjson.loads(value)
+        self._observe_fingerprint(batch, partition, msg["k"], key.decode(), msg["sp"], msg["so"], msg["obs"])
+
+    def _observe_fingerprint(self, batch: DetectionBatch, partition: int, kind: str, fp: str,
+                             source_partition: int, source_offset: int, obs: Mapping[str, Any]) -> None:
+        fkey = alert_state_key(kind, fp)
+        wrapper = self.fingerprints.get(fkey)
+        src = str(source_partition)
+        if wrapper is None:
+            # Most fingerprints (prompts above all) are seen once, and no rule fires on one sighting:
+            # keep the few fields the rules need and build the state at the second sighting.
+            self.fingerprints.set(fkey, {"p": pending_observation(obs, kind), "o": {src: source_offset}})
+            batch.fps[fkey] = partition
+            return
+        # Observations from one source partition arrive in its order, so a replay is exactly what
+        # is at or below the mark.
+        if source_offset <= wrapper["o"].get(src, -1):
+            return
+        wrapper["o"][src] = source_offset
+        batch.fps[fkey] = partition
+        self._fold(batch, partition, self.engine.observe_fingerprint(kind, self._expanded(kind, wrapper), obs))
+        self._remember(self.recent_fps, fkey, partition, wrapper["d"])
+
+    def _expanded(self, kind: str, wrapper: dict[str, Any]) -> dict[str, Any]:
+        """The fingerprint's detector state, built from its first sighting if that is all there is."""
+        pending = wrapper.pop("p", None)
+        if pending is not None:
+            wrapper["d"] = {}
+            # A first observation never fires (it only seeds the state and its evaluation clock).
+            self.engine.observe_fingerprint(kind, wrapper["d"], observation_from_pending(pending, kind))
+        return wrapper["d"]  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _remember(recent: OrderedDict[str, int], key: str, partition: int, state: Mapping[str, Any]) -> None:
+        """After an entity's event: keep it for the timer while it has events its rules have not seen."""
+        # An entity evaluated with its event has nothing for the timer. Remembering it anyway made
+        # every tick decode up to 2 x _RECENT_MAX states only to skip them, all held in the tables'
+        # hot sets until the next write: +150-180 MiB for ~1 s, with 300k one-event accounts.
+        common = state.get("_")  # absent when no rule watches the entity's kind
+        if not common or not common["ne"]:
+            recent.pop(key, None)
+            return
+        recent[key] = partition
+        recent.move_to_end(key)
+        if len(recent) > _RECENT_MAX:
+            recent.popitem(last=False)
+
+    def _fold(self, batch: DetectionBatch, partition: int, firings: list[Firing]) -> None:
+        """Firings -> alerts, through the alert state of the firing's entity (in this partition)."""
+        for f in firings:
+            self.firings += 1
+            if self.record_firings is not None:
+                self.record_firings.append(f)
+            state = self._alerts_for(batch, partition, alert_state_key(f.entity_type, f.entity_id))
+            alert = process_firing(state, f)
+            if alert is not None:
+                batch.alerts.append((f.entity_id, wire_alert(alert)))
+
+    # -- timer flush ------------------------------------------------------------------------------
+
+    def evaluate_quiet(self, batch: DetectionBatch, limit: int | None = None) -> int:
+        """Evaluate entities with events not evaluated yet, at their last event time. Returns
+        entities evaluated."""
+        n = 0
+        for recent, table, evaluate, target in (
+            (self.recent_accounts, self.accounts, self.engine.evaluate_account, batch.accounts),
+            (self.recent_fps, self.fingerprints, self.engine.evaluate_fingerprint, batch.fps),
+        ):
+            while recent and (limit is None or n < limit):
+                key, partition = recent.popitem(last=False)
+                wrapper = table.get(key)
+                common = (wrapper or {}).get("d", {}).get("_")
+                if not common or not common.get("ne") or common.get("last") is None:
+                    continue
+                n += 1
+                target[key] = partition
+                self._fold(batch, partition, evaluate(wrapper["d"], int(common["last"])))  # type: ignore[index]
+        return n
+
+    # -- output -----------------------------------------------------------------------------------
+
+    async def publish(self, producer: AIOKafkaProducer, batch: DetectionBatch) -> list[Awaitable[Any]]:
+        """Queue the batch's alerts and fingerprint observations; returns the delivery futures."""
+        pending: list[Awaitable[Any]] = []
+        for entity_id, alert in batch.alerts:
+            pending.append(await producer.send(self.alerts_topic, encode_single_object(alert, "GamingAlert"),
+                                               key=entity_id.encode()))
+        self.alerts_emitted += len(batch.alerts)
+        if batch.fingerprints:
+            by_partition: dict[int, list[Outgoing]] = {
+                p: [(fp.encode(), payload, []) for fp, payload in items] for p, items in batch.fingerprints.items()}
+            pending.extend(await send_partitioned(producer, self.fp_topic, by_partition))
+        return pending
+
+    def changes(self, batch: DetectionBatch) -> list[tuple[ChangelogTable, int, str, Any]]:
+        """(table, partition, key, value) of every state the batch touched, for ``PartitionedService.save``."""
+        return [(table, partition, key, table.get(key))
+                for table, touched in ((self.accounts, batch.accounts), (self.fingerprints, batch.fps),
+                                       (self.alert_states, batch.alert_states))
+                for key, partition in touched.items()]

@@ -1,0 +1,45 @@
+"""Bad input on the command line: one line on stderr, a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "streams.cli.main", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "says"),
+    [
+        (["demo", "--events", "-5"], {}, 2, "--events"),
+        (["kafka", "frobnicate"], {}, 2, "frobnicate"),
+        (["nosuch"], {}, 2, "No such command"),
+        (["policy", "explain", "{bad"], {}, 1, "not valid JSON"),
+        (["policy", "show", "--path", "/nonexistent/policy.toml"], {}, 1, "cannot read policy file"),
+        (["policy", "show"], {"CREDITFLOW_PARTITIONS": "zero"}, 2, "CREDITFLOW_PARTITIONS"),
+        (["query", "DROP TABLE events"], {}, 2, "read-only"),
+    ],
+)
+def test_bad_input_gets_one_line(args: list[str], env: dict[str, str], code: int, says: str) -> None:
+    result = _run(*args, **env)
+    assert result.returncode == code, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and says in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_policy_show_prints_the_published_table() -> None:
+    result = _run("policy", "show")
+    assert result.returncode == 0, result.stderr
+    for text in ("EXTENDED_CONTEXT", "3.5x", "COMPLEX_REASONING", "2.0x", "TOOL_USE", "1.5x", "2026.11-1"):
+        assert text in result.stdout
