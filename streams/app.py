@@ -13,6 +13,8 @@ from streams.settings import Role, Settings
 
 
 def create_app(settings: Settings, bootstrap: str) -> faust.App:
+    from streams.runtime.web import pick_port, register_web
+
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     tune_for_batches()
     app = faust.App(
@@ -32,7 +34,10 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=max(4096, settings.process_batch * 2),
-        web_enabled=False,
+        # Health, metrics, balances and live SQL are routes on Faust's web server (streams/runtime/web.py).
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_port=pick_port(settings),
         # A crashed worker's partitions move after this long; Faust's 60 s default stalls recovery.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
@@ -44,6 +49,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     from streams.runtime.topics import topic_names
 
     names = topic_names(settings)
+    register_web(app, settings)
     if settings.role in (Role.ALL, Role.PROCESSOR):
         register_processor(app, settings, bootstrap, names)
     if settings.role in (Role.ALL, Role.SINK):

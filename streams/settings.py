@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     detector_flush_seconds: float = Field(default=30.0, gt=0, description="how often quiet accounts are re-evaluated")
     events_ttl_days: int = Field(default=730, ge=1, description="TTL of raw enriched events in ClickHouse")
     log_level: str = Field(default="WARNING", description="worker log level")
+    web_host: str = Field(default="127.0.0.1", description="address the worker's HTTP server listens on")
+    web_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="port of the worker's HTTP server; 0 = any free port, announced under <data dir>/workers/",
+    )
 
     @field_validator("topic_prefix")
     @classmethod

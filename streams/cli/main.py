@@ -77,7 +77,8 @@ def worker(role: str | None, loglevel: str | None) -> None:
         raise click.ClickException(str(exc)) from None
     pipeline = build(settings, bootstrap, broker)
     click.echo(f"creditflow worker: role={settings.role.value} kafka={bootstrap} "
-               f"clickhouse={_redact(settings.resolved_clickhouse_url)}", err=True)
+               f"clickhouse={_redact(settings.resolved_clickhouse_url)} "
+               f"http=http://{settings.web_host}:{pipeline.app.conf.web_port}", err=True)
     faust.Worker(pipeline.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
 
 
