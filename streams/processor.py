@@ -36,9 +36,11 @@ from streams.detection.engine import FLUSH_MAX, Detection, DetectionBatch
 from streams.runtime.batch_send import KeyPartitions, Outgoing, send_partitioned
 from streams.runtime.changelog import ChangelogTable
 from streams.runtime.partitioned import Fetched, PartitionedService
+from streams.runtime.repartition import Owners, forwards
+from streams.runtime.schema_gate import SchemaGate, registry_schemas
 from streams.runtime.topics import create_topic, retention_ms
 from streams.settings import Settings
-from streams.wire.codec import Decoder, SchemaRegistryClient, encode_single_object
+from streams.wire.codec import Decoder, encode_single_object
 from streams.wire.dead_letters import encode_dead_letter
 from streams.wire.headers import source_offset_header
 
@@ -65,10 +67,14 @@ class Processor(PartitionedService):
         self.detection = detection
         self.names = names
         policy = load_policy(settings.policy_path)
-        registry = SchemaRegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
-        self.meter = Meter(policy, Decoder("InteractionEvent", registry), Decoder("CreditGrant", registry))
         self.events_topic = names["interaction-events"]
         self.grants_topic = names["credit-grants"]
+        # Registry schemas are fetched without blocking and records waiting for one hold their partition.
+        self.schemas = registry_schemas(settings)
+        self.gate = (SchemaGate(self.schemas, (self.events_topic, self.grants_topic), settings.registry_wait_seconds)
+                     if self.schemas is not None else None)
+        self.meter = Meter(policy, Decoder("InteractionEvent", self.schemas), Decoder("CreditGrant", self.schemas))
+        self.owners: Owners | None = None
         self.reviews_topic = names["gaming-reviews"]
         self.fp_topic = detection.fp_topic
         self.flush_every = settings.detector_flush_seconds
@@ -99,6 +105,18 @@ class Processor(PartitionedService):
 
     def on_release(self, partitions: set[int]) -> None:
         self.detection.on_release(partitions)
+        if self.gate is not None:
+            self.gate.forget(partitions)
+
+    async def _owners(self) -> Owners:
+        """Owner partitions of the inputs (murmur2 of the account id), once their sizes are known."""
+        if self.owners is None:
+            assert self.producer is not None
+            self.owners = Owners({t: len(await self.producer.partitions_for(t))
+                                  for t in (self.events_topic, self.grants_topic)})
+            self.meter.event_owner = self.owners.lookup(self.events_topic)
+            self.meter.grant_owner = self.owners.lookup(self.grants_topic)
+        return self.owners
 
     async def _fp_partitions_here(self) -> set[int]:
         """Fingerprint partitions this worker holds and has consumed up to ``fp_required``."""
@@ -118,6 +136,11 @@ class Processor(PartitionedService):
 
     async def process(self, fetched: Fetched) -> None:
         t0 = time.perf_counter()
+        if self.gate is not None:
+            assert self.consumer is not None
+            # Records waiting for a registry schema are cut here and are not committed.
+            fetched = await self.gate.admit(self.consumer, dict(fetched))
+        owners = await self._owners()
         grant_records: list[InputRecord] = []
         event_records: list[InputRecord] = []
         reviews: list[InputRecord] = []
@@ -133,6 +156,7 @@ class Processor(PartitionedService):
                     if r.key}
         for table in (self.usage, self.grants, self.detection.accounts):
             table.make_room(accounts)
+        owners.of(self.events_topic).prime(r.key for r in event_records if r.key)
         now = _now_ms()
         granted = self.meter.grants(grant_records, self.grants.get, now)
         # Grants of this batch are visible to its events.
@@ -160,10 +184,12 @@ class Processor(PartitionedService):
         ])
         await self.commit(fetched)
         self.metered += len(metered.enriched)
-        _trace("batch: %d events, %d grants, %d reviews, %d observations in, %d replays skipped, %d dead, "
+        _trace("batch: %d events, %d grants, %d reviews, %d observations in, %d forwarded, %d forward copies "
+               "skipped, %d replays skipped, %d dead, "
                "%d alerts, %d observations folded here, %d sent: meter %.1f ms, detect %.1f ms, "
                "publish %.1f ms, state+commit %.1f ms", len(event_records), len(grant_records), len(reviews),
-               len(observations), metered.skipped_replays, len(metered.dead_letters) + len(granted.dead_letters),
+               len(observations), len(metered.forward) + len(granted.forward), metered.skipped_forwards,
+               metered.skipped_replays, len(metered.dead_letters) + len(granted.dead_letters),
                len(found.alerts), found.folded_here, sum(len(v) for v in found.fingerprints.values()),
                (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, (time.perf_counter() - t3) * 1e3)
 
@@ -179,6 +205,10 @@ class Processor(PartitionedService):
                 (rec["account_id"].encode(), encode_single_object(rec, "UsageEnriched"),
                  [source_offset_header(rec["source_offset"])]))
         pending.extend(await send_partitioned(producer, self.names["usage-enriched"], by_partition))
+        if granted.forward or metered.forward:
+            owners = await self._owners()
+            for topic, result in ((self.grants_topic, granted), (self.events_topic, metered)):
+                pending.extend(await send_partitioned(producer, topic, forwards(result.forward, owners.of(topic))))
         for result in (granted, metered):
             for s in result.samples:
                 pending.append(await producer.send(
@@ -191,6 +221,22 @@ class Processor(PartitionedService):
         self.fp_stale.update(found.fingerprints)
         if pending:
             await asyncio.gather(*pending)
+
+    # -- registry waits -----------------------------------------------------------------------------
+
+    @Service.task
+    async def _resume_held(self) -> None:
+        """Resume partitions held for registry schemas as soon as their ids are decided."""
+        while not self.should_stop:
+            await self.sleep(0.2)
+            if self.gate is not None and self.consumer is not None and self.gate.held:
+                async with self.lock:
+                    self.gate.resume_ready(self.consumer)
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        if self.schemas is not None:
+            await self.schemas.close()
 
     # -- the detectors' timer ---------------------------------------------------------------------
 

@@ -76,6 +76,20 @@ class Settings(BaseSettings):
         description="port of the worker's HTTP server; 0 = any free port, announced under <data dir>/workers/",
     )
 
+    # Schema-registry intake: lookups never block the loop; records waiting for an id hold their partition.
+    registry_wait_seconds: float = Field(
+        default=1.0, ge=0, description="how long a batch waits for registry lookups before holding back the "
+        "partitions that need the ids still unanswered",
+    )
+    registry_lookup_concurrency: int = Field(default=4, ge=1, description="registry lookups in flight at once")
+    registry_timeout_seconds: float = Field(default=5.0, gt=0, description="timeout of one registry lookup")
+    registry_not_found_ttl_seconds: float = Field(
+        default=300.0, ge=0, description="how long a schema id the registry said it does not have is not asked again",
+    )
+    registry_backoff_max_seconds: float = Field(
+        default=30.0, gt=0, description="longest wait between lookups while the registry is unreachable",
+    )
+
     @field_validator("topic_prefix")
     @classmethod
     def _prefix_is_topic_safe(cls, v: str) -> str:

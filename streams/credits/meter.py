@@ -18,9 +18,12 @@ from streams.credits.ledger import apply_grant_event, debit
 from streams.credits.policy import CompiledPolicy, price_event, should_sample
 from streams.wire.codec import DecodeError, Decoder
 from streams.wire.dead_letters import build_dead_letter
+from streams.wire.headers import forwarded_from
 from streams.wire.models import DeadLetter
 from streams.wire.validation import decoded_event_passes, validate_event, validate_grant
 
+# Usage state: origin partition -> highest origin offset of the forwarded records applied.
+FORWARDS_KEY = "f"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -70,10 +73,17 @@ class MeterResult:
     # Decoded, valid grant events with their partition, in input order (detection reads them too).
     accepted_grants: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     skipped_replays: int = 0
+    # Valid records on a partition that does not own their account, with the account: forwarded to
+    # the owner (``streams/runtime/repartition.py``), never applied here.
+    forward: list[tuple[InputRecord, str]] = field(default_factory=list)
+    # Copies of a forwarded record this account has already applied (a forwarder's batch replayed).
+    skipped_forwards: int = 0
 
 
 UsageLookup = Callable[[str], Mapping[str, Any] | None]
 GrantsLookup = Callable[[str], Mapping[str, Any] | None]
+# The partition that owns an account on the input topic (murmur2 of the account id).
+OwnerLookup = Callable[[str], int]
 
 
 class Meter:
@@ -81,6 +91,9 @@ class Meter:
         self.policy = policy
         self.event_decoder = event_decoder
         self.grant_decoder = grant_decoder
+        # Set once the input topics' partition counts are known; None meters every record in place.
+        self.event_owner: OwnerLookup | None = None
+        self.grant_owner: OwnerLookup | None = None
 
     def _dead(self, out: MeterResult, rec: InputRecord, kind: str, message: str, now_ms: int) -> None:
         out.dead_letters.append(
@@ -101,8 +114,11 @@ class Meter:
             if reason:
                 self._dead(out, rec, "VALIDATION", reason, now_ms)
                 continue
-            out.accepted_grants.append((rec.partition, g))
             account = g["account_id"]
+            if self.grant_owner is not None and self.grant_owner(account) != rec.partition:
+                out.forward.append((rec, account))
+                continue
+            out.accepted_grants.append((rec.partition, g))
             pending = out.grant_updates.get(account)
             state = pending[1] if pending else _copy_grants(lookup(account))
             if apply_grant_event(state, g):
@@ -115,6 +131,7 @@ class Meter:
         policy = self.policy
         decode = self.event_decoder.decode
         updates = out.usage_updates
+        owner = self.event_owner
         for rec in records:
             try:
                 ev = decode(rec.value or b"")  # a tombstone is dead-lettered as empty
@@ -131,10 +148,16 @@ class Meter:
                            f"{policy.version} and no '*' fallback", now_ms)
                 continue
             account = ev["account_id"]
+            if owner is not None and owner(account) != rec.partition:
+                out.forward.append((rec, account))
+                continue
             pending = updates.get(account)
             state = _copy_usage(usage(account)) if pending is None else pending[1]
             if state["p"] == rec.partition and rec.offset <= state["o"]:
                 out.skipped_replays += 1
+                continue
+            if rec.headers and not first_forward(state, rec.headers):
+                out.skipped_forwards += 1
                 continue
 
             occurred = epoch_ms(ev["occurred_at"])
@@ -207,7 +230,31 @@ def _copy_usage(state: Mapping[str, Any] | None) -> dict[str, Any]:
     # Copy so a batch that fails half-way never leaves a half-updated object in the table's store.
     if state is None:
         return {"p": -1, "o": -1, "spent": {}}
-    return {"p": state["p"], "o": state["o"], "spent": dict(state["spent"])}
+    copy = {"p": state["p"], "o": state["o"], "spent": dict(state["spent"])}
+    if FORWARDS_KEY in state:
+        copy[FORWARDS_KEY] = dict(state[FORWARDS_KEY])
+    return copy
+
+
+def first_forward(state: dict[str, Any], headers: Sequence[tuple[str, bytes]]) -> bool:
+    """False for a copy of a forwarded record the account has applied already, else True (and the
+    record's origin is remembered in ``state``).
+
+    Forwards from one origin partition reach the owner in origin-offset order: a forwarder sends
+    them in order and commits the origin only once they are acknowledged, so a replay re-sends a
+    suffix, and a stalled forwarder's late copies are of offsets its successor sends too. Hence a
+    copy at or below the highest origin offset applied for that origin partition is a duplicate.
+    The mark lives in the account's own state, written atomically with its debits."""
+    origin = forwarded_from(headers)
+    if origin is None:
+        return True
+    partition, offset = origin
+    seen = state.setdefault(FORWARDS_KEY, {})
+    key = str(partition)
+    if offset <= seen.get(key, -1):
+        return False
+    seen[key] = offset
+    return True
 
 
 def _copy_grants(state: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import cavro
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
@@ -178,6 +178,11 @@ class SchemaRegistryClient:
         self._by_id: dict[int, str] = {}
         self._ids: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers every request carries (Accept, and Authorization from the URL's credentials)."""
+        return dict(self._headers)
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -359,13 +364,20 @@ def _additive_plan(
     return _Plan(writer, None, defaults, tuple(empty), fast_schema(writer_json) if fast else None)
 
 
+class SchemaSource(Protocol):
+    """Where a decoder reads Confluent writer schemas by id: the blocking client, or the asynchronously
+    filled cache of ``streams/wire/registry.py``."""
+
+    def get_schema(self, schema_id: int) -> str: ...
+
+
 class Decoder:
     """Decodes either wire format into a dict shaped by ``reader_schema_name``'s latest version."""
 
     def __init__(
         self,
         reader_schema_name: str,
-        registry: SchemaRegistryClient | None = None,
+        registry: SchemaSource | None = None,
         *,
         catalogue: Catalogue | None = None,
         fast: bool = True,

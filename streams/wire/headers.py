@@ -19,3 +19,20 @@ def source_offset(headers: Iterable[tuple[str, bytes | None]] | None) -> int | N
         if key == SOURCE_OFFSET_HEADER and value is not None and len(value) == 8:
             return int.from_bytes(value, "big", signed=True)
     return None
+
+
+# On a record forwarded to the partition that owns its account: the partition and offset it was
+# read at on the same topic (4 + 8 bytes big-endian). The owner drops copies of one it has applied.
+FORWARDED_FROM_HEADER = "creditflow-forwarded-from"
+
+
+def forwarded_from_header(partition: int, offset: int) -> tuple[str, bytes]:
+    return FORWARDED_FROM_HEADER, partition.to_bytes(4, "big", signed=True) + offset.to_bytes(8, "big", signed=True)
+
+
+def forwarded_from(headers: Iterable[tuple[str, bytes | None]] | None) -> tuple[int, int] | None:
+    """(origin partition, origin offset) of a forwarded record, None for any other."""
+    for key, value in headers or ():
+        if key == FORWARDED_FROM_HEADER and value is not None and len(value) == 12:
+            return int.from_bytes(value[:4], "big", signed=True), int.from_bytes(value[4:], "big", signed=True)
+    return None
