@@ -38,7 +38,16 @@ from streams.runtime.changelog import ChangelogTable
 from streams.runtime.partitioned import Fetched, PartitionedService
 from streams.runtime.repartition import Owners, forwards
 from streams.runtime.schema_gate import SchemaGate, registry_schemas
-from streams.runtime.topics import create_topic, retention_ms
+from streams.runtime.topics import (
+    CREDIT_GRANTS,
+    DEAD_LETTERS,
+    GAMING_REVIEWS,
+    INTERACTION_EVENTS,
+    REFINEMENT_FEED,
+    USAGE_ENRICHED,
+    create_topic,
+    retention_ms,
+)
 from streams.settings import Settings
 from streams.wire.codec import Decoder, encode_single_object
 from streams.wire.dead_letters import encode_dead_letter
@@ -67,15 +76,15 @@ class Processor(PartitionedService):
         self.detection = detection
         self.names = names
         policy = load_policy(settings.policy_path)
-        self.events_topic = names["interaction-events"]
-        self.grants_topic = names["credit-grants"]
+        self.events_topic = names[INTERACTION_EVENTS]
+        self.grants_topic = names[CREDIT_GRANTS]
         # Registry schemas are fetched without blocking and records waiting for one hold their partition.
         self.schemas = registry_schemas(settings)
         self.gate = (SchemaGate(self.schemas, (self.events_topic, self.grants_topic), settings.registry_wait_seconds)
                      if self.schemas is not None else None)
         self.meter = Meter(policy, Decoder("InteractionEvent", self.schemas), Decoder("CreditGrant", self.schemas))
         self.owners: Owners | None = None
-        self.reviews_topic = names["gaming-reviews"]
+        self.reviews_topic = names[GAMING_REVIEWS]
         self.fp_topic = detection.fp_topic
         self.flush_every = settings.detector_flush_seconds
         self.metered = 0
@@ -204,7 +213,7 @@ class Processor(PartitionedService):
             by_partition.setdefault(rec["source_partition"], []).append(
                 (rec["account_id"].encode(), encode_single_object(rec, "UsageEnriched"),
                  [source_offset_header(rec["source_offset"])]))
-        pending.extend(await send_partitioned(producer, self.names["usage-enriched"], by_partition))
+        pending.extend(await send_partitioned(producer, self.names[USAGE_ENRICHED], by_partition))
         if granted.forward or metered.forward:
             owners = await self._owners()
             for topic, result in ((self.grants_topic, granted), (self.events_topic, metered)):
@@ -212,11 +221,11 @@ class Processor(PartitionedService):
         for result in (granted, metered):
             for s in result.samples:
                 pending.append(await producer.send(
-                    self.names["refinement-feed"], encode_single_object(s, "RefinementSample"),
+                    self.names[REFINEMENT_FEED], encode_single_object(s, "RefinementSample"),
                     key=s["account_id"].encode()))
             for d in result.dead_letters:
                 pending.append(await producer.send(
-                    self.names["dead-letters"], encode_dead_letter(d), key=d["dead_letter_id"].encode()))
+                    self.names[DEAD_LETTERS], encode_dead_letter(d), key=d["dead_letter_id"].encode()))
         pending.extend(await self.detection.publish(producer, found))
         self.fp_stale.update(found.fingerprints)
         if pending:
