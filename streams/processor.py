@@ -149,6 +149,8 @@ class Processor(PartitionedService):
             assert self.consumer is not None
             # Records waiting for a registry schema are cut here and are not committed.
             fetched = await self.gate.admit(self.consumer, dict(fetched))
+            if not fetched:
+                return
         owners = await self._owners()
         grant_records: list[InputRecord] = []
         event_records: list[InputRecord] = []

@@ -162,8 +162,9 @@ class PartitionedService(Service):
     async def commit(self, fetched: Fetched) -> None:
         assert self.consumer is not None
         try:
-            await self.consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "")
-                                        for tp, records in fetched.items() if records})
+            offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in fetched.items() if records}
+            if offsets:  # a batch whose records all wait (registry) commits nothing
+                await self.consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # The group rebalanced under this batch; its next owner replays it, and the replay is
             # harmless (state records what was applied, outputs are deduplicated downstream).
