@@ -110,7 +110,7 @@ def _register() -> None:
     commands = {
         "kafka": ["kafka"], "schemas": ["schemas"], "policy": ["policy"],
         "produce": ["produce"], "migrate": ["migrate"], "query": ["query", "report"],
-        "alerts": ["alerts"], "evaluate": ["evaluate"],
+        "alerts": ["alerts"], "evaluate": ["evaluate"], "dead_letters": ["dead_letters"],
     }
     for module_name, names in commands.items():
         try:
@@ -122,7 +122,7 @@ def _register() -> None:
         for name in names:
             command = getattr(module, name, None)
             if isinstance(command, click.Command):
-                cli.add_command(command, name)
+                cli.add_command(command, name.replace("_", "-"))  # dead_letters -> dead-letters
 
 
 def main() -> None:

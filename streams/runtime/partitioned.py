@@ -99,6 +99,8 @@ class PartitionedService(Service):
             # Range assignment hands partition i of every input to the same worker, so everything
             # keyed by one account (grants, events, reviews) meets that account's state.
             partition_assignment_strategy=(RangePartitionAssignor,),
+            # Records of an aborted transaction (a dead-letter replay that died) are never read.
+            isolation_level="read_committed",
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
             max_poll_interval_ms=300_000,

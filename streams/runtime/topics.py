@@ -44,6 +44,8 @@ REFINEMENT_FEED = "refinement-feed"
 DEAD_LETTERS = "dead-letters"
 # Internal: the processor's repartition of fingerprint observations (created by the processor).
 DETECTOR_FINGERPRINTS = "detector-fingerprints"
+# Internal, compacted: which dead letters were replayed (created by `creditflow dead-letters replay`).
+DEAD_LETTER_REPLAYS = "dead-letter-replays"
 
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(INTERACTION_EVENTS, Direction.INPUT,

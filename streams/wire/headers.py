@@ -36,3 +36,7 @@ def forwarded_from(headers: Iterable[tuple[str, bytes | None]] | None) -> tuple[
         if key == FORWARDED_FROM_HEADER and value is not None and len(value) == 12:
             return int.from_bytes(value[:4], "big", signed=True), int.from_bytes(value[4:], "big", signed=True)
     return None
+
+
+# On a dead letter's original re-submitted by ``creditflow dead-letters replay``: the dead-letter id.
+REPLAY_OF_HEADER = "creditflow-replay-of"

@@ -1,0 +1,138 @@
+"""Replaying dead letters: their original bytes and headers back to the topic they came from, once.
+
+Exactly once across runs: each replay is one Kafka transaction holding both the re-submitted record
+and a marker, keyed by the dead-letter id, on the compacted ``dead-letter-replays`` topic. A replay
+reads the markers first (read_committed) and skips every dead letter that has one, so running it
+twice re-submits nothing; a replay that dies half-way leaves an aborted transaction whose records
+read_committed consumers (the processor among them) never see. The fixed transactional id fences
+a concurrent or zombie replay. The re-submitted record carries the ``creditflow-replay-of`` header.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams.runtime.topics import create_topic
+from streams.wire.codec import DecodeError, Decoder
+from streams.wire.headers import REPLAY_OF_HEADER
+from streams.wire.models import DeadLetter
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    kinds: frozenset[str] = frozenset()
+    topics: frozenset[str] = frozenset()  # full topic names
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    def matches(self, dl: DeadLetter) -> bool:
+        if self.kinds and dl["error_kind"] not in self.kinds:
+            return False
+        if self.topics and dl["source_topic"] not in self.topics:
+            return False
+        failed = _ms(dl["failed_at"])
+        if self.since_ms is not None and failed < self.since_ms:
+            return False
+        return self.until_ms is None or failed < self.until_ms
+
+
+def _ms(value: Any) -> int:
+    return value if isinstance(value, int) else int(value.timestamp() * 1000)
+
+
+def unique(dead: Iterable[DeadLetter]) -> list[DeadLetter]:
+    """One per dead-letter id (a replayed processor batch writes the same dead letter again), in order."""
+    seen: set[str] = set()
+    out = []
+    for dl in dead:
+        if dl["dead_letter_id"] not in seen:
+            seen.add(dl["dead_letter_id"])
+            out.append(dl)
+    return out
+
+
+def to_replay(dead: Sequence[DeadLetter], replayed: Collection[str], wanted: DeadLetterFilter) -> list[DeadLetter]:
+    return [dl for dl in unique(dead) if wanted.matches(dl) and dl["dead_letter_id"] not in replayed]
+
+
+def replay_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
+    headers = [(h["key"], h["value"] or b"") for h in dl["headers"] if h["key"] != REPLAY_OF_HEADER]
+    headers.append((REPLAY_OF_HEADER, dl["dead_letter_id"].encode()))
+    return headers
+
+
+async def read_all(bootstrap: str, topic: str, decode: Callable[[Any], Any], timeout: float = 60.0) -> list[Any]:
+    """Every committed record of ``topic`` up to its end now, decoded (None results dropped)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest", isolation_level="read_committed")
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end in {timeout:.0f}s")
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for rec in records:
+                    value = decode(rec)
+                    if value is not None:
+                        out.append(value)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def read_dead_letters(bootstrap: str, topic: str) -> list[DeadLetter]:
+    decoder = Decoder("DeadLetter")
+
+    def decode(rec: Any) -> DeadLetter | None:
+        try:
+            return decoder.decode(rec.value) if rec.value else None  # type: ignore[return-value]
+        except DecodeError:
+            return None
+
+    return unique(await read_all(bootstrap, topic, decode))
+
+
+async def read_replayed(bootstrap: str, ledger: str) -> dict[str, dict[str, Any]]:
+    """Dead-letter id -> its replay marker."""
+    pairs = await read_all(bootstrap, ledger, lambda rec: (rec.key.decode(), json.loads(rec.value))
+                           if rec.key and rec.value else None)
+    return dict(pairs)
+
+
+async def ensure_ledger(bootstrap: str, ledger: str, partitions: int, replication: int) -> None:
+    await create_topic(bootstrap, ledger, partitions, replication, {"cleanup.policy": "compact"})
+
+
+async def replay(bootstrap: str, dead: Sequence[DeadLetter], ledger: str, transactional_id: str,
+                 now_ms: int) -> list[str]:
+    """Re-submit ``dead`` (already filtered against the ledger) in one transaction with their markers."""
+    if not dead:
+        return []
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id,
+                                enable_idempotence=True, acks="all")
+    await producer.start()
+    try:
+        async with producer.transaction():
+            for dl in dead:
+                await producer.send(dl["source_topic"], dl["original"], key=dl["key"], headers=replay_headers(dl))
+                marker = {"replayed_at": now_ms, "source_topic": dl["source_topic"],
+                          "error_kind": dl["error_kind"]}
+                await producer.send(ledger, json.dumps(marker).encode(), key=dl["dead_letter_id"].encode())
+    finally:
+        await producer.stop()
+    return [dl["dead_letter_id"] for dl in dead]
