@@ -58,7 +58,10 @@ def unique(dead: Iterable[DeadLetter]) -> list[DeadLetter]:
 
 
 def to_replay(dead: Sequence[DeadLetter], replayed: Collection[str], wanted: DeadLetterFilter) -> list[DeadLetter]:
-    return [dl for dl in unique(dead) if wanted.matches(dl) and dl["dead_letter_id"] not in replayed]
+    """The matching dead letters not replayed yet, in their source order (dead letters are keyed by
+    id, so the topic holds one source partition's across several of its own)."""
+    todo = [dl for dl in unique(dead) if wanted.matches(dl) and dl["dead_letter_id"] not in replayed]
+    return sorted(todo, key=lambda dl: (dl["source_topic"], dl["source_partition"], dl["source_offset"]))
 
 
 def replay_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:

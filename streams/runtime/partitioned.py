@@ -164,13 +164,24 @@ class PartitionedService(Service):
     async def commit(self, fetched: Fetched) -> None:
         assert self.consumer is not None
         try:
-            offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in fetched.items() if records}
+            offsets = {tp: OffsetAndMetadata(await self._commit_point(tp, records[-1].offset + 1), "")
+                       for tp, records in fetched.items() if records}
             if offsets:  # a batch whose records all wait (registry) commits nothing
                 await self.consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # The group rebalanced under this batch; its next owner replays it, and the replay is
             # harmless (state records what was applied, outputs are deduplicated downstream).
             self.logger.warning("commit after a rebalance failed, the batch will be replayed: %r", exc)
+
+    async def _commit_point(self, tp: TopicPartition, end: int) -> int:
+        """``end`` (after the batch's last record), or the consumer's position when that is past it:
+        nothing but transaction markers and aborted records lies between them (no other fetch ran
+        since the batch's), and committing short of a trailing marker would leave a lag of one for good."""
+        assert self.consumer is not None
+        try:
+            return max(end, await self.consumer.position(tp))
+        except IllegalStateError:  # no longer assigned: the commit fails below anyway
+            return end
 
     def die(self, what: str, exc: BaseException) -> None:
         self.logger.critical("%s failed; exiting without committing so the batch is replayed: %r", what, exc,
