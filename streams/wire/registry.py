@@ -16,8 +16,9 @@ Each id ends in one of three states:
   other status). Lookups back off exponentially for the whole registry, since one id failing that
   way means they all would.
 
-At most ``concurrency`` lookups run at once and at most ``max_pending`` ids wait for one, so bogus
-ids cannot crowd out memory or the registry; ids refused for room are asked for again by the caller.
+At most ``concurrency`` lookups run at once, at most ``max_pending`` ids wait for one and at most
+``max_not_found`` missing ids are remembered, so bogus ids cannot crowd out memory or the registry;
+ids refused for room are asked for again by the caller.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class RegistrySchemas:
         backoff_min: float = 0.5,
         backoff_max: float = 30.0,
         max_pending: int = 10_000,
+        max_not_found: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -129,6 +131,7 @@ class RegistrySchemas:
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.max_pending = max_pending
+        self.max_not_found = max_not_found
         self._clock = clock
         self.known: dict[int, str] = cache.load() if cache is not None else {}
         self.not_found: dict[int, tuple[str, float]] = {}  # id -> (why, asked again after)
@@ -192,6 +195,7 @@ class RegistrySchemas:
         wanted = self.undecided(ids)
         if not wanted:
             return wanted
+        self._ensure_pump()
         self.request(wanted)
         assert self._decided is not None
         try:
@@ -242,7 +246,7 @@ class RegistrySchemas:
                     self._found(i, detail)
                 elif outcome == "not_found":
                     self._pending.pop(i, None)
-                    self.not_found[i] = (detail, self._clock() + self.not_found_ttl)
+                    self._remember_missing(i, detail)
                 else:
                     failed = True
                     self._last_failure = detail
@@ -255,6 +259,15 @@ class RegistrySchemas:
                 self._backoff = 0.0
                 self._last_failure = ""
             await self._notify()
+
+    def _remember_missing(self, schema_id: int, why: str) -> None:
+        missing = self.not_found
+        missing.pop(schema_id, None)
+        if len(missing) >= self.max_not_found:
+            # Oldest first (insertion order): one forgotten is only looked up again if seen again.
+            for old in list(missing)[: len(missing) - self.max_not_found + 1]:
+                del missing[old]
+        missing[schema_id] = (why, self._clock() + self.not_found_ttl)
 
     def _found(self, schema_id: int, text: str) -> None:
         self._pending.pop(schema_id, None)

@@ -137,3 +137,16 @@ def test_a_full_queue_refuses_ids_and_takes_them_when_asked_again(registry: Fake
             await schemas.close()
 
     asyncio.run(run())
+
+
+def test_the_memory_of_missing_ids_is_bounded(registry: FakeRegistry) -> None:
+    async def run() -> None:
+        schemas = _schemas(registry.url, None, max_not_found=50, concurrency=8)
+        try:
+            forgotten = await schemas.resolve(set(range(1, 201)), timeout=3)
+            assert len(schemas.not_found) == 50 and len(forgotten) == 150
+            assert len(schemas.undecided(range(1, 201))) == 150
+        finally:
+            await schemas.close()
+
+    asyncio.run(run())
