@@ -197,6 +197,8 @@ class RegistrySchemas:
             return wanted
         self._ensure_pump()
         self.request(wanted)
+        if self._retry_at > self._clock():
+            return wanted  # backing off from an unreachable registry: waiting would only stall the batch
         assert self._decided is not None
         try:
             async with self._decided:
