@@ -31,8 +31,9 @@ def test_times_are_iso_or_a_span_ago() -> None:
 def test_selection_filters_and_skips_what_was_replayed() -> None:
     dead = [_dl(1), _dl(2, kind="VALIDATION"), _dl(3, topic="p.credit-grants"), _dl(4, at=NOW - 10_000), _dl(1)]
     everything = DeadLetterFilter()
-    assert [d["source_offset"] for d in to_replay(dead, set(), everything)] == [1, 2, 3, 4]
-    assert [d["source_offset"] for d in to_replay(dead, {"p.interaction-events:0:1"}, everything)] == [2, 3, 4]
+    # In source order: by topic, partition, offset.
+    assert [d["source_offset"] for d in to_replay(dead, set(), everything)] == [3, 1, 2, 4]
+    assert [d["source_offset"] for d in to_replay(dead, {"p.interaction-events:0:1"}, everything)] == [3, 2, 4]
     only = DeadLetterFilter(kinds=frozenset({"UNKNOWN_SCHEMA"}), topics=frozenset({"p.interaction-events"}),
                             since_ms=NOW - 5_000)
     assert [d["source_offset"] for d in to_replay(dead, set(), only)] == [1]
