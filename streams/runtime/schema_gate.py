@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.settings import Settings
-from streams.wire.codec import SchemaRegistryClient
+from streams.wire.codec import CONFLUENT_MAGIC, SchemaRegistryClient
 from streams.wire.registry import RegistrySchemas, confluent_schema_id
 
 log = logging.getLogger("creditflow.schema_gate")
@@ -49,9 +49,12 @@ class SchemaGate:
         for tp, records in fetched.items():
             if tp.topic in self.topics:
                 for rec in records:
-                    sid = confluent_schema_id(rec.value)
-                    if sid is not None:
-                        needed.add(sid)
+                    value = rec.value
+                    # Inline test of the magic byte: this runs for every record of every batch.
+                    if value and value[0] == CONFLUENT_MAGIC:
+                        sid = confluent_schema_id(value)
+                        if sid is not None:
+                            needed.add(sid)
         if not needed:
             return fetched
         undecided = self.schemas.undecided(needed)
