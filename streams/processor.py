@@ -78,13 +78,15 @@ class Processor(PartitionedService):
         policy = load_policy(settings.policy_path)
         self.events_topic = names[INTERACTION_EVENTS]
         self.grants_topic = names[CREDIT_GRANTS]
+        self.reviews_topic = names[GAMING_REVIEWS]
         # Registry schemas are fetched without blocking and records waiting for one hold their partition.
         self.schemas = registry_schemas(settings)
-        self.gate = (SchemaGate(self.schemas, (self.events_topic, self.grants_topic), settings.registry_wait_seconds)
-                     if self.schemas is not None else None)
+        self.gate = (SchemaGate(self.schemas, (self.events_topic, self.grants_topic, self.reviews_topic),
+                                settings.registry_wait_seconds) if self.schemas is not None else None)
         self.meter = Meter(policy, Decoder("InteractionEvent", self.schemas), Decoder("CreditGrant", self.schemas))
+        if self.schemas is not None:
+            detection.review_decoder = Decoder("ReviewDecision", self.schemas)
         self.owners: Owners | None = None
-        self.reviews_topic = names[GAMING_REVIEWS]
         self.fp_topic = detection.fp_topic
         self.flush_every = settings.detector_flush_seconds
         self.metered = 0
