@@ -6,10 +6,14 @@ once; per-account totals and every grant's burn-down equal the independent recom
 from __future__ import annotations
 
 import asyncio
+import random
+import threading
+import time
 import zlib
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,6 +78,11 @@ def test_miskeyed_events_and_grants_are_metered_once_on_the_owner_partition(
     wait_drained(settings, workers, timeout=300)
     assert worker.stop() == 0, worker.log_tail()
 
+    _verify_order_free(settings, events, grants, parts)
+
+
+def _verify_order_free(settings: Settings, events: list[dict[str, Any]],  # noqa: F811
+                       grants: list[dict[str, Any]], parts: KeyPartitions) -> None:
     # Forwarding changes the order an account's events are metered in (Kafka orders only within a
     # partition), so the comparison is of what does not depend on it: every grant covers the whole
     # span of the traffic, hence per-account totals and each grant's burn-down are order-free.
@@ -103,3 +112,46 @@ def test_miskeyed_events_and_grants_are_metered_once_on_the_owner_partition(
         assert query(settings, "SELECT count() FROM credit_grants FINAL")[0][0] == len(grants)
     finally:
         close(settings.resolved_clickhouse_url)
+
+
+def test_forwarders_killed_mid_stream_leave_each_event_metered_once(
+        settings: Settings, workers: list[Worker], tmp_path: Path) -> None:  # noqa: F811
+    """A forwarder killed after sending its forwards but before committing re-sends them when its batch
+    is replayed; the owner applies one copy per origin record."""
+    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers or "", settings))
+    n = settings.partitions
+    parts = KeyPartitions(n)
+    gen = Generator(accounts=80, seed=58, account_prefix="mkkill")
+    grants = gen.grants()
+    events = list(gen.events(6_000))
+    worker = Worker(settings, "all", tmp_path, "miskeyed-kill").start()
+    workers.append(worker)
+    send_raw(settings, "credit-grants", [(g["account_id"].encode(), encode_single_object(g, "CreditGrant"), [], None)
+                                         for g in grants])
+    group = f"{settings.app_id}-processor"
+    wait_until("grants applied", lambda: sum(partition_lag(settings, group, settings.topic("credit-grants"))
+                                             .values()) == 0, workers)
+    raws = [_miskeyed(ev["account_id"], encode_single_object(ev, "InteractionEvent"), i, n)
+            for i, ev in enumerate(events)]
+
+    def produce() -> None:
+        for start in range(0, len(raws), 300):
+            send_raw(settings, "interaction-events", raws[start:start + 300])
+            time.sleep(0.3)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    rng = random.Random(3)
+    kills = 0
+    while producer.is_alive() or kills < 3:
+        time.sleep(rng.uniform(2.0, 4.0))
+        worker.kill()
+        kills += 1
+        worker.start()
+        if kills >= 5:
+            break
+    producer.join(timeout=180)
+    assert not producer.is_alive()
+    wait_drained(settings, workers, timeout=300)
+    assert worker.stop() == 0, worker.log_tail()
+    _verify_order_free(settings, events, grants, parts)
