@@ -12,9 +12,11 @@ import datetime as dt
 import json
 import re
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import click
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
@@ -82,6 +84,16 @@ def _bootstrap(settings: Settings) -> str:
         raise click.ClickException(f"no Kafka: {exc}") from None
 
 
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T], bootstrap: str) -> T:
+    try:
+        return asyncio.run(coro)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise click.ClickException(f"Kafka at {bootstrap}: {exc}") from None
+
+
 @click.group("dead-letters")
 def dead_letters() -> None:
     """List dead letters, or replay them to their source topic after a fix."""
@@ -103,7 +115,7 @@ def list_(kinds: tuple[str, ...], topics: tuple[str, ...], since: str | None, un
         dead = await read_dead_letters(bootstrap, settings.topic(DEAD_LETTERS))
         return dead, await read_replayed(bootstrap, settings.topic(DEAD_LETTER_REPLAYS))
 
-    dead, replayed = asyncio.run(read())
+    dead, replayed = _run(read(), bootstrap)
     shown = [dl for dl in dead if wanted.matches(dl)][-limit:]
     if as_json:
         for dl in shown:
@@ -146,6 +158,6 @@ def replay_(kinds: tuple[str, ...], topics: tuple[str, ...], since: str | None, 
             return already, [dl["dead_letter_id"] for dl in todo]
         return already, await replay(bootstrap, todo, ledger, f"{settings.app_id}-dead-letter-replay", now_ms)
 
-    already, done = asyncio.run(run())
+    already, done = _run(run(), bootstrap)
     verb = "would replay" if dry_run else "replayed"
     click.echo(f"{verb} {len(done)} dead letter(s); {already} matching were replayed before")

@@ -74,8 +74,8 @@ async def read_all(bootstrap: str, topic: str, decode: Callable[[Any], Any], tim
     """Every committed record of ``topic`` up to its end now, decoded (None results dropped)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest", isolation_level="read_committed")
-    await consumer.start()
     try:
+        await consumer.start()
         await consumer._client.force_metadata_update()
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not tps:
@@ -128,8 +128,8 @@ async def replay(bootstrap: str, dead: Sequence[DeadLetter], ledger: str, transa
         return []
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id,
                                 enable_idempotence=True, acks="all")
-    await producer.start()
     try:
+        await producer.start()
         async with producer.transaction():
             for dl in dead:
                 await producer.send(dl["source_topic"], dl["original"], key=dl["key"], headers=replay_headers(dl))
