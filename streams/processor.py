@@ -209,12 +209,12 @@ class Processor(PartitionedService):
                 # Nothing to replay here (no input offsets), but state may be half-written: restart.
                 self.die("detector flush", exc)
 
-    async def flush(self, limit: int | None = None) -> int:
+    async def flush(self, limit: int | None = None, *, force: bool = False) -> int:
         """Evaluate quiet entities (see ``Detection.evaluate_quiet``), publish what fires, write their
         state. Caller holds ``self.lock``. Returns entities evaluated."""
         assert self.producer is not None
         found = DetectionBatch()
-        n = self.detection.evaluate_quiet(found, limit)
+        n = self.detection.evaluate_quiet(found, limit, force=force)
         if n:
             pending = await self.detection.publish(self.producer, found)
             if pending:

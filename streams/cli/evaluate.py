@@ -121,7 +121,7 @@ async def _run_pipeline(settings: Any, bootstrap: str, scenarios: ScenarioSet, t
             await asyncio.sleep(0.5)
         # Quiet entities' last findings: what the timer would emit within a flush interval.
         async with processor.lock:
-            await processor.flush()
+            await processor.flush(force=True)
         emitted = await read_topic(bootstrap, settings.topic("gaming-alerts"), "GamingAlert")
         usage: dict[str, list[tuple[int, int]]] = defaultdict(list)
         for rec in await read_topic(bootstrap, settings.topic("usage-enriched"), "UsageEnriched"):

@@ -178,7 +178,7 @@ def score(
 
 def evaluate_offline(scenarios: ScenarioSet, engine: Any = None) -> EvaluationResult:
     """Run a scenario set through ``DetectorEngine.run_offline`` and the alert builder, then score."""
-    from streams.detection.runner import DetectorEngine
+    from streams.detection.rulebook import DetectorEngine
     from streams.synthetic.scenarios import SCENARIO_RULE
 
     eng = engine or DetectorEngine()
