@@ -55,8 +55,8 @@ from aiokafka import AIOKafkaProducer
 
 from streams.credits.policy import load_policy
 from streams.detection.alerts import apply_review, new_alert_state, process_firing, to_avro
-from streams.detection.rules.base import Firing
 from streams.detection.rulebook import FINGERPRINT_FIELDS, DetectorEngine
+from streams.detection.rules.base import Firing, is_new_account
 from streams.runtime.batch_send import KeyPartitions, Outgoing, send_partitioned
 from streams.runtime.changelog import ChangelogTable
 from streams.settings import Settings
@@ -70,7 +70,8 @@ _RECENT_MAX = 50_000  # touched entities remembered for the timer; the oldest ar
 _OBS_FIELDS = ("event_id", "account_id", "occurred_at", "plan", "category", "model", "outcome", "error_code",
                "input_tokens", "output_tokens", "context_window_tokens", "context_uniqueness",
                "reasoning_steps", "thinking_tokens", "tool_calls", "list_micro", "charged_micro",
-               "grant_funded_micro", "ip_hash", "device_hash", "payment_hash", "prompt_fingerprint")
+               "grant_funded_micro", "ip_hash", "device_hash", "payment_hash", "prompt_fingerprint",
+               "new_account")
 
 
 def observation(rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def wire_observation(obs: Mapping[str, Any]) -> dict[str, Any]:
 # farming, CF-005 trial cycling, CF-008 replayed prompts). A fingerprint seen once keeps just these
 # (see ``Detection._observe_fingerprint``); ``test_detection_fold`` checks the rules agree.
 _FP_OBS_FIELDS = ("event_id", "account_id", "occurred_at", "plan", "category", "list_micro", "charged_micro",
-                  "grant_funded_micro", "debits")
+                  "grant_funded_micro", "debits", "new_account")
 
 
 def pending_observation(obs: Mapping[str, Any], kind: str) -> list[Any]:
@@ -257,6 +258,8 @@ class Detection:
             if t > self.watermarks.get(partition, t - 1):
                 self.watermarks[partition] = t
             self._fold(batch, partition, self.engine.observe_account(wrapper["d"], obs))
+            # Fingerprint rules tell a fresh sign-up from an old account by this (grant dates live here).
+            obs["new_account"] = is_new_account(wrapper["d"]["_"])
             self._remember(self.recent_accounts, account_id, partition, wrapper["d"])
             obs_json: bytes | None = None
             for kind, field in kinds:

@@ -106,8 +106,11 @@ class Detector:
 
     def slot(self, state: State) -> State:
         s = state.get(self.id)
-        if s is None:
+        if s is None or s.get("_r", 1) != self.revision:
+            # A new revision may keep its state differently: it starts afresh rather than misread it.
             s = state[self.id] = self.initial()
+            if self.revision != 1:
+                s["_r"] = self.revision
         return s  # type: ignore[no-any-return]
 
     def initial(self) -> State:
@@ -293,6 +296,36 @@ def observe_grant_common(common: State, grant: Mapping[str, Any]) -> None:
     g["exp"] = int(grant["expires_at"])
     g["camp"] = grant.get("campaign")
     cap_map(grants, 16, "first")
+
+
+SIGNUP_MS = 2 * HOUR_MS  # a first request this soon after a grant was issued is a sign-up redeeming it
+
+
+def is_new_account(common: State) -> bool:
+    """The account's first request came within ``SIGNUP_MS`` of one of its grants being issued: a
+    sign-up redeeming a welcome grant, not merely our first sight of an old account."""
+    first = common.get("first")
+    return first is not None and any(
+        g.get("gat") is not None and 0 <= first - g["gat"] <= SIGNUP_MS for g in common["g"].values())
+
+
+def plan_counters(common: State, paid_factor: float, org_factor: float | None = None) -> list[tuple[str, float]]:
+    """Counter-signals of a paying account: automation, heavy use and shared seats are what paid
+    plans are for, and the programme's exposure is small when the subscription pays."""
+    plan = common.get("plan")
+    out: list[tuple[str, float]] = []
+    if plan in ORG_PLANS and org_factor is not None:
+        out.append((f"{plan} plan (an organisation's automation and shared seats)", org_factor))
+    elif plan in PAID_PLANS:
+        out.append((f"{plan} plan (a paying customer)", paid_factor))
+    if plan in PAID_PLANS and subscription_funded(common):
+        out.append(("mostly subscription-funded usage", 0.7))
+    return out
+
+
+def subscription_funded(common: State) -> bool:
+    charged = sum(window_total(common, c) for c in CATEGORIES)
+    return charged > 0 and window_total(common, "gf") * 2 < charged
 
 
 def window_credits(common: State) -> dict[str, int]:

@@ -1,18 +1,18 @@
-"""CF-011 sudden spike: charged credits in the current hour far above the account's exponentially
-weighted hourly baseline, once the baseline has warmed up."""
+"""CF-011 sudden spike: requests (or charged credits) in the current hour far above the account's
+exponentially weighted hourly baseline, once the baseline has warmed up."""
 
 from __future__ import annotations
 
 from .base import (
     HOUR_MS,
     MICRO,
-    PAID_PLANS,
     Cfg,
     Detector,
     Firing,
     Obs,
     State,
     credits_text,
+    plan_counters,
     ramp,
     ratio_text,
 )
@@ -20,22 +20,27 @@ from .base import (
 
 class Spike(Detector):
     id = "CF-011"
-    revision = 1
+    revision = 2
     name = "Sudden spike"
-    signal = ("Charged credits in the current hour at least `min_ratio` x the EWMA hourly baseline (alpha "
-              "1/`alpha_den`, floored at `floor_micro`) and at least `min_hour_micro`, after `warmup_hours` "
-              "hours of history with `min_active_hours` active ones.")
+    signal = ("Requests in the current hour at least `min_ratio` x the EWMA hourly request baseline (alpha "
+              "1/`alpha_den`, floored at `floor_requests`) and at least `min_hour_requests`, or charged "
+              "credits at least `min_ratio` x the credit baseline (floored at `floor_micro`) and at least "
+              "`min_hour_micro` (a noise guard), after `warmup_hours` hours of history with "
+              "`min_active_hours` active ones.")
     window = "current event-time hour vs EWMA of earlier hours (empty hours included)"
-    counter_signal_doc = ("the spike is mostly plain 1.0x chat; mostly subscription-funded on a paid plan "
-                          "(the customer pays for it)")
+    counter_signal_doc = ("the spike is mostly plain 1.0x chat; a paid plan, above all a team/enterprise one "
+                          "(batch jobs); mostly subscription-funded")
     suggested_action = "Check what changed in the account's usage this hour; cap grant burn per hour."
     defaults = {"min_ratio": 10, "full_ratio": 40, "alpha_den": 10, "floor_micro": MICRO,
-                "min_hour_micro": 15 * MICRO, "warmup_hours": 24, "min_active_hours": 6, "min_score": "0.5"}
+                "min_hour_micro": 15 * MICRO, "floor_requests": 2, "min_hour_requests": 25,
+                "warmup_hours": 24, "min_active_hours": 6, "min_score": "0.5"}
 
     def initial(self) -> State:
-        # h: current hour; hc/hw/hg: charged / weighted / grant-funded micro in it; base: EWMA micro/hour;
+        # h: current hour; hc/hw/hg: charged / weighted / grant-funded micro in it; hn/hwn: requests /
+        # weighted requests in it; base: EWMA micro/hour; basen: EWMA milli-requests/hour;
         # hrs: hours folded into the baseline; act: active hours folded
-        return {"h": None, "hc": 0, "hw": 0, "hg": 0, "base": 0, "hrs": 0, "act": 0, "skip": False}
+        return {"h": None, "hc": 0, "hw": 0, "hg": 0, "hn": 0, "hwn": 0, "base": 0, "basen": 0, "hrs": 0,
+                "act": 0, "skip": False}
 
     def observe(self, state: State, obs: Obs, cfg: Cfg) -> None:
         s = self.slot(state)
@@ -47,26 +52,30 @@ class Spike(Detector):
             self._fold(s, h, cfg["alpha_den"])
         charged = int(obs["charged_micro"])
         s["hc"] += charged
+        s["hn"] += 1
         if obs["category"] != "STANDARD_CHAT":
             s["hw"] += charged
+            s["hwn"] += 1
         s["hg"] += int(obs.get("grant_funded_micro") or 0)
         if state["_"].get("flag", 0) > t:
             s["skip"] = True  # flagged traffic does not train the baseline
 
     @staticmethod
     def _fold(s: State, h: int, den: int) -> None:
-        base = s["base"]
+        base, basen = s["base"], s["basen"]
         if not s["skip"]:
             base += (s["hc"] - base) // den
-            if s["hc"] > 0:
+            basen += (s["hn"] * 1000 - basen) // den
+            if s["hn"] > 0:
                 s["act"] += 1
         gap = min(h - s["h"] - 1, 24 * 14)
         for _ in range(gap):
             base -= base // den
-        s["base"] = base
+            basen -= basen // den
+        s["base"], s["basen"] = base, basen
         s["hrs"] += 1 + gap
         s["h"] = h
-        s["hc"] = s["hw"] = s["hg"] = 0
+        s["hc"] = s["hw"] = s["hg"] = s["hn"] = s["hwn"] = 0
         s["skip"] = False
 
     def evaluate(self, state: State, now_ms: int, cfg: Cfg) -> Firing | None:
@@ -75,23 +84,28 @@ class Spike(Detector):
             return None
         if now_ms // HOUR_MS != s["h"]:
             return None  # the hour is over; it was judged while it was current
-        hc = s["hc"]
+        hc, hn = s["hc"], s["hn"]
         base = max(s["base"], cfg["floor_micro"])
-        ratio = hc / base
-        if hc < cfg["min_hour_micro"] or ratio < cfg["min_ratio"]:
+        base_n = max(s["basen"] / 1000, cfg["floor_requests"])
+        ratios = []
+        if hn >= cfg["min_hour_requests"]:
+            ratios.append(hn / base_n)
+        if hc >= cfg["min_hour_micro"]:
+            ratios.append(hc / base)
+        ratio = max(ratios, default=0.0)
+        if ratio < cfg["min_ratio"]:
             return None
-        counters: list[tuple[str, float]] = []
-        if s["hw"] * 2 < hc:
-            counters.append(("the spike is mostly plain 1.0x chat", 0.6))
-        if state["_"].get("plan") in PAID_PLANS and s["hg"] * 2 < hc:
-            counters.append(("mostly subscription-funded on a paid plan", 0.5))
+        counters = plan_counters(state["_"], 0.5, 0.4)
+        if s["hwn"] * 2 < hn:
+            counters.append(("the spike is mostly plain 1.0x chat", 0.8))
         return self.fire(
             state, cfg, base=ramp(ratio, cfg["min_ratio"], cfg["full_ratio"]), counters=counters,
-            observed=f"{credits_text(hc)} credits this hour, {ratio_text(ratio, 1)}x baseline",
-            limit=f"{cfg['min_ratio']}x baseline of {credits_text(base)} credits/hour",
+            observed=f"{hn} requests, {credits_text(hc)} credits this hour: {ratio_text(ratio, 1)}x baseline",
+            limit=f"{cfg['min_ratio']}x baseline of {base_n:g} requests or {credits_text(base)} credits/hour",
             window_start=s["h"] * HOUR_MS, window_end=now_ms,
-            counts={"hour_charged_micro": hc, "hour_weighted_micro": s["hw"], "baseline_micro": base,
-                    "baseline_hours": s["hrs"]},
+            counts={"hour_requests": hn, "hour_weighted_requests": s["hwn"], "hour_charged_micro": hc,
+                    "hour_weighted_micro": s["hw"], "baseline_micro": base,
+                    "baseline_milli_requests": int(base_n * 1000), "baseline_hours": s["hrs"]},
             exposed_micro=s["hg"],
         )
 
