@@ -232,7 +232,7 @@ def burn_before_expiry(b: _Pattern, n: int) -> None:
         final = b.rng.uniform(0.5, 2.0) * DAY_MS
         for t in b.human_times(a, b.start_ms, (exp - final - b.start_ms) / DAY_MS, b.rng.uniform(2, 6)):
             b.emit(a, t, model=model, **b.chat())
-        rate = b.log_uniform(30, 300)  # requests a day in the final stretch
+        rate = b.log_uniform(60, 600)  # requests a day in the final stretch
         for t in b.gaps(int(exp - final), exp - MINUTE_MS, DAY_MS / rate, 0.9):
             b.emit(a, t, model=model, **b.heavy())
 
@@ -243,11 +243,14 @@ def probing(b: _Pattern, n: int) -> None:
         a = b.person("probing", "FREE", GAMER, ("CF-010",))
         b.grant(a, b.credits(5, 100), b.start_ms - DAY_MS, b.end() + 10 * DAY_MS)
         model = b.model()
-        for t in b.human_times(a, b.start_ms, 1.5, 3):
+        for t in b.human_times(a, b.start_ms, 1.0, 2):
             b.emit(a, t, model=model, **b.chat())
+        # What the probing found is then used: heavy requests between and after the bursts.
+        for t in b.human_times(a, b.start_ms + int(1.5 * DAY_MS), b.days - 1.5, b.rng.uniform(3, 10)):
+            b.emit(a, t, model=model, **b.heavy())
         bad_share = b.rng.uniform(0.6, 0.95)
         for _burst in range(b.rng.randint(2, 5)):
-            t = b.start_ms + int(1.5 * DAY_MS) + b.rng.randrange((b.days - 2) * DAY_MS)
+            t = b.start_ms + DAY_MS + b.rng.randrange((b.days - 2) * DAY_MS)
             gap = b.log_uniform(2 * SECOND_MS, 40 * SECOND_MS)
             for t in b.gaps(t, t + DAY_MS, gap, 0.5, limit=b.rng.randint(20, 100)):
                 shape = b.chat()

@@ -36,7 +36,7 @@ class Cadence(Detector):
                           "keys are for); mostly subscription-funded usage")
     suggested_action = ("Check the client for a script; consider a CAPTCHA or API-key requirement for "
                         "the grant.")
-    defaults = {"max_spread": "0.12", "min_gaps": 30, "min_gap_ms": 500, "break_minutes": 30,
+    defaults = {"max_spread": "0.08", "min_gaps": 30, "min_gap_ms": 500, "break_minutes": 30,
                 "min_entropy": "0.985", "min_events_entropy": 200, "min_score": "0.5"}
 
     def initial(self) -> State:

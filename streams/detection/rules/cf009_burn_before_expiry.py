@@ -38,7 +38,7 @@ class BurnBeforeExpiry(Detector):
                           "subscription-funded usage")
     suggested_action = "Review the final-days usage; consider expiring promotional grants more gradually."
     defaults = {"final_days": 2, "min_ratio": 4, "full_ratio": 20, "floor_micro": 2 * MICRO,
-                "min_spend_micro": 10 * MICRO, "floor_requests": 4, "min_requests": 12, "min_hours": 6,
+                "min_spend_micro": 10 * MICRO, "floor_requests": 6, "min_requests": 20, "min_hours": 12,
                 "min_active_days": 2, "min_weighted_share": "0.6", "min_score": "0.5"}
 
     def initial(self) -> State:

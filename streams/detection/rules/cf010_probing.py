@@ -63,7 +63,7 @@ class Probing(Detector):
         counters: list[tuple[str, float]] = []
         refused = both(win, "ref")
         if refused * 5 < bad and len(s["codes"]) <= 1:
-            counters.append(("one repeated error code (looks like a broken integration)", 0.5))
+            counters.append(("one repeated error code (looks like a broken integration)", 0.4))
         return self.fire(
             state, cfg, base=ramp(bad, cfg["min_bad"], cfg["full_bad"]), counters=counters,
             observed=f"{bad} refused/invalid of {n} requests ({ratio_text(bad / n)})",

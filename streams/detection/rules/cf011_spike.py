@@ -28,7 +28,7 @@ class Spike(Detector):
               "`min_hour_micro` (a noise guard), after `warmup_hours` hours of history with "
               "`min_active_hours` active ones.")
     window = "current event-time hour vs EWMA of earlier hours (empty hours included)"
-    counter_signal_doc = ("the spike is mostly plain 1.0x chat; a paid plan, above all a team/enterprise one "
+    counter_signal_doc = ("the spike is mostly plain 1.0x chat; mostly failed requests (a retry storm); a paid plan, above all a team/enterprise one "
                           "(batch jobs); mostly subscription-funded")
     suggested_action = "Check what changed in the account's usage this hour; cap grant burn per hour."
     defaults = {"min_ratio": 10, "full_ratio": 40, "alpha_den": 10, "floor_micro": MICRO,
@@ -36,10 +36,10 @@ class Spike(Detector):
                 "warmup_hours": 24, "min_active_hours": 6, "min_score": "0.5"}
 
     def initial(self) -> State:
-        # h: current hour; hc/hw/hg: charged / weighted / grant-funded micro in it; hn/hwn: requests /
-        # weighted requests in it; base: EWMA micro/hour; basen: EWMA milli-requests/hour;
+        # h: current hour; hc/hw/hg: charged / weighted / grant-funded micro in it; hn/hwn/hf: requests /
+        # weighted / failed requests in it; base: EWMA micro/hour; basen: EWMA milli-requests/hour;
         # hrs: hours folded into the baseline; act: active hours folded
-        return {"h": None, "hc": 0, "hw": 0, "hg": 0, "hn": 0, "hwn": 0, "base": 0, "basen": 0, "hrs": 0,
+        return {"h": None, "hc": 0, "hw": 0, "hg": 0, "hn": 0, "hwn": 0, "hf": 0, "base": 0, "basen": 0, "hrs": 0,
                 "act": 0, "skip": False}
 
     def observe(self, state: State, obs: Obs, cfg: Cfg) -> None:
@@ -57,6 +57,8 @@ class Spike(Detector):
             s["hw"] += charged
             s["hwn"] += 1
         s["hg"] += int(obs.get("grant_funded_micro") or 0)
+        if obs["outcome"] != "SUCCESS":
+            s["hf"] = s.get("hf", 0) + 1
         if state["_"].get("flag", 0) > t:
             s["skip"] = True  # flagged traffic does not train the baseline
 
@@ -75,7 +77,7 @@ class Spike(Detector):
         s["base"], s["basen"] = base, basen
         s["hrs"] += 1 + gap
         s["h"] = h
-        s["hc"] = s["hw"] = s["hg"] = s["hn"] = s["hwn"] = 0
+        s["hc"] = s["hw"] = s["hg"] = s["hn"] = s["hwn"] = s["hf"] = 0
         s["skip"] = False
 
     def evaluate(self, state: State, now_ms: int, cfg: Cfg) -> Firing | None:
@@ -98,6 +100,8 @@ class Spike(Detector):
         counters = plan_counters(state["_"], 0.5, 0.4)
         if s["hwn"] * 2 < hn:
             counters.append(("the spike is mostly plain 1.0x chat", 0.8))
+        if s.get("hf", 0) * 2 > hn:
+            counters.append(("mostly failed requests: a client retrying, not usage", 0.4))
         return self.fire(
             state, cfg, base=ramp(ratio, cfg["min_ratio"], cfg["full_ratio"]), counters=counters,
             observed=f"{hn} requests, {credits_text(hc)} credits this hour: {ratio_text(ratio, 1)}x baseline",
