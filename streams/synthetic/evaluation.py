@@ -13,7 +13,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.detection.alerts import new_alert_state, process_firing
 from streams.detection.rules.base import SEVERITIES, SEVERITY_RANK, Firing
 from streams.synthetic.scenarios import ADVERSARIAL, DECOY, GAMER, GENUINE, Label, ScenarioSet
 
@@ -58,23 +57,6 @@ def flagged_accounts(entity_type: str, entity_id: str, related: Iterable[str]) -
     if entity_type == "account":
         return [entity_id]
     return [r.split(":", 1)[1] for r in related if r.startswith("account:")]
-
-
-def alerts_from_firings(firings: Sequence[Firing]) -> tuple[list[dict[str, Any]], int]:
-    """Run firings through the alert builder in order; returns the distinct alerts (latest version of
-    each alert id) and how many emissions were published."""
-    state = new_alert_state()
-    latest: dict[str, dict[str, Any]] = {}
-    emitted = 0
-    for f in sorted(firings, key=lambda f: f.window_end):
-        out = process_firing(state, f)
-        if out is not None:
-            emitted += 1
-            latest[out["alert_id"]] = out
-    # Silent updates never reach the topic; the state holds the final view of every open alert.
-    for alert in state["open"].values():
-        latest[alert["alert_id"]] = dict(alert)
-    return list(latest.values()), emitted
 
 
 def score(
@@ -176,19 +158,14 @@ def score(
     )
 
 
-def evaluate_offline(scenarios: ScenarioSet, engine: Any = None) -> EvaluationResult:
-    """Run a scenario set through ``DetectorEngine.run_offline`` and the alert builder, then score."""
-    from streams.detection.rulebook import DetectorEngine
+def evaluate_offline(scenarios: ScenarioSet) -> EvaluationResult:
+    """Run a scenario set through the processor's meter and detection in this process
+    (``streams.synthetic.in_process``), then score its alerts."""
+    from streams.synthetic.in_process import run_in_process
     from streams.synthetic.scenarios import SCENARIO_RULE
 
-    eng = engine or DetectorEngine()
-    usage: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    firings = eng.run_offline(
-        scenarios.events, scenarios.grants,
-        on_observation=lambda o: usage[o["account_id"]].append((o["occurred_at"], o["charged_micro"])),
-    )
-    alerts, _ = alerts_from_firings(firings)
-    return score(scenarios.labels, alerts, firings=firings, usage=usage, scenario_rules=SCENARIO_RULE)
+    run = run_in_process(scenarios)
+    return score(scenarios.labels, run.latest, firings=run.firings, usage=run.usage, scenario_rules=SCENARIO_RULE)
 
 
 def _pct(x: float | None) -> str:

@@ -250,9 +250,9 @@ def probing(b: _Pattern, n: int) -> None:
             b.emit(a, t, model=model, **b.heavy())
         bad_share = b.rng.uniform(0.6, 0.95)
         for _burst in range(b.rng.randint(2, 5)):
-            t = b.start_ms + DAY_MS + b.rng.randrange((b.days - 2) * DAY_MS)
+            t0 = b.start_ms + DAY_MS + b.rng.randrange((b.days - 2) * DAY_MS)
             gap = b.log_uniform(2 * SECOND_MS, 40 * SECOND_MS)
-            for t in b.gaps(t, t + DAY_MS, gap, 0.5, limit=b.rng.randint(20, 100)):
+            for t in b.gaps(t0, t0 + DAY_MS, gap, 0.5, limit=b.rng.randint(20, 100)):
                 shape = b.chat()
                 if b.rng.random() < bad_share:
                     code = b.rng.choice(("E_REFUSED", "E_INVALID_REQUEST", "E_POLICY_VIOLATION",
@@ -415,8 +415,8 @@ def broken_integration(b: _Pattern, n: int) -> None:
         code = b.rng.choice(("E_INVALID_REQUEST", "E_CONTEXT_LENGTH", "E_BAD_TOOL"))
         for t in b.human_times(a, b.start_ms, b.days, 3):
             b.emit(a, t, model=b.model(), **b.chat())
-        t = b.start_ms + b.rng.randrange((b.days - 1) * DAY_MS)
-        for t in b.gaps(t, t + DAY_MS, b.rng.uniform(2, 30) * SECOND_MS, 0.3, limit=b.rng.randint(20, 80)):
+        t0 = b.start_ms + b.rng.randrange((b.days - 1) * DAY_MS)
+        for t in b.gaps(t0, t0 + DAY_MS, b.rng.uniform(2, 30) * SECOND_MS, 0.3, limit=b.rng.randint(20, 80)):
             shape = b.chat()
             shape.update(outcome="ERROR", output_tokens=0, error_code=code)
             b.emit(a, t, model=b.model(), **shape)

@@ -28,8 +28,8 @@ class Spike(Detector):
               "`min_hour_micro` (a noise guard), after `warmup_hours` hours of history with "
               "`min_active_hours` active ones.")
     window = "current event-time hour vs EWMA of earlier hours (empty hours included)"
-    counter_signal_doc = ("the spike is mostly plain 1.0x chat; mostly failed requests (a retry storm); a paid plan, above all a team/enterprise one "
-                          "(batch jobs); mostly subscription-funded")
+    counter_signal_doc = ("the spike is mostly plain 1.0x chat; mostly failed requests (a retry storm); a "
+                          "paid plan, above all a team/enterprise one (batch jobs); mostly subscription-funded")
     suggested_action = "Check what changed in the account's usage this hour; cap grant burn per hour."
     defaults = {"min_ratio": 10, "full_ratio": 40, "alpha_den": 10, "floor_micro": MICRO,
                 "min_hour_micro": 15 * MICRO, "floor_requests": 2, "min_hour_requests": 25,

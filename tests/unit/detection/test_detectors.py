@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from streams.detection.rules.base import DAY_MS, HOUR_MS, MINUTE_MS, Firing
 from streams.detection.rulebook import DETECTORS, DetectorEngine
+from streams.detection.rules.base import DAY_MS, HOUR_MS, MINUTE_MS, Firing
 from streams.synthetic.generator import Generator
 from streams.synthetic.scenarios import DECOYS, GAMER_SCENARIOS, SCENARIO_RULE, SIZES, _Builder
 
