@@ -5,8 +5,7 @@ here, and tests and the evaluation go through that same path (``streams/syntheti
 
 When a rule is evaluated is a function of the entity's own events in event time, never of when they
 arrived, so a backlog and the same traffic sent paced give the same alerts:
-- after an event, when ``eval_every_events`` events or ``eval_every_ms`` of event time have passed
-  since the last evaluation;
+- after the entity's first event, and after every ``eval_every_events`` events not evaluated yet;
 - before an event that comes ``eval_every_ms`` or more after the entity's previous one, the events
   not evaluated yet are evaluated at that previous event's time (the "tail"). The processor's timer
   evaluates the same tail at the same time when the entity's partition has moved on by
@@ -199,8 +198,8 @@ class DetectorEngine:
         return []
 
     def _due(self, common: State, t: int) -> bool:
-        ea = common["ea"]
-        return ea is None or common["ne"] >= self.eval_every_events or t - ea >= self.eval_every_ms
+        # Time alone never makes an event due: the tail rule evaluates the events before a pause.
+        return common["ea"] is None or common["ne"] >= self.eval_every_events
 
     def evaluate_account(self, account_state: State, now_ms: int) -> list[Firing]:
         """Run every account rule now (event time). Also callable from a timer to flush quiet accounts."""

@@ -26,6 +26,7 @@ MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
 MICRO = 1_000_000
+SIGNUP_MS = 2 * HOUR_MS  # a first request this soon after a grant was issued is a sign-up redeeming it
 
 SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
@@ -246,6 +247,8 @@ def observe_common(common: State, obs: Obs, with_grants: bool = True) -> None:
     common["plan"] = obs.get("plan") or common["plan"]
     if common["first"] is None or t < common["first"]:
         common["first"] = t
+        if with_grants:
+            _mark_new(common)
     if common["last"] is None or t > common["last"]:
         common["last"] = t
     common["n"] += 1
@@ -296,16 +299,21 @@ def observe_grant_common(common: State, grant: Mapping[str, Any]) -> None:
     g["exp"] = int(grant["expires_at"])
     g["camp"] = grant.get("campaign")
     cap_map(grants, 16, "first")
+    _mark_new(common)
 
 
-SIGNUP_MS = 2 * HOUR_MS  # a first request this soon after a grant was issued is a sign-up redeeming it
 
 
 def is_new_account(common: State) -> bool:
     """The account's first request came within ``SIGNUP_MS`` of one of its grants being issued: a
-    sign-up redeeming a welcome grant, not merely our first sight of an old account."""
+    sign-up redeeming a welcome grant, not merely our first sight of an old account. Decided when
+    the first request or a grant is seen (``_mark_new``), so reading it costs one lookup."""
+    return bool(common.get("new"))
+
+
+def _mark_new(common: State) -> None:
     first = common.get("first")
-    return first is not None and any(
+    common["new"] = first is not None and any(
         g.get("gat") is not None and 0 <= first - g["gat"] <= SIGNUP_MS for g in common["g"].values())
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from .base import (
     DAY_MS,
     HOUR_MS,
-    MICRO,
     WEIGHTED,
     Cfg,
     Detector,
@@ -27,19 +26,19 @@ class BurnBeforeExpiry(Detector):
     id = "CF-009"
     revision = 2
     name = "Burn before expiry"
-    signal = ("In a grant's last `final_days` days, grant-funded requests per day at least `min_ratio` x the "
-              "account's EWMA daily requests (floored at `floor_requests`, over at least `min_requests`), or "
-              "grant-funded spend per day at least `min_ratio` x its EWMA daily spend (floored at "
-              "`floor_micro`, at least `min_spend_micro` in total: a noise guard), after `min_active_days` "
-              "active days of baseline. A burst younger than `min_hours` is measured over `min_hours`.")
+    signal = ("In a grant's last `final_days` days, at least `min_requests` grant-funded requests, and either "
+              "their number per day is at least `min_ratio` x the account's EWMA daily requests (floored at "
+              "`floor_requests`), or their credits per day at least `min_ratio` x its EWMA daily spend "
+              "(floored at `floor_requests` baseline-priced requests), after `min_active_days` active days "
+              "of baseline. A burst younger than `min_hours` is measured over `min_hours`. Floors in "
+              "requests: the same on a cheap or an unpriced model.")
     window = "the grant's last `final_days` days; baselines = EWMA of earlier days (alpha 1/4)"
     counter_signal_doc = ("the burst is mostly plain 1.0x chat (using up credits, not gaming multipliers); "
                           "a paid plan, above all a team/enterprise one (month-end batch jobs); mostly "
                           "subscription-funded usage")
     suggested_action = "Review the final-days usage; consider expiring promotional grants more gradually."
-    defaults = {"final_days": 2, "min_ratio": 4, "full_ratio": 20, "floor_micro": 2 * MICRO,
-                "min_spend_micro": 10 * MICRO, "floor_requests": 6, "min_requests": 20, "min_hours": 12,
-                "min_active_days": 2, "min_weighted_share": "0.6", "min_score": "0.5"}
+    defaults = {"final_days": 2, "min_ratio": 4, "full_ratio": 20, "floor_requests": 6, "min_requests": 20,
+                "min_hours": 12, "min_active_days": 2, "min_weighted_share": "0.6", "min_score": "0.5"}
 
     def initial(self) -> State:
         # d: current day; dc/dn: baseline spend / requests today; base: EWMA micro/day; basen: EWMA
@@ -97,17 +96,17 @@ class BurnBeforeExpiry(Detector):
         s = self.slot(state)
         if s["act"] < cfg["min_active_days"] or not s["fin"]:
             return None
-        base = max(s["base"], cfg["floor_micro"])
         base_n = max(s.get("basen", 0) / 1000, cfg["floor_requests"])
+        # The spend baseline floored at the same number of requests at the baseline's own average price.
+        base = max(s["base"], cfg["floor_requests"] * s["base"] * 1000 // s["basen"]) if s.get("basen") else 0
         best = None
         for gid, f in s["fin"].items():
+            if f[REQS] < cfg["min_requests"]:
+                continue
             days = max(cfg["min_hours"] * HOUR_MS, min(now_ms, f[EXPIRES]) - f[FIRST]) / DAY_MS
-            ratios = []
-            if f[REQS] >= cfg["min_requests"]:
-                ratios.append(f[REQS] / days / base_n)
-            if f[SPEND] >= cfg["min_spend_micro"]:
-                ratios.append(f[SPEND] / days / base)
-            ratio = max(ratios, default=0.0)
+            ratio = f[REQS] / days / base_n
+            if base:
+                ratio = max(ratio, f[SPEND] / days / base)
             if ratio >= cfg["min_ratio"] and (best is None or ratio > best[0]):
                 best = (ratio, gid, f)
         if best is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from .base import (
     HOUR_MS,
-    MICRO,
     Cfg,
     Detector,
     Firing,
@@ -22,17 +21,17 @@ class Spike(Detector):
     id = "CF-011"
     revision = 2
     name = "Sudden spike"
-    signal = ("Requests in the current hour at least `min_ratio` x the EWMA hourly request baseline (alpha "
-              "1/`alpha_den`, floored at `floor_requests`) and at least `min_hour_requests`, or charged "
-              "credits at least `min_ratio` x the credit baseline (floored at `floor_micro`) and at least "
-              "`min_hour_micro` (a noise guard), after `warmup_hours` hours of history with "
-              "`min_active_hours` active ones.")
+    signal = ("At least `min_hour_requests` requests in the current hour, and either they are at least "
+              "`min_ratio` x the EWMA hourly request baseline (alpha 1/`alpha_den`, floored at "
+              "`floor_requests`), or their charged credits are at least `min_ratio` x the EWMA hourly credit "
+              "baseline (floored at `floor_requests` baseline-priced requests), after `warmup_hours` hours "
+              "of history with `min_active_hours` active ones. Every floor is in requests: a model's price "
+              "scales both sides of each ratio, so cheap and unpriced models are judged alike.")
     window = "current event-time hour vs EWMA of earlier hours (empty hours included)"
     counter_signal_doc = ("the spike is mostly plain 1.0x chat; mostly failed requests (a retry storm); a "
                           "paid plan, above all a team/enterprise one (batch jobs); mostly subscription-funded")
     suggested_action = "Check what changed in the account's usage this hour; cap grant burn per hour."
-    defaults = {"min_ratio": 10, "full_ratio": 40, "alpha_den": 10, "floor_micro": MICRO,
-                "min_hour_micro": 15 * MICRO, "floor_requests": 2, "min_hour_requests": 25,
+    defaults = {"min_ratio": 10, "full_ratio": 40, "alpha_den": 10, "floor_requests": 2, "min_hour_requests": 25,
                 "warmup_hours": 24, "min_active_hours": 6, "min_score": "0.5"}
 
     def initial(self) -> State:
@@ -87,14 +86,15 @@ class Spike(Detector):
         if now_ms // HOUR_MS != s["h"]:
             return None  # the hour is over; it was judged while it was current
         hc, hn = s["hc"], s["hn"]
-        base = max(s["base"], cfg["floor_micro"])
+        if hn < cfg["min_hour_requests"]:
+            return None
         base_n = max(s["basen"] / 1000, cfg["floor_requests"])
-        ratios = []
-        if hn >= cfg["min_hour_requests"]:
-            ratios.append(hn / base_n)
-        if hc >= cfg["min_hour_micro"]:
-            ratios.append(hc / base)
-        ratio = max(ratios, default=0.0)
+        ratio = hn / base_n
+        # The credit baseline floored at the same number of requests, priced at the baseline's own
+        # average: more expensive requests than usual count, a pricier model alone does not.
+        base = max(s["base"], cfg["floor_requests"] * s["base"] * 1000 // s["basen"]) if s["basen"] else 0
+        if base:
+            ratio = max(ratio, hc / base)
         if ratio < cfg["min_ratio"]:
             return None
         counters = plan_counters(state["_"], 0.5, 0.4)
