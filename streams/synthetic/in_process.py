@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.credits.meter import Meter, RawRecord
-from streams.credits.policy import CompiledPolicy, load_policy
+from streams.credits.policy import load_policy
 from streams.detection.engine import Detection, DetectionBatch
 from streams.detection.rules.base import Firing
 from streams.runtime.batch_send import KeyPartitions
@@ -69,16 +69,16 @@ def _batches(events: Sequence[dict[str, Any]], batch_size: int, paced: bool, pac
         yield batch
 
 
-def run_in_process(scenarios: ScenarioSet, *, policy: CompiledPolicy | None = None, paced: bool = False,
+def run_in_process(scenarios: ScenarioSet, *, policy_path: Path | None = None, paced: bool = False,
                    batch_size: int = 2000, pace_ms: int = 5 * 60_000, data_dir: Path | None = None
                    ) -> InProcessRun:
     """Meter and watch ``scenarios`` (events in their order, on one input partition) as the
-    processor would. Grants are applied first, as the evaluation's pipeline path produces them."""
-    policy = policy or load_policy()
+    processor would, under the policy at ``policy_path`` (the default policy when None). Grants are
+    applied first, as the evaluation's pipeline path produces them."""
+    policy = load_policy(policy_path)
     with tempfile.TemporaryDirectory(prefix="creditflow-eval-") as tmp:
-        settings = Settings(data_dir=data_dir or Path(tmp))
+        settings = Settings(data_dir=data_dir or Path(tmp), policy_path=policy_path)
         detection = Detection(settings, topic_names(settings))
-        detection.engine.policy = policy
         detection.fp_partitions = KeyPartitions(FP_PARTITIONS)
         detection.record_firings = []
         every_fp_partition = set(range(FP_PARTITIONS))

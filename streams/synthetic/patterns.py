@@ -324,10 +324,10 @@ def ci_cron(b: _Pattern, n: int) -> None:
 
 
 def power_users(b: _Pattern, n: int, pattern: str) -> None:
-    """New paying users excited by a fresh grant: every feature, many hours a day, and they keep
+    """New users excited by a fresh grant: every feature, many hours a day; the paying ones keep
     going on the subscription."""
     for _ in range(n):
-        a = b.person(f"decoy:{pattern}", b.rng.choice(("PRO", "MAX")), DECOY,
+        a = b.person(f"decoy:{pattern}", b.rng.choice(("FREE", "PRO", "MAX")), DECOY,
                      leaning=b.rng.choice(("long", "reasoning", "tools")))
         start = b.start_ms + b.rng.randrange(DAY_MS)
         b.grant(a, b.credits(5, 50), start - b.rng.randint(MINUTE_MS, 30 * MINUTE_MS), start + 30 * DAY_MS)

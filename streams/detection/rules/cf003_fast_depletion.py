@@ -41,7 +41,7 @@ class FastDepletion(Detector):
     suggested_action = "Hold further grants for this account and review how the grant was obtained."
     defaults = {"max_hours": 24, "min_grant_micro": 2 * MICRO, "settle_minutes": 60, "min_requests": 5,
                 "min_day1_requests": 25, "full_day1_requests": 100, "cohort_daily_requests": 8,
-                "min_cohort_ratio": 3, "min_weighted_share": "0.5", "min_score": "0.5"}
+                "min_cohort_ratio": 3, "min_weighted_share": "0.8", "min_score": "0.5"}
 
     def initial(self) -> State:
         # paid: subscription-funded charged micro so far; snap: gid -> paid at the time it hit 80%
@@ -120,7 +120,8 @@ class FastDepletion(Detector):
         if n < cfg["min_day1_requests"] or n < cfg["min_cohort_ratio"] * cohort:
             return None
         if s["day1w"] < n * cfg["min_weighted_share"]:
-            counters.append((f"only {s['day1w']} of {n} requests in multiplied categories", 0.6))
+            # People try every feature but chat too; a farmer sends what the multipliers pay for.
+            counters.append((f"only {s['day1w']} of {n} requests in multiplied categories", 0.45))
         return self.fire(
             state, cfg, base=ramp(n, cfg["min_day1_requests"], cfg["full_day1_requests"]),
             counters=counters,
