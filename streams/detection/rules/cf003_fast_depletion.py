@@ -29,7 +29,8 @@ class FastDepletion(Detector):
     revision = 2
     name = "Fast grant depletion"
     signal = ("A grant with at least 80% spent within `max_hours` of being granted, over at least "
-              "`min_requests` requests (needs the CreditGrant event), or a brand-new account (its first "
+              "`min_requests` requests (needs the CreditGrant event; MEDIUM at most under "
+              "`confident_requests`), or a brand-new account (its first "
               "request within two hours of a grant) sending, in its first `max_hours` hours, at least "
               "`min_day1_requests` requests and `min_cohort_ratio` x its plan cohort's daily requests "
               "(`cohort_daily_requests`, per plan as `cohort_daily_requests_<PLAN>`), mostly in multiplied "
@@ -40,12 +41,13 @@ class FastDepletion(Detector):
                           "mostly plain chat on day one")
     suggested_action = "Hold further grants for this account and review how the grant was obtained."
     defaults = {"max_hours": 24, "min_grant_micro": 2 * MICRO, "settle_minutes": 60, "min_requests": 5,
-                "min_day1_requests": 25, "full_day1_requests": 100, "cohort_daily_requests": 8,
-                "min_cohort_ratio": 3, "min_weighted_share": "0.8", "min_score": "0.5"}
+                "confident_requests": 20, "min_day1_requests": 25, "full_day1_requests": 100,
+                "cohort_daily_requests": 8, "min_cohort_ratio": 3, "min_weighted_share": "0.9", "min_score": "0.5"}
 
     def initial(self) -> State:
         # paid: subscription-funded charged micro so far; snap: gid -> paid at the time it hit 80%
-        # day1/day1w: requests / requests in multiplied categories in the account's first max_hours
+        # day1/day1w: requests / requests in multiplied categories in the account's first max_hours;
+        # n/w: the same over recent requests (halved every 512)
         return {"paid": 0, "snap": {}, "day1": 0, "day1w": 0}
 
     def observe(self, state: State, obs: Obs, cfg: Cfg) -> None:
@@ -53,6 +55,11 @@ class FastDepletion(Detector):
         common = state["_"]
         charged = int(obs["charged_micro"])
         s["paid"] += charged - int(obs.get("grant_funded_micro") or 0)
+        s["n"] = s.get("n", 0) + 1
+        s["w"] = s.get("w", 0) + (obs["category"] in WEIGHTED)
+        if s["n"] >= 512:  # halving keeps the share recent
+            s["n"] //= 2
+            s["w"] //= 2
         if common["first"] is not None and int(obs["occurred_at"]) - common["first"] < cfg["max_hours"] * HOUR_MS:
             s["day1"] += 1
             s["day1w"] += obs["category"] in WEIGHTED
@@ -84,6 +91,9 @@ class FastDepletion(Detector):
                 continue
             # 6x faster than the limit (4 hours by default) is as blatant as it gets.
             base = ramp(max_ms - elapsed, 0, max_ms * 5 / 6)
+            if g.get("nd", 0) < cfg["confident_requests"]:
+                # A small grant emptied by a handful of requests: a person could do that; MEDIUM at most.
+                base = min(base, 0.74)
             if best is None or base > best[0]:
                 best = (base, gid, g)
         counters: list[tuple[str, float]] = []
@@ -96,6 +106,10 @@ class FastDepletion(Detector):
             if after * 5 >= amount:
                 counters.append(
                     (f"kept using on the subscription after the grant ({credits_text(after)} credits)", 0.5))
+            n, w = s.get("n", 0), s.get("w", 0)
+            if n and w < n * cfg["min_weighted_share"]:
+                # A person tries everything, chat included; a farmer sends what multipliers pay for.
+                counters.append((f"only {w} of {n} recent requests in multiplied categories", 0.45))
             start = int(g["gat"])
             t80 = int(g["t80"])
             spent = int(g["sp"])
