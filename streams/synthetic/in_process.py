@@ -89,7 +89,6 @@ def run_in_process(scenarios: ScenarioSet, *, policy_path: Path | None = None, p
         emitted: list[dict[str, Any]] = []
         usage: dict[str, list[tuple[int, int]]] = defaultdict(list)
         dead = unknown = batches = 0
-        priced = set(policy.prices)
 
         def publish(found: DetectionBatch) -> None:
             emitted.extend(alert for _entity, alert in found.alerts)
@@ -112,8 +111,7 @@ def run_in_process(scenarios: ScenarioSet, *, policy_path: Path | None = None, p
                 usage_state[account] = state
             for rec in metered.enriched:
                 usage[rec["account_id"]].append((rec["occurred_at"], rec["charged_micro"]))
-                if rec["model"] not in priced:
-                    unknown += 1
+            unknown += sum(metered.unpriced.values())
             found = DetectionBatch()
             detection.on_metered(found, metered.enriched, every_fp_partition)
             if paced:
