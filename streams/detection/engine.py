@@ -45,7 +45,6 @@ a quiet account's findings would otherwise wait for traffic.
 from __future__ import annotations
 
 import logging
-import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from typing import Any
@@ -107,18 +106,9 @@ def observation_from_pending(pending: Sequence[Any], kind: str) -> dict[str, Any
     return obs
 
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
 def wire_alert(alert: Mapping[str, Any]) -> dict[str, Any]:
-    """The GamingAlert as the schema promises it: ``observed`` and ``limit`` are exact decimal strings
-    (the sink stores them as numbers). Rules phrase them for humans ("22 active hours of 24", "CV <=
-    0.25"); the rule's measure is the first number of the phrase."""
-    out = to_avro(alert)
-    for field in ("observed", "limit"):
-        m = _NUMBER.search(str(out.get(field, "")))
-        out[field] = m.group(0) if m else "0"
-    return out
+    """The GamingAlert as the schema promises it (see ``streams.detection.alerts.to_avro``)."""
+    return to_avro(alert)
 
 
 def alert_state_key(entity_type: str, entity_id: str) -> str:

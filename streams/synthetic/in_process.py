@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ class InProcessRun:
     latest: list[dict[str, Any]] = field(default_factory=list)  # one per alert id, its last emission
 
 
-def latest_alerts(emitted: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def latest_alerts(emitted: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One alert per alert id: its newest emission (most firings, then latest last_seen_at)."""
     best: dict[str, dict[str, Any]] = {}
     for a in emitted:

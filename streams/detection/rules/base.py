@@ -53,7 +53,7 @@ class Firing:
     entity_id: str
     score: float
     severity: str
-    observed: str
+    observed: str  # display labels for people: "22 active hours of 24", "CV <= 0.25"
     limit: str
     window_start: int
     window_end: int
@@ -65,6 +65,9 @@ class Firing:
     plan: str | None = None
     grant_id: str | None = None
     suggested_action: str = ""
+    # The rule's measure and the threshold it crossed, as numbers (the alert's ``observed``/``limit``).
+    observed_value: float = 0.0
+    limit_value: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -134,6 +137,8 @@ class Detector:
         counters: list[tuple[str, float]],
         observed: str,
         limit: str,
+        value: float,
+        threshold: float,
         window_start: int,
         window_end: int,
         counts: Mapping[str, int],
@@ -181,6 +186,8 @@ class Detector:
             plan=common.get("plan") if entity_type == "account" else None,
             grant_id=grant_id,
             suggested_action=self.suggested_action,
+            observed_value=float(value),
+            limit_value=float(threshold),
         )
 
 
@@ -215,6 +222,14 @@ def ramp(value: float, at_limit: float, at_full: float) -> float:
 
 def ratio_text(value: float, places: int = 3) -> str:
     return str(Decimal(repr(round(value, places))).normalize()) if value == value else "0"
+
+
+def decimal_text(value: float) -> str:
+    """A measure as the exact decimal string the GamingAlert schema carries (6 places at most)."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return "0"
+    text = format(Decimal(repr(round(value, 6))).normalize(), "f")
+    return "0" if text in ("-0", "") else text
 
 
 def credits_text(micro: int) -> str:

@@ -81,6 +81,7 @@ class RoundTheClock(Detector):
             counters=counters,
             observed=f"{active} active hours of 24",
             limit=str(cfg["min_active_hours"]),
+            value=active, threshold=cfg["min_active_hours"],
             window_start=(now_h - 23) * HOUR_MS,
             window_end=now_ms,
             counts={"events": events, "active_hours": active, "longest_quiet_hours": longest_quiet},

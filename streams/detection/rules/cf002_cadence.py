@@ -86,9 +86,11 @@ class Cadence(Detector):
                             {"events": hn}, common["first"] or now_ms)
         if best is None:
             return None
-        base, _measure, observed, limit, counts, start = best
+        base, measure, observed, limit, counts, start = best
+        threshold = cfg["max_spread"] if "spread" in observed else cfg["min_entropy"]
         return self.fire(state, cfg, base=base, counters=plan_counters(common, 0.45, 0.4), observed=observed,
-                         limit=limit, window_start=start, window_end=now_ms, counts=counts,
+                         limit=limit, value=measure, threshold=threshold, window_start=start, window_end=now_ms,
+                         counts=counts,
                          exposed_micro=window_exposed(common))
 
 

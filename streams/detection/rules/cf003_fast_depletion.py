@@ -117,6 +117,7 @@ class FastDepletion(Detector):
                 state, cfg, base=base, counters=counters,
                 observed=f"{spent * 100 // amount}% of the grant spent in {(t80 - start) / HOUR_MS:.1f}h",
                 limit=f"80% within {cfg['max_hours']}h",
+                value=(t80 - start) / HOUR_MS, threshold=cfg["max_hours"],
                 window_start=start, window_end=t80,
                 counts={"grant_micro": amount, "spent_micro": spent},
                 # What the grant paid plus the multiplier subsidy on top of it.
@@ -142,6 +143,7 @@ class FastDepletion(Detector):
             observed=f"{n} requests in the account's first {(now_ms - first) / HOUR_MS:.1f}h "
                      f"({n / cohort:.1f}x the {plan} cohort's daily {cohort})",
             limit=f"{cfg['min_day1_requests']} requests and {cfg['min_cohort_ratio']}x cohort",
+            value=n, threshold=max(cfg["min_day1_requests"], cfg["min_cohort_ratio"] * cohort),
             window_start=first, window_end=now_ms,
             counts={"requests": n, "weighted_requests": s["day1w"], "cohort_daily_requests": int(cohort)},
             exposed_micro=window_exposed(common),

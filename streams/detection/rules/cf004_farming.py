@@ -71,6 +71,8 @@ class Farming(Detector):
             state, cfg, base=base, counters=counters,
             observed=f"{n} grant-funded accounts ({new} new) on one {common['kind']} fingerprint",
             limit=f"{cfg['min_new_accounts']} new or {cfg['min_accounts']} accounts",
+            value=new if new >= cfg["min_new_accounts"] else n,
+            threshold=cfg["min_new_accounts"] if new >= cfg["min_new_accounts"] else cfg["min_accounts"],
             window_start=since, window_end=now_ms,
             counts={"accounts": n, "new_accounts": new, "accounts_seen": len(s["a"]), "org_plan_accounts": org},
             exposed_micro=sum(e[FUNDED] + e[SUBSIDY] for _, e in granted),

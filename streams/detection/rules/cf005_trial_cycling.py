@@ -83,7 +83,7 @@ class TrialCycling(Detector):
             state, cfg, base=base, counters=counters,
             observed=f"{len(cycles)} hand-overs to new accounts ({exhausted} after an exhausted grant) "
                      f"across {len(accounts)} accounts",
-            limit=str(cfg["min_cycles"]),
+            limit=str(cfg["min_cycles"]), value=len(cycles), threshold=cfg["min_cycles"],
             window_start=min(s["a"][c[1]][FIRST] for c in cycles), window_end=now_ms,
             counts={"cycles": len(cycles), "after_exhaustion": exhausted, "accounts": len(accounts),
                     "accounts_seen": len(seen)},

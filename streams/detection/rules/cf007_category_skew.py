@@ -85,6 +85,7 @@ class CategorySkew(Detector):
             counters=counters,
             observed=f"{ratio_text(share)} weighted share, {ratio_text(minimal)} bare-minimum qualifiers, "
                      f"charged/list {ratio_text(charged / lst if lst else 1.0)}",
+            value=minimal, threshold=cfg["min_minimal_share"],
             limit=f"weighted share {ratio_text(limit)} (cohort {cohort}), "
                   f"minimum share {cfg['min_minimal_share']}",
             window_start=(win["b"] - 1) * DAY_MS, window_end=now_ms,

@@ -94,6 +94,7 @@ class ReplayedPrompts(Detector):
         return self.fire(
             state, cfg, base=ramp(share, cfg["min_top_share"], 0.9), counters=counters,
             observed=f"top prompt share {ratio_text(share)}", limit=str(cfg["min_top_share"]),
+            value=share, threshold=cfg["min_top_share"],
             window_start=common["first"] or now_ms, window_end=now_ms,
             counts={"requests": n, "top_prompt_requests": top},
             exposed_micro=window_exposed(common),
@@ -114,7 +115,8 @@ class ReplayedPrompts(Detector):
             state, cfg, base=ramp(len(accounts), cfg["min_accounts"], cfg["full_accounts"]),
             counters=counters,
             observed=f"{len(accounts)} accounts replayed one prompt fingerprint",
-            limit=str(cfg["min_accounts"]), window_start=since, window_end=now_ms,
+            limit=str(cfg["min_accounts"]), value=len(accounts), threshold=cfg["min_accounts"],
+            window_start=since, window_end=now_ms,
             counts={"accounts": len(accounts), "requests": s["n"], "weighted_requests": s["w"]},
             exposed_micro=window_exposed(common),
             entity_type="prompt", entity_id=common["id"],

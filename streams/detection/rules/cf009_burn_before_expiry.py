@@ -121,6 +121,7 @@ class BurnBeforeExpiry(Detector):
             observed=f"{ratio_text(ratio, 1)}x daily baseline ({f[REQS]} requests, "
                      f"{credits_text(f[SPEND])} credits in the last days)",
             limit=f"{cfg['min_ratio']}x baseline of {base_n:g} requests or {credits_text(base)} credits/day",
+            value=ratio, threshold=cfg["min_ratio"],
             window_start=f[EXPIRES] - cfg["final_days"] * DAY_MS, window_end=min(now_ms, f[EXPIRES]),
             counts={"final_requests": f[REQS], "final_weighted_requests": f[WREQS], "final_spend_micro": f[SPEND],
                     "weighted_spend_micro": f[WSPEND], "baseline_micro": base,

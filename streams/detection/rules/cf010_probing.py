@@ -67,7 +67,7 @@ class Probing(Detector):
         return self.fire(
             state, cfg, base=ramp(bad, cfg["min_bad"], cfg["full_bad"]), counters=counters,
             observed=f"{bad} refused/invalid of {n} requests ({ratio_text(bad / n)})",
-            limit=f"{cfg['min_bad']} and share {cfg['min_bad_share']}",
+            limit=f"{cfg['min_bad']} and share {cfg['min_bad_share']}", value=bad, threshold=cfg["min_bad"],
             window_start=(win["b"] - 1) * bucket_ms, window_end=now_ms,
             counts={"requests": n, "refused_or_invalid": bad, "refused": refused,
                     **{f"code:{k}": v for k, v in s["codes"].items()}},

@@ -106,6 +106,7 @@ class Spike(Detector):
             state, cfg, base=ramp(ratio, cfg["min_ratio"], cfg["full_ratio"]), counters=counters,
             observed=f"{hn} requests, {credits_text(hc)} credits this hour: {ratio_text(ratio, 1)}x baseline",
             limit=f"{cfg['min_ratio']}x baseline of {base_n:g} requests or {credits_text(base)} credits/hour",
+            value=ratio, threshold=cfg["min_ratio"],
             window_start=s["h"] * HOUR_MS, window_end=now_ms,
             counts={"hour_requests": hn, "hour_weighted_requests": s["hwn"], "hour_charged_micro": hc,
                     "hour_weighted_micro": s["hw"], "baseline_micro": base,
