@@ -191,11 +191,11 @@ def test_account_sharing_team_plan_and_single_network_are_counter_signals() -> N
 def test_depletion_paying_customer_who_keeps_going_is_not_flagged() -> None:
     def stream(plan: str, keep_going: bool) -> list[dict[str, Any]]:
         out = []
-        for i in range(10):  # 10 credits on a 10-credit grant within 5 hours
-            bal = 10_000_000 - (i + 1) * 1_000_000
-            out.append(obs(i, START + i * 30 * MINUTE_MS, plan=plan, charged_micro=1_000_000,
-                           list_micro=3_500_000, category="EXTENDED_CONTEXT", grant_funded_micro=1_000_000,
-                           debits=[("g1", 1_000_000, bal)]))
+        for i in range(25):  # 10 credits on a 10-credit grant within 5 hours, 25 requests
+            bal = 10_000_000 - (i + 1) * 400_000
+            out.append(obs(i, START + i * 12 * MINUTE_MS, plan=plan, charged_micro=400_000,
+                           list_micro=1_400_000, category="EXTENDED_CONTEXT", grant_funded_micro=400_000,
+                           debits=[("g1", 400_000, bal)]))
         if keep_going:
             out += [obs(100 + i, START + 5 * HOUR_MS + i * 3 * MINUTE_MS, plan=plan, charged_micro=1_000_000,
                         grant_funded_micro=0, debits=[]) for i in range(10)]
