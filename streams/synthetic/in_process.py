@@ -70,11 +70,13 @@ def _batches(events: Sequence[dict[str, Any]], batch_size: int, paced: bool, pac
 
 
 def run_in_process(scenarios: ScenarioSet, *, policy_path: Path | None = None, paced: bool = False,
-                   batch_size: int = 2000, pace_ms: int = 5 * 60_000, data_dir: Path | None = None
-                   ) -> InProcessRun:
+                   batch_size: int = 2000, pace_ms: int = 5 * 60_000, data_dir: Path | None = None,
+                   partitions: int = 1) -> InProcessRun:
     """Meter and watch ``scenarios`` (events in their order, on one input partition) as the
     processor would, under the policy at ``policy_path`` (the default policy when None). Grants are
-    applied first, as the evaluation's pipeline path produces them."""
+    applied first, as the evaluation's pipeline path produces them. With ``partitions`` > 1 accounts
+    are spread as Kafka's partitioner spreads them and each batch is read partition by partition, as
+    a consumer's fetch returns it."""
     policy = load_policy(policy_path)
     with tempfile.TemporaryDirectory(prefix="creditflow-eval-") as tmp:
         settings = Settings(data_dir=data_dir or Path(tmp), policy_path=policy_path)
@@ -82,6 +84,8 @@ def run_in_process(scenarios: ScenarioSet, *, policy_path: Path | None = None, p
         detection.fp_partitions = KeyPartitions(FP_PARTITIONS)
         detection.record_firings = []
         every_fp_partition = set(range(FP_PARTITIONS))
+        where = KeyPartitions(partitions) if partitions > 1 else None
+        offsets: dict[int, int] = {}
         meter = Meter(policy, Decoder("InteractionEvent"), Decoder("CreditGrant"))
         end = scenarios.end_ms
         usage_state: dict[str, dict[str, Any]] = {}
@@ -103,8 +107,14 @@ def run_in_process(scenarios: ScenarioSet, *, policy_path: Path | None = None, p
         detection.on_grants(found, granted.accepted_grants)
         publish(found)
         for batch in _batches(scenarios.events, batch_size, paced, pace_ms):
-            records = [RawRecord("interaction-events", 0, offset, ev["account_id"].encode(),
-                                 encode_single_object(ev, "InteractionEvent")) for offset, ev in batch]
+            records = []
+            for offset, ev in batch:
+                key = ev["account_id"].encode()
+                partition = where(key) if where else 0
+                offsets[partition] = offsets.get(partition, -1) + 1
+                records.append(RawRecord("interaction-events", partition, offsets[partition] if where else offset,
+                                         key, encode_single_object(ev, "InteractionEvent")))
+            records.sort(key=lambda r: r.partition)
             metered = meter.meter(records, usage_state.get, grants_state.get, end)
             dead += len(metered.dead_letters)
             for account, (_p, state) in metered.usage_updates.items():
