@@ -263,27 +263,29 @@ class ClickHouseSink(Service):
         last = await self.query(
             "SELECT b.topic, b.partition, argMax(b.start_offset, b.start_offset), "
             "argMax(b.end_offset, b.start_offset), argMax(b.guard_before, b.start_offset), "
-            "argMax(b.guard_after, b.start_offset), argMax(b.store, b.start_offset) "
+            "argMax(b.guard_after, b.start_offset), argMax(b.store, b.start_offset), "
+            "argMax(b.landed, b.start_offset) "
             + join + "AND b.end_offset < c.committed GROUP BY b.topic, b.partition", params)
         chained = await self.query(
-            "SELECT b.topic, b.partition, b.start_offset, b.end_offset, b.guard_before, b.guard_after, b.store "
-            + join + "AND b.end_offset >= c.committed ORDER BY b.topic, b.partition, b.start_offset", params)
-        before = {(t, p): RecordedBatch(t, p, s, e, gb, ga, st) for t, p, s, e, gb, ga, st in last}
+            "SELECT b.topic, b.partition, b.start_offset, b.end_offset, b.guard_before, b.guard_after, b.store, "
+            "b.landed " + join + "AND b.end_offset >= c.committed ORDER BY b.topic, b.partition, b.start_offset",
+            params)
+        before = {(t, p): RecordedBatch(t, p, s, e, gb, ga, st, bool(ld)) for t, p, s, e, gb, ga, st, ld in last}
         pending: dict[TP, list[RecordedBatch]] = {}
-        for t, p, s, e, gb, ga, st in chained:
-            pending.setdefault((t, p), []).append(RecordedBatch(t, p, s, e, gb, ga, st))
+        for t, p, s, e, gb, ga, st, ld in chained:
+            pending.setdefault((t, p), []).append(RecordedBatch(t, p, s, e, gb, ga, st, bool(ld)))
         return before, pending
 
     async def _store_members(self, stores: set[str]) -> dict[str, list[RecordedBatch]]:
         """Every recorded batch of the given stores."""
         rows = await self.query(
-            "SELECT store, topic, partition, start_offset, end_offset, guard_before, guard_after "
+            "SELECT store, topic, partition, start_offset, end_offset, guard_before, guard_after, landed "
             "FROM sink_batches FINAL WHERE consumer_group = {g:String} AND store IN {stores:Array(String)}",
             {"g": self.group, "stores": sorted(stores)},
         )
         out: dict[str, list[RecordedBatch]] = {}
-        for store, t, p, s, e, gb, ga in rows:
-            out.setdefault(store, []).append(RecordedBatch(t, p, s, e, gb, ga, store))
+        for store, t, p, s, e, gb, ga, ld in rows:
+            out.setdefault(store, []).append(RecordedBatch(t, p, s, e, gb, ga, store, bool(ld)))
         return out
 
     # -- the loop ------------------------------------------------------------------------------
@@ -324,6 +326,7 @@ class ClickHouseSink(Service):
 
     async def _execute(self, store: Store) -> None:
         """Build the store's rows, record its plans, insert, and commit: unless fenced."""
+        member = self._membership()
         after_guard: dict[TP, int] = {}
         rows_per_piece: dict[TP, int] = {}
         inserts: list[_Insert] = []
@@ -343,10 +346,12 @@ class ClickHouseSink(Service):
             if avro is not None:
                 direct.append(avro[0])
             inserts.extend(self._column_inserts(rows_by_table, unit.token_prefix))
-        plans = store.plan_rows(self.group, after_guard, rows_per_piece, time.time_ns() // 1_000_000)
+        planned_at = time.time_ns() // 1_000_000
+        plans = store.plan_rows(self.group, after_guard, rows_per_piece, planned_at)
+        landed = store.plan_rows(self.group, after_guard, rows_per_piece, planned_at, landed=True)
 
         t0 = time.monotonic()
-        if not await self._store(store.epoch, plans, inserts, direct):
+        if not await self._store(store.epoch, member, plans, landed, inserts, direct):
             self.stats.fenced_stores += 1
             log.warning("sink store of %d batches abandoned: its partitions were revoked", len(plans))
             return
@@ -355,10 +360,16 @@ class ClickHouseSink(Service):
         self.planner.stored(store, after_guard)
         self.stats.batches += len(plans)
         assert self.consumer is not None
-        if self.planner.epoch != store.epoch:
-            # Fenced: the partitions were re-armed (or moved) meanwhile and re-form this store.
+        try:
+            # Checked in the same loop step as the commit reads the generation it sends: a commit
+            # of a fenced store could land after the new owner read the committed offset.
+            self._fence(store.epoch, member)
+            if not self._membership()[2]:
+                raise _Fenced("coordinator unknown")
+        except _Fenced as exc:
+            # The partitions' next owner (perhaps this sink, re-armed) skips or re-forms this store.
             self.stats.fenced_stores += 1
-            log.warning("sink store of %d batches not committed: its partitions were revoked", len(plans))
+            log.warning("sink store of %d batches stored but not committed (%s)", len(plans), exc)
             return
         commits = {TopicPartition(*tp): OffsetAndMetadata(offset, "") for tp, offset in store.commits().items()}
         try:
@@ -422,15 +433,30 @@ class ClickHouseSink(Service):
                 out[table].extend(make(value))
         return out, guard
 
-    def _fence(self, epoch: int) -> None:
-        """Called on the ClickHouse thread before every insert of a store."""
+    def _membership(self) -> tuple[int, str, bool]:
+        """(generation, member id, coordinator known) of the sink's group membership as the consumer
+        holds it right now. aiokafka does not publish these; its group coordinator keeps them, and
+        a commit sends exactly these values, read in the same loop step as this check."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        return (getattr(coordinator, "generation", -1), getattr(coordinator, "member_id", ""),
+                getattr(coordinator, "coordinator_id", None) is not None)
+
+    def _fence(self, epoch: int, member: tuple[int, str, bool]) -> None:
+        """Raise _Fenced unless this sink still owns what it planned in ``epoch`` as ``member``:
+        no revocation since, the same generation (a lost session resets it before the revocation
+        callback runs) and no stall past the session timeout that the heartbeat has not judged yet.
+        Called on the ClickHouse thread before a store's plans are recorded and after its inserts,
+        and on the loop before the commit."""
         if self.planner.epoch != epoch:
             raise _Fenced("partitions revoked")
+        generation, member_id, _ = self._membership()
+        if generation < 0 or (generation, member_id) != member[:2]:
+            raise _Fenced("group membership lost")
         if time.monotonic() - self._loop_alive_at > _SESSION_TIMEOUT_MS / 1000:
             raise _Fenced("stalled past the session timeout")
 
     def _insert_direct(self, client: Any, item: _AvroInsert, counts: dict[str, int],
-                       took: list[str], fence: Callable[[], None]) -> list[_Insert]:
+                       took: list[str]) -> list[_Insert]:
         """Insert one container file into events and credit_ledger. On a data error (ClickHouse
         could not read what fastavro can) the same batches go through the decoding path instead,
         under the same tokens, so whatever part already landed is not doubled."""
@@ -441,13 +467,10 @@ class ClickHouseSink(Service):
         path = write_spool(self.spool_dir, f"{first.tp[1]}-{first.start}.avro", item.blob)
         try:
             for sql, table in ((_EVENTS_FROM_FILE, "events"), (_LEDGER_FROM_FILE, "credit_ledger")):
-                fence()
                 t = time.perf_counter()
                 client.command(sql, parameters={"path": path},
                                settings=dedup_settings(f"{item.token_prefix}:{table}"))
                 took.append(f"{table} {item.rows} events from Avro {1e3 * (time.perf_counter() - t):.0f} ms")
-        except _Fenced:
-            raise
         except Exception as exc:
             if is_unavailable(exc):
                 raise
@@ -466,25 +489,32 @@ class ClickHouseSink(Service):
         counts["replays dropped"] = counts.get("replays dropped", 0) + item.dropped
         return []
 
-    async def _store(self, epoch: int, plans: list[tuple[Any, ...]], inserts: list[_Insert],
+    async def _store(self, epoch: int, member: tuple[int, str, bool], plans: list[tuple[Any, ...]],
+                     landed: list[tuple[Any, ...]], inserts: list[_Insert],
                      direct: Sequence[_AvroInsert] = ()) -> bool:
-        """Record the plans, then insert; retried until ClickHouse takes it. False when fenced."""
+        """Record the plans, then insert; retried until ClickHouse takes it. False when fenced
+        before the plans were recorded. Once they are, the store is completed even if fenced
+        meanwhile (the same blocks under the same tokens: idempotent), and then marked landed, so
+        whoever re-arms its partitions skips it rather than re-forming it."""
+        recorded = False
 
         def fence() -> None:
-            self._fence(epoch)
+            self._fence(epoch, member)
 
         def store() -> dict[str, int]:
             counts: dict[str, int] = {}
             client = self._client_sync()
             # Per-insert timings at debug: a store's cost is mostly per insert, and it sets latency.
             took: list[str] = []
-            fence()
+            nonlocal recorded
+            if not recorded:
+                fence()
             t = time.perf_counter()
             client.insert("sink_batches", plans, column_names=list(INSERT_COLUMNS["sink_batches"]))
+            recorded = True
             took.append(f"plans {1e3 * (time.perf_counter() - t):.0f} ms")
-            fallback = [ins for item in direct for ins in self._insert_direct(client, item, counts, took, fence)]
+            fallback = [ins for item in direct for ins in self._insert_direct(client, item, counts, took)]
             for table, cols, data, token in [*inserts, *fallback]:
-                fence()
                 t = time.perf_counter()
                 client.insert(
                     table, data, column_names=cols, column_oriented=True,
@@ -493,6 +523,11 @@ class ClickHouseSink(Service):
                 rows = len(data[0]) if data else 0
                 took.append(f"{table} {rows} rows {1e3 * (time.perf_counter() - t):.0f} ms")
                 counts[table] = counts.get(table, 0) + rows
+            try:
+                fence()
+            except _Fenced:
+                client.insert("sink_batches", landed, column_names=list(INSERT_COLUMNS["sink_batches"]))
+                counts["landed marks"] = 1
             log.debug("store: %s", ", ".join(took))
             return counts
 
@@ -502,15 +537,15 @@ class ClickHouseSink(Service):
                 counts = await self.ch(store)
                 break
             except _Fenced as exc:
-                if self.planner.epoch != epoch:
+                if self.planner.epoch != epoch or self.should_stop:
                     return False
-                # A stall: let the consumer's heartbeat find out whether the session survived
-                # (a lost one revokes the partitions, changing the epoch) before inserting more.
+                # A stall or a lost session: let the consumer's heartbeat find out whether the
+                # session survived (a lost one revokes the partitions, changing the epoch).
                 log.warning("sink store paused (%s); re-checking the group membership", exc)
                 await asyncio.sleep(_STALL_SETTLE_S)
                 continue
             except Exception as exc:
-                if self.planner.epoch != epoch:
+                if not recorded and self.planner.epoch != epoch:
                     return False
                 # ClickHouse is away or refused the batch: keep the batch, do not commit, do not poll
                 # (so memory stays bounded), and try again with backoff until it comes back.
@@ -521,6 +556,7 @@ class ClickHouseSink(Service):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_S)
                 self._client = None
+        self.stats.fenced_stores += counts.pop("landed marks", 0)
         self.stats.dropped_replays += counts.pop("replays dropped", 0)
         self.stats.direct_batches += counts.pop("direct batches", 0)
         for table, n in counts.items():

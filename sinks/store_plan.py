@@ -77,6 +77,8 @@ class RecordedBatch:
     guard_before: int
     guard_after: int
     store: str = ""
+    # Marked after all its inserts returned while its commit was fenced.
+    landed: bool = False
 
     @property
     def tp(self) -> TP:
@@ -140,10 +142,11 @@ class Store:
         return [p for u in self.units for p in u.pieces]
 
     def plan_rows(self, group: str, guard_after: Mapping[TP, int], rows: Mapping[TP, int],
-                  planned_at_ms: int) -> list[tuple[Any, ...]]:
-        """``sink_batches`` rows (SINK_BATCHES_COLUMNS order), given what building the rows found."""
+                  planned_at_ms: int, landed: bool = False) -> list[tuple[Any, ...]]:
+        """``sink_batches`` rows (SINK_BATCHES_COLUMNS order), given what building the rows found;
+        ``landed`` marks a store stored in full whose commit was fenced."""
         return [(group, p.tp[0], p.tp[1], p.start, p.end, p.guard_before, guard_after[p.tp], rows[p.tp],
-                 planned_at_ms, self.store) for p in self.pieces]
+                 planned_at_ms, self.store, landed) for p in self.pieces]
 
     def commits(self) -> dict[TP, int]:
         """Offsets to commit once the store is in: the next offset of each partition."""
@@ -162,8 +165,9 @@ def arm_partition(tp: TP, epoch: int, committed: int, before: RecordedBatch | No
     committed offset: offsets moved by hand)."""
     state = PartitionState(tp, epoch, committed, before.guard_after if before is not None else -1)
     chain = sorted(pending, key=lambda b: b.start)
-    # 4: a landed store proves every store chained before it landed too.
-    last_landed = max((i for i, b in enumerate(chain) if b.store and b.store in landed), default=-1)
+    # 4: a landed batch proves every batch chained before it landed too.
+    last_landed = max((i for i, b in enumerate(chain) if b.landed or (b.store and b.store in landed)),
+                      default=-1)
     for b in chain[: last_landed + 1]:
         state.next_offset, state.guard = b.end + 1, b.guard_after
     chain = chain[last_landed + 1:]
@@ -215,7 +219,7 @@ class StorePlanner:
         for store, batches in members.items():
             by_tp = {b.tp: b for b in batches}
             self.stores[store] = by_tp
-            if any(committed.get(tp, -1) > b.end for tp, b in by_tp.items()):
+            if any(b.landed or committed.get(tp, -1) > b.end for tp, b in by_tp.items()):
                 self.landed.add(store)
 
     def arm(self, tp: TP, committed: int, before: RecordedBatch | None,
@@ -297,7 +301,7 @@ class StorePlanner:
             while part.chain:
                 head = part.chain[0]
                 beyond = bool(part.records) and part.records[0].offset > head.end
-                if not (beyond or (head.store and head.store in self.landed)):
+                if not (beyond or head.landed or (head.store and head.store in self.landed)):
                     break
                 if head.store:
                     self.landed.add(head.store)

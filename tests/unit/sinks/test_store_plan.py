@@ -58,7 +58,8 @@ def test_one_partition_due_takes_every_partition_with_rows_under_one_token() -> 
     assert store.units[0].token("events") == f"{G}:store:{store.store}:events"
     assert store.commits() == {(T, 0): 10, (T, 1): 5}
     rows = store.plan_rows(G, {(T, 0): 42, (T, 1): 7}, {(T, 0): 10, (T, 1): 5}, 123)
-    assert rows == [(G, T, 0, 0, 9, -1, 42, 10, 123, store.store), (G, T, 1, 0, 4, -1, 7, 5, 123, store.store)]
+    assert rows == [(G, T, 0, 0, 9, -1, 42, 10, 123, store.store, False),
+                    (G, T, 1, 0, 4, -1, 7, 5, 123, store.store, False)]
 
 
 def test_the_row_bound_counts_every_partition() -> None:
@@ -259,3 +260,18 @@ def test_store_names_depend_on_the_batches_only() -> None:
     assert store_id(one) == store_id(list(reversed(one)))
     assert store_id(one) != store_id([("t", 0, 1, 5), ("t", 1, 7, 10)])
     assert store_id(one) != store_id(one[:1])
+
+
+def test_a_store_marked_landed_is_skipped_even_where_it_cannot_be_re_formed() -> None:
+    # Stored in full by a member whose commit was fenced; its partitions are now spread out.
+    planner = _planner(parts=0)
+    planner.assign([(T, 0)])
+    x = [_recorded(0, 0, 9, "X", -1, 5), RecordedBatch(T, 1, 0, 4, -1, 3, "X", landed=True)]
+    planner.learn_stores({"X": x}, {(T, 0): 0})
+    planner.arm((T, 0), 0, None, [x[0]])
+    planner.add((T, 0), _recs(range(12)), now=0.0)
+    store = planner.next_store(now=0.0, force=True)
+    assert store is not None and _ranges(store) == {(T, 0): (10, 11)}
+    assert store.pieces[0].guard_before == 5 and planner.split_stores == 0
+    rows = store.plan_rows(G, {(T, 0): 6}, {(T, 0): 2}, 0, landed=True)
+    assert rows[0][-1] is True
