@@ -19,7 +19,7 @@ import pytest
 from sinks.client import close
 from streams.runtime.topics import ensure_topics
 from streams.settings import Settings
-from tests.integration.harness import Worker, wait_drained
+from tests.integration.harness import Worker, group_lag, wait_drained
 from tests.integration.test_pipeline import _produce, _query, _verify_exact, _wait_grants_applied, _workload
 
 pytestmark = pytest.mark.integration
@@ -77,26 +77,37 @@ def _stall_mid_store(worker: Worker, spool: Path, seconds: float, min_bytes: int
     raise AssertionError("the sink never stored a big enough batch while watched:\n" + worker.log_tail())
 
 
+def _processor_drained(settings: Settings, processor: Worker, timeout: float = 240) -> None:
+    topics = [settings.topic("interaction-events"), settings.topic("credit-grants")]
+    deadline = time.monotonic() + timeout
+    while group_lag(settings.kafka_bootstrap_servers or "", f"{settings.app_id}-processor", topics) != 0:
+        assert processor.alive and time.monotonic() < deadline, processor.log_tail()
+        time.sleep(0.5)
+
+
 def test_a_sink_stalled_past_its_session_while_storing_counts_every_event_once(
         settings: Settings, workers: list[Worker], tmp_path: Path) -> None:
-    gen, grants, events = _workload(200, 40_000, 41, "stall")
+    gen, grants, all_events = _workload(200, 48_000, 41, "stall")
+    events, more = all_events[:40_000], all_events[40_000:]
     asyncio.run(ensure_topics(settings.kafka_bootstrap_servers or "", settings))
     processor = Worker(settings, "processor", tmp_path, "processor").start()
     workers.append(processor)
     _produce(settings, grants, [])
     _wait_grants_applied(settings, processor)
-    producer = threading.Thread(target=_produce, args=(settings, [], events, 4_000.0), daemon=True)
-    producer.start()
-    # The sink starts behind a backlog, so its stores are big: the frozen one is still inserting
-    # when the resumed sink has rejoined its group and re-reads its committed offsets.
-    time.sleep(8.0)
+    # The sink starts behind the whole metered backlog, so its stores are big: the frozen one is
+    # still inserting when the resumed sink has rejoined its group and re-reads its offsets.
+    _produce(settings, [], events)
+    _processor_drained(settings, processor)
     spool = tmp_path / "sink-tmp"
     spool.mkdir()
     sink = Worker(settings, "sink", tmp_path, "sink", TMPDIR=str(spool)).start()
     workers.append(sink)
-    _stall_mid_store(sink, spool, STALL_S, min_bytes=6 << 20)
-    time.sleep(0.5)
-    _stall_mid_store(sink, spool, STALL_S, min_bytes=6 << 20)
+    _stall_mid_store(sink, spool, STALL_S, min_bytes=8 << 20)
+    # Events keep coming while the resumed sink rejoins and replays; a second stall hits one of
+    # the stores after the rejoin.
+    producer = threading.Thread(target=_produce, args=(settings, [], more, 2_000.0), daemon=True)
+    producer.start()
+    _stall_mid_store(sink, spool, STALL_S, min_bytes=1 << 18)
     producer.join(timeout=120)
     assert not producer.is_alive()
     wait_drained(settings, workers, timeout=240)
@@ -104,7 +115,7 @@ def test_a_sink_stalled_past_its_session_while_storing_counts_every_event_once(
     assert processor.stop() == 0, processor.log_tail()
     assert sink.stop() == 0, sink.log_tail()
     assert "Traceback" not in log, sink.log_tail(80)
-    _verify_exact(settings, gen, events, grants)
+    _verify_exact(settings, gen, all_events, grants)
     try:
         # No ledger row twice either (the per-grant sums above would hide a doubled zero debit).
         rows, distinct = _query(settings, "SELECT count(), uniqExact(event_id, grant_id) FROM credit_ledger")[0]
