@@ -216,7 +216,10 @@ class ClickHouseSink(Service):
                     await self._committed([TopicPartition(*tp) for tp in sorted(others)])).items()})
             self.planner.learn_stores(members, member_committed)
         if self.planner.epoch != epoch:
+            log.info("sink restore of %d partitions superseded by another rebalance", len(tps))
             return  # another rebalance meanwhile: its assignment arms afresh
+        log.info("sink arming %d partitions (epoch %d); %d recorded stores pending, %d landed",
+                 len(committed), epoch, len(stores), len(stores & self.planner.landed))
         for tp in sorted(committed):
             if tp in self.planner.assigned and not self.planner.arm(tp, committed[tp], before.get(tp),
                                                                     pending.get(tp, [])):
@@ -315,6 +318,8 @@ class ClickHouseSink(Service):
                         continue
                     if tp in consumer.assignment():
                         # Never skip fetched records of a partition we still own: read them again.
+                        log.info("records of %s[%d] arrived before it was armed: fetching them again",
+                                 tp.topic, tp.partition)
                         consumer.seek(tp, records[0].offset)
                 # Otherwise revoked meanwhile: its owner reads them from the committed offset.
             await self._flush(force=False)

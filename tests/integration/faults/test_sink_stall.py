@@ -57,7 +57,8 @@ def _stall(worker: Worker, seconds: float) -> None:
         os.killpg(worker.proc.pid, signal.SIGCONT)
 
 
-def _stall_mid_store(worker: Worker, spool: Path, seconds: float, min_bytes: int, timeout: float = 90) -> None:
+def _stall_mid_store(worker: Worker, spool: Path, seconds: float, min_bytes: int, seen: set[str],
+                     timeout: float = 90) -> None:
     """SIGSTOP the sink while a store is in flight: the sink hands each usage-enriched store to
     ClickHouse as an Avro file in its spool directory and deletes it once both inserts returned.
     A big store is still running when the resumed sink rejoins its group."""
@@ -66,11 +67,14 @@ def _stall_mid_store(worker: Worker, spool: Path, seconds: float, min_bytes: int
     while time.monotonic() < deadline:
         assert worker.alive, worker.log_tail()
         for path in spool.glob("creditflow-sink-*/*.avro"):
+            if path.name in seen:
+                continue  # the store frozen before: this stall must catch another one
             try:
                 size = path.stat().st_size
             except FileNotFoundError:
                 continue
             if size >= min_bytes:
+                seen.add(path.name)
                 _stall(worker, seconds)
                 return
         time.sleep(0.002)
@@ -102,15 +106,16 @@ def test_a_sink_stalled_past_its_session_while_storing_counts_every_event_once(
     spool.mkdir()
     sink = Worker(settings, "sink", tmp_path, "sink", TMPDIR=str(spool)).start()
     workers.append(sink)
-    _stall_mid_store(sink, spool, STALL_S, min_bytes=8 << 20)
+    seen: set[str] = set()
+    _stall_mid_store(sink, spool, STALL_S, min_bytes=8 << 20, seen=seen)
     # Events keep coming while the resumed sink rejoins and replays; a second stall hits one of
     # the stores after the rejoin.
     producer = threading.Thread(target=_produce, args=(settings, [], more, 2_000.0), daemon=True)
     producer.start()
-    _stall_mid_store(sink, spool, STALL_S, min_bytes=1 << 18)
+    _stall_mid_store(sink, spool, STALL_S, min_bytes=1 << 18, seen=seen)
     producer.join(timeout=120)
     assert not producer.is_alive()
-    wait_drained(settings, workers, timeout=240)
+    wait_drained(settings, workers, timeout=150)
     log = sink.log_path.read_text(errors="replace")
     assert processor.stop() == 0, processor.log_tail()
     assert sink.stop() == 0, sink.log_tail()
