@@ -136,6 +136,7 @@ class ClickHouseSink(Service):
         # Last time the event loop ran; the ClickHouse thread reads it to notice a stall (SIGSTOP,
         # a VM freeze) longer than the session before it inserts anything more.
         self._loop_alive_at = time.monotonic()
+        self._restoring = asyncio.Lock()
 
     @property
     def combine(self) -> bool:
@@ -198,6 +199,13 @@ class ClickHouseSink(Service):
     async def restore(self, tps: Sequence[TopicPartition]) -> None:
         """Arm assigned partitions: committed offset, the guard of the last recorded batch before
         it, and the chain of recorded batches at or after it (see sinks/store_plan.py)."""
+        # One restore at a time (the rebalance callback and the run loop may both ask), and a
+        # partition armed already is left alone: re-arming it would drop what it has buffered,
+        # records the consumer will not fetch again.
+        async with self._restoring:
+            await self._restore([tp for tp in tps if (tp.topic, tp.partition) not in self.planner.parts])
+
+    async def _restore(self, tps: Sequence[TopicPartition]) -> None:
         assert self.consumer is not None
         if not tps:
             return
@@ -221,8 +229,9 @@ class ClickHouseSink(Service):
         log.info("sink arming %d partitions (epoch %d); %d recorded stores pending, %d landed",
                  len(committed), epoch, len(stores), len(stores & self.planner.landed))
         for tp in sorted(committed):
-            if tp in self.planner.assigned and not self.planner.arm(tp, committed[tp], before.get(tp),
-                                                                    pending.get(tp, [])):
+            if tp in self.planner.parts or tp not in self.planner.assigned:
+                continue
+            if not self.planner.arm(tp, committed[tp], before.get(tp), pending.get(tp, [])):
                 log.warning("recorded sink batches of %s[%d] do not start at its committed offset %d "
                             "(offsets moved by hand?): they are not replayed", tp[0], tp[1], committed[tp])
 
