@@ -337,6 +337,22 @@ class ClickHouseSink(Service):
         # Each store takes records out of the buffers and nothing is fetched meanwhile, so this ends.
         while (store := self.planner.next_store(time.monotonic(), force)) is not None:
             await self._execute(store)
+        if self.planner.skipped:
+            await self._commit_skipped()
+
+    async def _commit_skipped(self) -> None:
+        """Commit past landed batches skipped on arming (stores that landed but whose own commit
+        was fenced): our partitions, this epoch, nothing to insert."""
+        assert self.consumer is not None
+        epoch, member = self.planner.epoch, self._membership()
+        owed = self.planner.take_skipped()
+        try:
+            self._fence(epoch, member)
+            if not member[2]:
+                raise _Fenced("coordinator unknown")
+            await self.consumer.commit({TopicPartition(*tp): OffsetAndMetadata(o, "") for tp, o in owed.items()})
+        except Exception as exc:  # the next owner skips them again
+            log.warning("committing past %d landed sink batches failed: %r", len(owed), exc)
 
     async def _execute(self, store: Store) -> None:
         """Build the store's rows, record its plans, insert, and commit: unless fenced."""

@@ -199,12 +199,16 @@ class StorePlanner:
         self.split: set[str] = set()
         self.split_stores = 0
         self.stale_records = 0
+        # Offsets to commit with no store: partitions whose landed batches were skipped (an idle
+        # partition would otherwise keep its lag until its next store).
+        self.skipped: dict[TP, int] = {}
 
     # -- what Kafka and ClickHouse said ------------------------------------------------------
 
     def revoke(self, tps: Iterable[TP]) -> None:
         """Partitions taken away: their buffers are dropped and in-flight stores are fenced."""
         self.epoch += 1
+        self.skipped.clear()
         for tp in tps:
             self.assigned.discard(tp)
             self.parts.pop(tp, None)
@@ -227,7 +231,14 @@ class StorePlanner:
         """Arm an assigned partition; False when its recorded chain was given up (see arm_partition)."""
         state, broken = arm_partition(tp, self.epoch, committed, before, pending, self.landed)
         self.parts[tp] = state
+        if state.next_offset > committed:
+            self.skipped[tp] = state.next_offset
         return not broken
+
+    def take_skipped(self) -> dict[TP, int]:
+        """Commits owed for skipped landed batches, handed out once."""
+        out, self.skipped = self.skipped, {}
+        return out
 
     def unarmed(self) -> list[TP]:
         return sorted(tp for tp in self.assigned if tp not in self.parts)
@@ -308,6 +319,7 @@ class StorePlanner:
                 part.chain.pop(0)
                 part.guard = head.guard_after
                 part.records = [r for r in part.records if r.offset > head.end]
+                self.skipped[part.tp] = max(self.skipped.get(part.tp, 0), head.end + 1)
 
     def _replay(self, now: float) -> Store | None:
         """The next chained batches that can be re-stored now: recorded batches of their own (or of

@@ -275,3 +275,14 @@ def test_a_store_marked_landed_is_skipped_even_where_it_cannot_be_re_formed() ->
     assert store.pieces[0].guard_before == 5 and planner.split_stores == 0
     rows = store.plan_rows(G, {(T, 0): 6}, {(T, 0): 2}, 0, landed=True)
     assert rows[0][-1] is True
+
+
+def test_skipped_landed_batches_are_owed_a_commit_once() -> None:
+    planner = _planner(parts=0)
+    planner.assign([(T, 0), (T, 1)])
+    x = [RecordedBatch(T, 0, 0, 9, -1, 5, "X", landed=True)]
+    planner.learn_stores({"X": x}, {(T, 0): 0})
+    planner.arm((T, 0), 0, None, x)
+    planner.arm((T, 1), 0, None, [])
+    assert planner.take_skipped() == {(T, 0): 10}
+    assert planner.take_skipped() == {}
