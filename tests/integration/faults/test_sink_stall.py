@@ -115,7 +115,7 @@ def test_a_sink_stalled_past_its_session_while_storing_counts_every_event_once(
     _stall_mid_store(sink, spool, STALL_S, min_bytes=1 << 18, seen=seen)
     producer.join(timeout=120)
     assert not producer.is_alive()
-    wait_drained(settings, workers, timeout=150)
+    wait_drained(settings, workers, timeout=240)
     log = sink.log_path.read_text(errors="replace")
     assert processor.stop() == 0, processor.log_tail()
     assert sink.stop() == 0, sink.log_tail()
