@@ -78,6 +78,9 @@ class MeterResult:
     forward: list[tuple[InputRecord, str]] = field(default_factory=list)
     # Copies of a forwarded record this account has already applied (a forwarder's batch replayed).
     skipped_forwards: int = 0
+    # Events metered at the policy's '*' fallback price because their model is not in the price
+    # table, by model: counted so an unpriced model is seen, not silently priced.
+    unpriced: dict[str, int] = field(default_factory=dict)
 
 
 UsageLookup = Callable[[str], Mapping[str, Any] | None]
@@ -132,6 +135,7 @@ class Meter:
         decode = self.event_decoder.decode
         updates = out.usage_updates
         owner = self.event_owner
+        prices = policy.prices
         for rec in records:
             try:
                 ev = decode(rec.value or b"")  # a tombstone is dead-lettered as empty
@@ -151,6 +155,8 @@ class Meter:
             if owner is not None and owner(account) != rec.partition:
                 out.forward.append((rec, account))
                 continue
+            if ev["model"] not in prices:
+                out.unpriced[ev["model"]] = out.unpriced.get(ev["model"], 0) + 1
             pending = updates.get(account)
             state = _copy_usage(usage(account)) if pending is None else pending[1]
             if state["p"] == rec.partition and rec.offset <= state["o"]:
