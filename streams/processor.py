@@ -1,16 +1,12 @@
 """The processor role: meter interaction events, fold credit grants, detect credit-gaming, in batches.
 
-Order inside one batch is what makes a crash harmless (see ``streams/credits/meter.py``):
-1. grants, then events, are decoded, priced and debited against in-memory account state; reviews,
-   fingerprint observations from other workers, then the grants and metered events are folded
-   into detection state (``streams/detection/engine.py``) from the same decoded values;
-2. outputs (usage-enriched, refinement-feed, dead-letters, gaming-alerts, fingerprint
-   observations for other workers) are published and acknowledged;
-3. detection state, then account state, is published to its changelog and acknowledged;
-4. only then are the input offsets committed.
-A crash before 4 replays the batch: accounts whose state was written skip events they already
-applied (their outputs exist, and so does their detection state, written before), the rest
-recompute identical outputs, and the sink keeps one copy.
+Per batch, for each input partition it read: grants, then events, are decoded, priced and debited
+against in-memory account state (``streams/credits/meter.py``); reviews, fingerprint observations
+from other workers, then the grants and metered events are folded into detection state
+(``streams/detection/engine.py``) from the same decoded values. What that produced is written by
+``streams/runtime/checkpoint.py``, which owns exactly-once: the write order (outputs, detection
+state, account state, input offsets, one transaction per input partition), the fence against a
+worker that lost its partitions, and the list of replay guards.
 
 It is a plain aiokafka consumer run as a service of the Faust app, not a Faust agent. Measured here:
 Faust's per-message consumer path was about two thirds of the processor's CPU, and after some
@@ -20,7 +16,7 @@ flowing. Reading batches with ``getmany`` and committing explicitly avoids both.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import os
 import time
@@ -28,13 +24,15 @@ from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaProducer
 from mode import Service
 
-from streams.credits.meter import InputRecord, Meter, MeterResult
+from streams.credits.meter import DedupWindow, InputRecord, Meter, MeterResult
 from streams.credits.policy import load_policy
 from streams.detection.engine import FLUSH_MAX, Detection, DetectionBatch
 from streams.runtime.batch_send import KeyPartitions, Outgoing, send_partitioned
 from streams.runtime.changelog import ChangelogTable
+from streams.runtime.checkpoint import Checkpoint, PartitionBatch, next_offsets
 from streams.runtime.partitioned import Fetched, PartitionedService
 from streams.runtime.topics import create_topic, retention_ms
 from streams.settings import Settings
@@ -52,6 +50,7 @@ def _now_ms() -> int:
 
 class Processor(PartitionedService):
     logger = log
+    isolation_level = "read_committed"  # fingerprint observations arrive in other workers' transactions
 
     def __init__(self, settings: Settings, bootstrap: str, names: Mapping[str, str], **kwargs: Any) -> None:
         usage = ChangelogTable("account-usage", f"{settings.app_id}-account-usage-changelog", settings.partitions,
@@ -66,7 +65,12 @@ class Processor(PartitionedService):
         self.names = names
         policy = load_policy(settings.policy_path)
         registry = SchemaRegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
-        self.meter = Meter(policy, Decoder("InteractionEvent", registry), Decoder("CreditGrant", registry))
+        self.meter = Meter(policy, Decoder("InteractionEvent", registry), Decoder("CreditGrant", registry),
+                           DedupWindow(int(settings.dedup_window_days * 86_400), settings.dedup_max_ids))
+        self.checkpoint = Checkpoint(settings, bootstrap, self.group, self.tables)
+        # Partitions whose transaction was fenced: taken again only after a new assignment.
+        self.fenced: set[int] = set()
+        self.duplicates = 0
         self.events_topic = names["interaction-events"]
         self.grants_topic = names["credit-grants"]
         self.reviews_topic = names["gaming-reviews"]
@@ -90,15 +94,26 @@ class Processor(PartitionedService):
         await create_topic(self.bootstrap, self.fp_topic, self.settings.partitions,
                            self.settings.replication_factor, {"retention.ms": str(retention_ms(self.settings))})
 
+    async def on_assigned(self, partitions: set[int]) -> None:
+        self.fenced -= partitions  # a new generation: they are ours again
+        await self.recover(partitions)
+
     async def recover(self, partitions: set[int]) -> None:
-        if partitions - self.owned:
+        new = partitions - self.owned - self.fenced
+        if new:
             # A partition this worker gained may have fingerprint observations in flight from its
             # previous owner: fold directly only after they are consumed.
             self.fp_recheck_all = True
-        await super().recover(partitions)
+            await self.checkpoint.acquire(new)  # the fence comes before reading the state
+        await super().recover(new)
 
     def on_release(self, partitions: set[int]) -> None:
         self.detection.on_release(partitions)
+        self.checkpoint.release(partitions)
+
+    async def on_stop(self) -> None:
+        await self.checkpoint.close()
+        await super().on_stop()
 
     async def _fp_partitions_here(self) -> set[int]:
         """Fingerprint partitions this worker holds and has consumed up to ``fp_required``."""
@@ -118,58 +133,82 @@ class Processor(PartitionedService):
 
     async def process(self, fetched: Fetched) -> None:
         t0 = time.perf_counter()
-        grant_records: list[InputRecord] = []
-        event_records: list[InputRecord] = []
-        reviews: list[InputRecord] = []
-        observations: list[InputRecord] = []
-        by_topic = {self.grants_topic: grant_records, self.events_topic: event_records,
-                    self.reviews_topic: reviews, self.fp_topic: observations}
+        by_partition: dict[int, dict[str, list[InputRecord]]] = {}
         for tp, records in fetched.items():
-            # aiokafka's records carry every field the meter reads; no copy into another type.
-            by_topic[tp.topic].extend(records)
+            if tp.partition in self.owned:  # not one whose transaction was just fenced
+                # aiokafka's records carry every field the meter reads; no copy into another type.
+                by_partition.setdefault(tp.partition, {}).setdefault(tp.topic, []).extend(records)
         # Per-account state of earlier batches makes way for this batch's accounts before it is read,
         # so decoded state peaks at ``state_hot_keys`` per table, not that plus the batch's accounts.
-        accounts = {r.key.decode(errors="replace") for records in (grant_records, event_records) for r in records
-                    if r.key}
+        accounts = {r.key.decode(errors="replace") for topics in by_partition.values()
+                    for t in (self.grants_topic, self.events_topic) for r in topics.get(t, ()) if r.key}
         for table in (self.usage, self.grants, self.detection.accounts):
             table.make_room(accounts)
         now = _now_ms()
-        granted = self.meter.grants(grant_records, self.grants.get, now)
+        fp_here = await self._fp_partitions_here()
+        offsets = next_offsets(fetched)
+        writes: list[PartitionBatch] = []
+        events = dead = duplicates = alerts = 0
+        for p, topics in by_partition.items():
+            granted, metered, found = self._compute(p, topics, now, fp_here)
+            writes.append(PartitionBatch(
+                p, functools.partial(self._publish, granted, metered, found),
+                [(t, k, v) for t, _p, k, v in self.detection.changes(found)],
+                [*((self.grants, a, state) for a, (_p, state) in granted.grant_updates.items()),
+                 *((self.usage, a, state) for a, (_p, state) in metered.usage_updates.items())],
+                offsets.get(p, {})))
+            self.fp_stale.update(found.fingerprints)
+            events += len(metered.enriched)
+            duplicates += metered.duplicates
+            dead += len(metered.dead_letters) + len(granted.dead_letters)
+            alerts += len(found.alerts)
+        t1 = time.perf_counter()
+        lost = await self.checkpoint.write(writes)
+        if lost:
+            await self._lost(lost)
+        self.metered += events
+        self.duplicates += duplicates
+        _trace("batch: %d records of %d partitions in, %d metered, %d duplicates, %d dead, %d alerts, %d lost: "
+               "meter+detect %.1f ms, write %.1f ms", sum(len(r) for r in fetched.values()), len(by_partition),
+               events, duplicates, dead, alerts, len(lost), (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)
+
+    def _compute(self, partition: int, topics: Mapping[str, list[InputRecord]], now: int,
+                 fp_here: set[int]) -> tuple[MeterResult, MeterResult, DetectionBatch]:
+        """Meter and detect one input partition's records (no I/O). Fingerprint observations are
+        folded in place only for this partition's own fingerprint partition: state of another
+        partition belongs to another transaction, so those go through the fingerprint topic."""
+        granted = self.meter.grants(topics.get(self.grants_topic, []), self.grants.get, now)
         # Grants of this batch are visible to its events.
         for account, (_partition, state) in granted.grant_updates.items():
             self.grants.set(account, state)
-        metered = self.meter.meter(event_records, self.usage.get, self.grants.get, now)
-        t1 = time.perf_counter()
+        metered = self.meter.meter(topics.get(self.events_topic, []), self.usage.get, self.grants.get, now)
         detection, found = self.detection, DetectionBatch()
-        fp_here = await self._fp_partitions_here()
         # Grants first (their dates inform this batch's events), reviews next (a verdict applies to
         # firings that follow it), then observations from other workers (older than this batch's).
         detection.on_grants(found, granted.accepted_grants)
-        for r in reviews:
+        for r in topics.get(self.reviews_topic, ()):
             detection.on_review(found, r.partition, r.value)
-        for r in observations:
+        for r in topics.get(self.fp_topic, ()):
             detection.on_fingerprint(found, r.partition, r.key, r.value)
-        detection.on_metered(found, metered.enriched, fp_here)
-        t2 = time.perf_counter()
-        await self._publish(granted, metered, found)
-        t3 = time.perf_counter()
-        await self.save(detection.changes(found))
-        await self.save([
-            *((self.grants, p, account, state) for account, (p, state) in granted.grant_updates.items()),
-            *((self.usage, p, account, state) for account, (p, state) in metered.usage_updates.items()),
-        ])
-        await self.commit(fetched)
-        self.metered += len(metered.enriched)
-        _trace("batch: %d events, %d grants, %d reviews, %d observations in, %d replays skipped, %d dead, "
-               "%d alerts, %d observations folded here, %d sent: meter %.1f ms, detect %.1f ms, "
-               "publish %.1f ms, state+commit %.1f ms", len(event_records), len(grant_records), len(reviews),
-               len(observations), metered.skipped_replays, len(metered.dead_letters) + len(granted.dead_letters),
-               len(found.alerts), found.folded_here, sum(len(v) for v in found.fingerprints.values()),
-               (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, (time.perf_counter() - t3) * 1e3)
+        detection.on_metered(found, metered.enriched, fp_here & {partition})
+        return granted, metered, found
 
-    async def _publish(self, granted: MeterResult, metered: MeterResult, found: DetectionBatch) -> None:
-        producer = self.producer
-        assert producer is not None
+    async def _lost(self, partitions: set[int]) -> None:
+        """Partitions whose transaction was fenced: another worker owns them now. Drop what this one
+        computed for them and read them again from the committed offsets if they come back."""
+        self.fenced |= partitions
+        self.release(partitions)
+        consumer = self.consumer
+        assert consumer is not None
+        for tp in [tp for tp in consumer.assignment() if tp.partition in partitions]:
+            committed = await consumer.committed(tp)
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
+
+    async def _publish(self, granted: MeterResult, metered: MeterResult, found: DetectionBatch,
+                       producer: AIOKafkaProducer) -> list[Awaitable[Any]]:
         pending: list[Awaitable[Any]] = []
         # Metered records go to the same partition as their input: the sink's replay guard relies on
         # one input partition feeding exactly one output partition, in order.
@@ -188,9 +227,7 @@ class Processor(PartitionedService):
                 pending.append(await producer.send(
                     self.names["dead-letters"], encode_dead_letter(d), key=d["dead_letter_id"].encode()))
         pending.extend(await self.detection.publish(producer, found))
-        self.fp_stale.update(found.fingerprints)
-        if pending:
-            await asyncio.gather(*pending)
+        return pending
 
     # -- the detectors' timer ---------------------------------------------------------------------
 
@@ -211,15 +248,18 @@ class Processor(PartitionedService):
 
     async def flush(self, limit: int | None = None) -> int:
         """Evaluate quiet entities (see ``Detection.evaluate_quiet``), publish what fires, write their
-        state. Caller holds ``self.lock``. Returns entities evaluated."""
-        assert self.producer is not None
+        state: one transaction per partition, no input offsets. Caller holds ``self.lock``. Returns
+        entities evaluated."""
         found = DetectionBatch()
         n = self.detection.evaluate_quiet(found, limit)
         if n:
-            pending = await self.detection.publish(self.producer, found)
-            if pending:
-                await asyncio.gather(*pending)
-            await self.save(self.detection.changes(found))
+            detection = self.detection
+            writes = [PartitionBatch(p, functools.partial(detection.publish, batch=part),
+                                     [(t, k, v) for t, _p, k, v in detection.changes(part)])
+                      for p, part in found.split().items()]
+            lost = await self.checkpoint.write(writes)
+            if lost:
+                await self._lost(lost)
         return n
 
 

@@ -76,6 +76,19 @@ class Settings(BaseSettings):
         description="port of the worker's HTTP server; 0 = any free port, announced under <data dir>/workers/",
     )
 
+    # Exactly-once in the processor (streams/runtime/checkpoint.py, streams/credits/dedup.py): idempotency
+    # by event id. An id already metered for its account within the window is dead-lettered as DUPLICATE.
+    dedup_window_days: float = Field(
+        default=7.0, ge=0,
+        description="how long (event time) an account remembers the event ids it was metered for; a resend "
+        "within it is not metered again",
+    )
+    dedup_max_ids: int = Field(
+        default=10_000, ge=1,
+        description="most event ids remembered per account (12 bytes each in its state); beyond it the oldest "
+        "are forgotten first",
+    )
+
     @field_validator("topic_prefix")
     @classmethod
     def _prefix_is_topic_safe(cls, v: str) -> str:

@@ -457,8 +457,9 @@ class ChangelogTable:
         if not tps:
             return 0
         self.drop(p.partition for p in tps)
+        # read_committed: a batch whose transaction was aborted (a fenced owner's) never becomes state.
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                    auto_offset_reset="earliest")
+                                    auto_offset_reset="earliest", isolation_level="read_committed")
         await consumer.start()
         started = time.monotonic()
         n = 0

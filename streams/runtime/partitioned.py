@@ -42,11 +42,13 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         async with self.service.lock:
-            await self.service.recover({tp.partition for tp in assigned})
+            await self.service.on_assigned({tp.partition for tp in assigned})
 
 
 class PartitionedService(Service):
     logger: logging.Logger = logging.getLogger("creditflow")
+    # read_committed when inputs include what transactional producers write (see runtime/checkpoint.py).
+    isolation_level = "read_uncommitted"
 
     def __init__(self, settings: Settings, bootstrap: str, group: str, tables: Sequence[ChangelogTable],
                  **kwargs: Any) -> None:
@@ -78,6 +80,10 @@ class PartitionedService(Service):
     def on_release(self, partitions: set[int]) -> None:
         """Forget in-memory extras of partitions that moved away."""
 
+    async def on_assigned(self, partitions: set[int]) -> None:
+        """The group assigned ``partitions`` (a new generation): recover their state."""
+        await self.recover(partitions)
+
     # -- the skeleton -----------------------------------------------------------------------------------
 
     async def on_start(self) -> None:
@@ -94,6 +100,7 @@ class PartitionedService(Service):
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level=self.isolation_level,
             max_poll_records=self.settings.process_batch,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             # Range assignment hands partition i of every input to the same worker, so everything

@@ -29,6 +29,7 @@ DeadLetterErrorKind = Literal[
     "DECODE_ERROR",
     "REGISTRY_UNAVAILABLE",
     "VALIDATION",
+    "DUPLICATE",
 ]
 
 
