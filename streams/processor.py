@@ -50,7 +50,6 @@ def _now_ms() -> int:
 
 class Processor(PartitionedService):
     logger = log
-    isolation_level = "read_committed"  # fingerprint observations arrive in other workers' transactions
 
     def __init__(self, settings: Settings, bootstrap: str, names: Mapping[str, str], **kwargs: Any) -> None:
         usage = ChangelogTable("account-usage", f"{settings.app_id}-account-usage-changelog", settings.partitions,
@@ -163,6 +162,7 @@ class Processor(PartitionedService):
             dead += len(metered.dead_letters) + len(granted.dead_letters)
             alerts += len(found.alerts)
         t1 = time.perf_counter()
+        self.checkpoint.outputs = self.producer
         lost = await self.checkpoint.write(writes)
         if lost:
             await self._lost(lost)
@@ -257,6 +257,7 @@ class Processor(PartitionedService):
             writes = [PartitionBatch(p, functools.partial(detection.publish, batch=part),
                                      [(t, k, v) for t, _p, k, v in detection.changes(part)])
                       for p, part in found.split().items()]
+            self.checkpoint.outputs = self.producer
             lost = await self.checkpoint.write(writes)
             if lost:
                 await self._lost(lost)

@@ -3,31 +3,40 @@ that lost its partitions. Read this first; ``docs/exactly-once.md`` has the whol
 
 The unit of work is one *input partition* p: partition p of every input topic (interaction-events,
 credit-grants, gaming-reviews, detector-fingerprints; the Range assignor hands them to one worker
-together) and partition p of every state table. Each batch writes, for each p it read, in ONE Kafka
-transaction of the producer whose ``transactional.id`` is ``<group>-p<p>``, in this order:
+together) and partition p of every state table. A batch writes, for each p it read, in this order:
 
-1. publish outputs: usage-enriched (partition p), refinement-feed, dead-letters (DUPLICATE ones
-   too), gaming-alerts, fingerprint observations for other partitions;
+1. publish outputs and wait for their acknowledgements: usage-enriched (partition p),
+   refinement-feed, dead-letters (DUPLICATE ones too), gaming-alerts, fingerprint observations for
+   other partitions;
 2. write detection state (detector accounts, fingerprints, alert states of partition p);
-3. write account state (grants, usage: debits, last offset applied, event ids metered);
-4. commit the input offsets (``send_offsets_to_transaction``), then commit the transaction.
+3. write account state (grants; usage: debits, last offset applied, event ids metered);
+4. commit the input offsets.
 
-The transaction makes the four steps one: after a crash anywhere, a read_committed reader sees all
-of a batch or none of it. The order is kept anyway because read_uncommitted readers (the sink, for
-one) see records as they are appended: every output is appended before the state that says it was
-published, and nothing is committed before the state.
+Steps 2-4 are ONE Kafka transaction of the producer whose ``transactional.id`` is ``<group>-p<p>``:
+the offsets are added to it first (``send_offsets_to_transaction``, step 0 below), the state
+records after the outputs are acknowledged, and the commit makes state and offsets visible together.
+State is read back only read_committed (``ChangelogTable.recover``), so a crash anywhere leaves
+either all of a batch's state and offsets or none of them, and the outputs of every committed batch
+exist. Outputs stay outside the transaction: the sink and other readers of the output topics read
+them as plain records (a transaction's markers would shift their offsets), and each output carries
+what makes a repeat of it recognisable (below).
 
 The fence. When a worker is assigned p it first starts p's transactional producer (``acquire``):
 the broker bumps that id's epoch and aborts any transaction still open under the old epoch, and
-only then is p's state read back (read_committed) and p consumed. A worker that lost p (paused past
-its session timeout, partitioned away) still holds the producer of the old epoch: the broker
-rejects every produce, offset commit and transaction commit it sends for p (``ProducerFenced``),
-and what it had appended in its open transaction was aborted. So:
+only then is p's state read back and p consumed. A worker that lost p (paused past its session
+timeout, partitioned away) still holds the producer of the old epoch: the broker rejects every
+request of it for p (``ProducerFenced``), and whatever it had added to its open transaction was
+aborted. Step 0, adding the offsets to the transaction, is the first request of a batch and is
+checked by the broker, so a fenced worker learns it before publishing anything of that batch; it
+then drops what it computed for p (``release``) and takes p again only from a new assignment.
 
-    Invariant: for each input partition, the writes that read_committed readers see come from
-    one owner at a time, in epoch order; a fenced owner's open batch is aborted as a whole, and a
-    fenced owner cannot commit another. What it computed in memory is dropped (``release``) and
-    p is taken again only after a new assignment.
+    Invariant: for each input partition, the state and committed offsets that any later owner
+    reads were written by one owner at a time, in epoch order, a batch at a time, with the
+    outputs of that batch published before. A worker that lost the partition can neither commit
+    offsets nor make state visible for it. The only thing it may still append is the outputs of
+    the one batch it had already passed step 0 with when it was paused; those repeat, record for
+    record, what the next owner publishes for the same input offsets from the same committed
+    state, and the guards below keep one copy.
 
 Guards: the fence and the transaction make a batch land once; these make a *replay* land once (a
 batch re-read after a crash, a rebalance, or records fetched from a committed offset read just
@@ -110,6 +119,8 @@ class Checkpoint:
         self.group = group
         self.tables = tuple(tables)
         self.producers: dict[int, AIOKafkaProducer] = {}
+        # Outputs go through the worker's idempotent producer, outside the transactions (see above).
+        self.outputs: AIOKafkaProducer | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self.transactions = 0
 
@@ -174,17 +185,22 @@ class Checkpoint:
             return p  # released under the batch
         try:
             await producer.begin_transaction()
-            pending: list[Awaitable[Any]] = []
-            if batch.publish is not None:
-                pending.extend(await batch.publish(producer))  # 1. outputs
-            for changes in (batch.detection_state, batch.account_state):  # 2. detection, 3. account state
-                pending.extend(await _put(producer, p, changes))
-            if pending:
-                await asyncio.gather(*pending)
-            if batch.offsets:  # 4. input offsets, with everything above
+            if batch.offsets:
+                # 0. The transaction's first request goes to the broker, which checks the epoch: a
+                # fenced worker stops here, before any output. The offsets count only at the commit.
                 await producer.send_offsets_to_transaction(
                     {tp: OffsetAndMetadata(offset, "") for tp, offset in batch.offsets.items()}, self.group)
-            await producer.commit_transaction()
+            if batch.publish is not None:  # 1. outputs, acknowledged before the state that says so
+                assert self.outputs is not None, "set outputs, the producer of the outputs, before writing"
+                pending = await batch.publish(self.outputs)
+                if pending:
+                    await asyncio.gather(*pending)
+            state: list[Awaitable[Any]] = []
+            for changes in (batch.detection_state, batch.account_state):  # 2. detection, 3. account state
+                state.extend(await _put(producer, p, changes))
+            if state:
+                await asyncio.gather(*state)
+            await producer.commit_transaction()  # 4. state and input offsets, at once
         except ProducerFenced:
             log.warning("partition %d was taken over by another worker; this batch of it is dropped", p)
             self.release([p])

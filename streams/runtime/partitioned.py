@@ -47,8 +47,6 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 class PartitionedService(Service):
     logger: logging.Logger = logging.getLogger("creditflow")
-    # read_committed when inputs include what transactional producers write (see runtime/checkpoint.py).
-    isolation_level = "read_uncommitted"
 
     def __init__(self, settings: Settings, bootstrap: str, group: str, tables: Sequence[ChangelogTable],
                  **kwargs: Any) -> None:
@@ -100,7 +98,6 @@ class PartitionedService(Service):
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            isolation_level=self.isolation_level,
             max_poll_records=self.settings.process_batch,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             # Range assignment hands partition i of every input to the same worker, so everything
