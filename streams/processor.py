@@ -32,7 +32,7 @@ from streams.credits.policy import load_policy
 from streams.detection.engine import FLUSH_MAX, Detection, DetectionBatch
 from streams.runtime.batch_send import KeyPartitions, Outgoing, send_partitioned
 from streams.runtime.changelog import ChangelogTable
-from streams.runtime.checkpoint import Checkpoint, PartitionBatch, next_offsets
+from streams.runtime.checkpoint import BatchWrites, Checkpoint, next_offsets
 from streams.runtime.partitioned import Fetched, PartitionedService
 from streams.runtime.topics import create_topic, retention_ms
 from streams.settings import Settings
@@ -92,6 +92,7 @@ class Processor(PartitionedService):
         # partition number that holds the fingerprint's alert state.
         await create_topic(self.bootstrap, self.fp_topic, self.settings.partitions,
                            self.settings.replication_factor, {"retention.ms": str(retention_ms(self.settings))})
+        await self.checkpoint.prepare()
 
     async def on_assigned(self, partitions: set[int]) -> None:
         self.fenced -= partitions  # a new generation: they are ours again
@@ -132,66 +133,60 @@ class Processor(PartitionedService):
 
     async def process(self, fetched: Fetched) -> None:
         t0 = time.perf_counter()
-        by_partition: dict[int, dict[str, list[InputRecord]]] = {}
+        grant_records: list[InputRecord] = []
+        event_records: list[InputRecord] = []
+        reviews: list[InputRecord] = []
+        observations: list[InputRecord] = []
+        by_topic = {self.grants_topic: grant_records, self.events_topic: event_records,
+                    self.reviews_topic: reviews, self.fp_topic: observations}
+        fetched = {tp: records for tp, records in fetched.items() if tp.partition in self.owned}  # not fenced
         for tp, records in fetched.items():
-            if tp.partition in self.owned:  # not one whose transaction was just fenced
-                # aiokafka's records carry every field the meter reads; no copy into another type.
-                by_partition.setdefault(tp.partition, {}).setdefault(tp.topic, []).extend(records)
+            # aiokafka's records carry every field the meter reads; no copy into another type.
+            by_topic[tp.topic].extend(records)
         # Per-account state of earlier batches makes way for this batch's accounts before it is read,
         # so decoded state peaks at ``state_hot_keys`` per table, not that plus the batch's accounts.
-        accounts = {r.key.decode(errors="replace") for topics in by_partition.values()
-                    for t in (self.grants_topic, self.events_topic) for r in topics.get(t, ()) if r.key}
+        accounts = {r.key.decode(errors="replace") for records in (grant_records, event_records) for r in records
+                    if r.key}
         for table in (self.usage, self.grants, self.detection.accounts):
             table.make_room(accounts)
         now = _now_ms()
-        fp_here = await self._fp_partitions_here()
-        offsets = next_offsets(fetched)
-        writes: list[PartitionBatch] = []
-        events = dead = duplicates = alerts = 0
-        for p, topics in by_partition.items():
-            granted, metered, found = self._compute(p, topics, now, fp_here)
-            writes.append(PartitionBatch(
-                p, functools.partial(self._publish, granted, metered, found),
-                [(t, k, v) for t, _p, k, v in self.detection.changes(found)],
-                [*((self.grants, a, state) for a, (_p, state) in granted.grant_updates.items()),
-                 *((self.usage, a, state) for a, (_p, state) in metered.usage_updates.items())],
-                offsets.get(p, {})))
-            self.fp_stale.update(found.fingerprints)
-            events += len(metered.enriched)
-            duplicates += metered.duplicates
-            dead += len(metered.dead_letters) + len(granted.dead_letters)
-            alerts += len(found.alerts)
-        t1 = time.perf_counter()
-        self.checkpoint.outputs = self.producer
-        lost = await self.checkpoint.write(writes)
-        if lost:
-            await self._lost(lost)
-        self.metered += events
-        self.duplicates += duplicates
-        _trace("batch: %d records of %d partitions in, %d metered, %d duplicates, %d dead, %d alerts, %d lost: "
-               "meter+detect %.1f ms, write %.1f ms", sum(len(r) for r in fetched.values()), len(by_partition),
-               events, duplicates, dead, alerts, len(lost), (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)
-
-    def _compute(self, partition: int, topics: Mapping[str, list[InputRecord]], now: int,
-                 fp_here: set[int]) -> tuple[MeterResult, MeterResult, DetectionBatch]:
-        """Meter and detect one input partition's records (no I/O). Fingerprint observations are
-        folded in place only for this partition's own fingerprint partition: state of another
-        partition belongs to another transaction, so those go through the fingerprint topic."""
-        granted = self.meter.grants(topics.get(self.grants_topic, []), self.grants.get, now)
+        granted = self.meter.grants(grant_records, self.grants.get, now)
         # Grants of this batch are visible to its events.
         for account, (_partition, state) in granted.grant_updates.items():
             self.grants.set(account, state)
-        metered = self.meter.meter(topics.get(self.events_topic, []), self.usage.get, self.grants.get, now)
+        metered = self.meter.meter(event_records, self.usage.get, self.grants.get, now)
+        t1 = time.perf_counter()
         detection, found = self.detection, DetectionBatch()
+        fp_here = await self._fp_partitions_here()
         # Grants first (their dates inform this batch's events), reviews next (a verdict applies to
         # firings that follow it), then observations from other workers (older than this batch's).
         detection.on_grants(found, granted.accepted_grants)
-        for r in topics.get(self.reviews_topic, ()):
+        for r in reviews:
             detection.on_review(found, r.partition, r.value)
-        for r in topics.get(self.fp_topic, ()):
+        for r in observations:
             detection.on_fingerprint(found, r.partition, r.key, r.value)
-        detection.on_metered(found, metered.enriched, fp_here & {partition})
-        return granted, metered, found
+        detection.on_metered(found, metered.enriched, fp_here)
+        t2 = time.perf_counter()
+        self.checkpoint.outputs = self.producer
+        lost = await self.checkpoint.write(BatchWrites(
+            functools.partial(self._publish, granted, metered, found),
+            detection.changes(found),
+            [*((self.grants, p, account, state) for account, (p, state) in granted.grant_updates.items()),
+             *((self.usage, p, account, state) for account, (p, state) in metered.usage_updates.items())],
+            next_offsets(fetched)))
+        if lost:
+            await self._lost(lost)
+        else:
+            self.fp_stale.update(found.fingerprints)
+            self.metered += len(metered.enriched)
+            self.duplicates += metered.duplicates
+        _trace("batch: %d events, %d grants, %d reviews, %d observations in, %d replays skipped, %d duplicates, "
+               "%d dead, %d alerts, %d observations folded here, %d sent, %d partitions lost: meter %.1f ms, "
+               "detect %.1f ms, write %.1f ms", len(event_records), len(grant_records), len(reviews),
+               len(observations), metered.skipped_replays, metered.duplicates,
+               len(metered.dead_letters) + len(granted.dead_letters), len(found.alerts), found.folded_here,
+               sum(len(v) for v in found.fingerprints.values()), len(lost), (t1 - t0) * 1e3, (t2 - t1) * 1e3,
+               (time.perf_counter() - t2) * 1e3)
 
     async def _lost(self, partitions: set[int]) -> None:
         """Partitions whose transaction was fenced: another worker owns them now. Drop what this one
@@ -248,17 +243,13 @@ class Processor(PartitionedService):
 
     async def flush(self, limit: int | None = None) -> int:
         """Evaluate quiet entities (see ``Detection.evaluate_quiet``), publish what fires, write their
-        state: one transaction per partition, no input offsets. Caller holds ``self.lock``. Returns
-        entities evaluated."""
+        state (no input offsets). Caller holds ``self.lock``. Returns entities evaluated."""
         found = DetectionBatch()
         n = self.detection.evaluate_quiet(found, limit)
         if n:
-            detection = self.detection
-            writes = [PartitionBatch(p, functools.partial(detection.publish, batch=part),
-                                     [(t, k, v) for t, _p, k, v in detection.changes(part)])
-                      for p, part in found.split().items()]
             self.checkpoint.outputs = self.producer
-            lost = await self.checkpoint.write(writes)
+            lost = await self.checkpoint.write(BatchWrites(
+                functools.partial(self.detection.publish, batch=found), self.detection.changes(found)))
             if lost:
                 await self._lost(lost)
         return n

@@ -125,32 +125,12 @@ class DetectionBatch:
 
     def __init__(self) -> None:
         self.alerts: list[tuple[str, dict[str, Any]]] = []  # (entity id key, GamingAlert)
-        self.alert_partitions: list[int] = []  # the partition of the state each alert came from
         # fingerprint-topic partition -> (fingerprint, JSON observation) for other workers
         self.fingerprints: dict[int, list[tuple[str, bytes]]] = {}
         self.folded_here = 0  # fingerprint observations folded without the round trip
         self.accounts: dict[str, int] = {}  # key -> partition of touched state
         self.fps: dict[str, int] = {}
         self.alert_states: dict[str, int] = {}
-
-    def split(self) -> dict[int, DetectionBatch]:
-        """The batch by partition of its state (the detector timer's writes, one transaction each)."""
-        out: dict[int, DetectionBatch] = {}
-
-        def part(p: int) -> DetectionBatch:
-            b = out.get(p)
-            if b is None:
-                b = out[p] = DetectionBatch()
-            return b
-
-        for p, alert in zip(self.alert_partitions, self.alerts, strict=True):
-            part(p).alerts.append(alert)
-            part(p).alert_partitions.append(p)
-        for name in ("accounts", "fps", "alert_states"):
-            for key, p in getattr(self, name).items():
-                getattr(part(p), name)[key] = p
-        assert not self.fingerprints, "observations for other workers are split by their source partition"
-        return out
 
 
 class Detection:
@@ -342,7 +322,6 @@ class Detection:
             alert = process_firing(state, f)
             if alert is not None:
                 batch.alerts.append((f.entity_id, wire_alert(alert)))
-                batch.alert_partitions.append(partition)
 
     # -- timer flush ------------------------------------------------------------------------------
 

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,7 +83,7 @@ from streams.settings import Settings
 
 log = logging.getLogger("creditflow.checkpoint")
 
-Change = tuple[ChangelogTable, str, Any]  # table, key, value (the partition is the batch's)
+Change = tuple[ChangelogTable, int, str, Any]  # table, partition, key, value
 Publish = Callable[[AIOKafkaProducer], Awaitable[list[Awaitable[Any]]]]
 
 
@@ -92,15 +93,17 @@ def transactional_id(group: str, partition: int) -> str:
 
 
 @dataclass
-class PartitionBatch:
-    """What one batch writes for one input partition, in the order it is written."""
+class BatchWrites:
+    """What one batch writes, in the order it is written."""
 
-    partition: int
     publish: Publish | None = None
     detection_state: list[Change] = field(default_factory=list)
     account_state: list[Change] = field(default_factory=list)
-    # Next offset to read, per input topic-partition consumed (empty for the detector timer's writes).
-    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    # Next offset to read per input topic-partition, by input partition (none for the detector timer).
+    offsets: dict[int, dict[TopicPartition, int]] = field(default_factory=dict)
+
+    def partitions(self) -> set[int]:
+        return {p for _t, p, _k, _v in (*self.detection_state, *self.account_state)} | self.offsets.keys()
 
 
 def next_offsets(fetched: Mapping[TopicPartition, Sequence[Any]]) -> dict[int, dict[TopicPartition, int]]:
@@ -129,7 +132,20 @@ class Checkpoint:
             bootstrap_servers=self.bootstrap, transactional_id=transactional_id(self.group, partition),
             acks="all", enable_idempotence=True, compression_type=self.settings.compression_type,
             linger_ms=5, max_batch_size=1024 * 1024,
+            # A batch's first request follows the previous commit at once and is often told to retry
+            # while that commit's markers are written (CONCURRENT_TRANSACTIONS): 100 ms is too long.
+            retry_backoff_ms=10,
         )
+
+    async def prepare(self) -> None:
+        """Before joining the group: a first transactional producer makes the broker create its
+        transaction log (50 partitions by default) and find this worker a coordinator, seconds on a
+        fresh cluster that would otherwise pass inside the assignment callback, where they count
+        against the session timeout. Its id fences nothing (no partition's)."""
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, transactional_id=f"{self.group}-start",
+                                    acks="all", enable_idempotence=True)
+        await producer.start()
+        await producer.stop()
 
     async def acquire(self, partitions: Iterable[int]) -> None:
         """Fence every earlier owner of ``partitions``: start their transactional producers (the broker
@@ -168,49 +184,90 @@ class Checkpoint:
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
-    async def write(self, batches: Sequence[PartitionBatch]) -> set[int]:
-        """Write every partition's batch in its own transaction, all at once; returns the partitions
-        whose transaction was fenced (lost to another worker: nothing of theirs was committed). Any
-        other failure raises, and nothing not yet committed may be committed after it."""
-        results = await asyncio.gather(*(self._write_one(b) for b in batches))
+    async def write(self, batch: BatchWrites) -> set[int]:
+        """Write ``batch`` (the order above); returns the partitions lost to another worker (fenced),
+        for which nothing of the batch was committed. Any other failure raises, and nothing not yet
+        committed may be committed after it."""
+        parts = sorted(batch.partitions())
+        missing = {p for p in parts if p not in self.producers}  # released under the batch
+        if missing:
+            return set(parts)
+        producers = {p: self.producers[p] for p in parts}
+        t0 = time.perf_counter()
+        # 0. Every transaction begins with the input offsets: the broker checks each epoch.
+        fenced = {p for p, ok in zip(parts, await asyncio.gather(
+            *(self._begin(producers[p], batch.offsets.get(p)) for p in parts)), strict=True) if not ok}
+        if fenced:
+            # Fenced on one partition means this worker left the group (a member still in it gives its
+            # partitions back only between batches): the others are going, or gone, too.
+            await asyncio.gather(*(self._abort(producers[p]) for p in parts if p not in fenced))
+            return self._lost(parts)
+        t1 = time.perf_counter()
+        # 1-3. Sent in this order; all acknowledged before the commit (state is invisible until then,
+        # so it need not wait for the outputs' acknowledgements, only the commit does).
+        pending: list[Awaitable[Any]] = []
+        if batch.publish is not None:  # 1. outputs
+            assert self.outputs is not None, "set outputs, the producer of the outputs, before writing"
+            pending.extend(await batch.publish(self.outputs))
+        for changes in (batch.detection_state, batch.account_state):  # 2. detection, 3. account state
+            by_partition: dict[int, list[tuple[ChangelogTable, int, str, Any]]] = {}
+            for change in changes:
+                by_partition.setdefault(change[1], []).append(change)
+            for p, items in by_partition.items():
+                pending.extend(await _put(producers[p], items))
+        t2 = time.perf_counter()
+        try:
+            if pending:
+                await asyncio.gather(*pending)
+        except ProducerFenced:
+            await asyncio.gather(*(self._abort(pr) for pr in producers.values()), return_exceptions=True)
+            return self._lost(parts)
+        t3 = time.perf_counter()
+        # 4. State and input offsets become visible together, partition by partition.
+        committed = await asyncio.gather(*(self._commit(producers[p]) for p in parts))
+        log.debug("%d transactions: begin %.1f ms, send %.1f ms, acknowledged %.1f ms, commit %.1f ms", len(parts),
+                  (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, (time.perf_counter() - t3) * 1e3)
+        self.transactions += sum(committed)
         # Every change is written: values the batch only read may go back to bytes.
         for table in self.tables:
             table.evict()
-        return {p for p in results if p is not None}
+        return self._lost([p for p, ok in zip(parts, committed, strict=True) if not ok])
 
-    async def _write_one(self, batch: PartitionBatch) -> int | None:
-        p = batch.partition
-        producer = self.producers.get(p)
-        if producer is None:
-            return p  # released under the batch
+    def _lost(self, partitions: Sequence[int]) -> set[int]:
+        if partitions:
+            log.warning("partitions %s were taken over by another worker; this batch of them is dropped",
+                        sorted(partitions))
+            self.release(partitions)
+        return set(partitions)
+
+    async def _begin(self, producer: AIOKafkaProducer, offsets: Mapping[TopicPartition, int] | None) -> bool:
         try:
             await producer.begin_transaction()
-            if batch.offsets:
-                # 0. The transaction's first request goes to the broker, which checks the epoch: a
-                # fenced worker stops here, before any output. The offsets count only at the commit.
+            if offsets:
                 await producer.send_offsets_to_transaction(
-                    {tp: OffsetAndMetadata(offset, "") for tp, offset in batch.offsets.items()}, self.group)
-            if batch.publish is not None:  # 1. outputs, acknowledged before the state that says so
-                assert self.outputs is not None, "set outputs, the producer of the outputs, before writing"
-                pending = await batch.publish(self.outputs)
-                if pending:
-                    await asyncio.gather(*pending)
-            state: list[Awaitable[Any]] = []
-            for changes in (batch.detection_state, batch.account_state):  # 2. detection, 3. account state
-                state.extend(await _put(producer, p, changes))
-            if state:
-                await asyncio.gather(*state)
-            await producer.commit_transaction()  # 4. state and input offsets, at once
+                    {tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()}, self.group)
         except ProducerFenced:
-            log.warning("partition %d was taken over by another worker; this batch of it is dropped", p)
-            self.release([p])
-            return p
-        self.transactions += 1
-        return None
+            return False
+        return True
+
+    @staticmethod
+    async def _commit(producer: AIOKafkaProducer) -> bool:
+        try:
+            await producer.commit_transaction()
+        except ProducerFenced:
+            return False
+        return True
+
+    @staticmethod
+    async def _abort(producer: AIOKafkaProducer) -> None:
+        try:
+            await producer.abort_transaction()
+        except KafkaError as exc:  # fenced meanwhile: the broker aborts it anyway
+            log.debug("abort: %r", exc)
 
 
-async def _put(producer: AIOKafkaProducer, partition: int, changes: Sequence[Change]) -> list[Awaitable[Any]]:
+async def _put(producer: AIOKafkaProducer, changes: Sequence[Change]) -> list[Awaitable[Any]]:
     by_table: dict[ChangelogTable, list[tuple[int, str, Any]]] = {}
-    for table, key, value in changes:
+    for table, partition, key, value in changes:
         by_table.setdefault(table, []).append((partition, key, value))
     return [f for table, items in by_table.items() for f in await table.put_many(producer, items)]
