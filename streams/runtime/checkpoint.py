@@ -216,12 +216,13 @@ class Checkpoint:
             for p, items in by_partition.items():
                 pending.extend(await _put(producers[p], items))
         t2 = time.perf_counter()
-        try:
-            if pending:
-                await asyncio.gather(*pending)
-        except ProducerFenced:
-            await asyncio.gather(*(self._abort(pr) for pr in producers.values()), return_exceptions=True)
+        # Every future is awaited (a fenced producer fails them all; none is left unretrieved).
+        errors = [r for r in await asyncio.gather(*pending, return_exceptions=True) if isinstance(r, BaseException)]
+        if any(isinstance(e, ProducerFenced) for e in errors):
+            await asyncio.gather(*(self._abort(pr) for pr in producers.values()))
             return self._lost(parts)
+        if errors:
+            raise errors[0]
         t3 = time.perf_counter()
         # 4. State and input offsets become visible together, partition by partition.
         committed = await asyncio.gather(*(self._commit(producers[p]) for p in parts))
@@ -262,7 +263,7 @@ class Checkpoint:
     async def _abort(producer: AIOKafkaProducer) -> None:
         try:
             await producer.abort_transaction()
-        except KafkaError as exc:  # fenced meanwhile: the broker aborts it anyway
+        except KafkaError as exc:  # fenced: the broker aborted it already, or will
             log.debug("abort: %r", exc)
 
 
