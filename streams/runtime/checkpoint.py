@@ -1,42 +1,44 @@
 """Exactly-once in the processor: the one module that orders a batch's writes and fences a worker
 that lost its partitions. Read this first; ``docs/exactly-once.md`` has the whole picture.
 
-The unit of work is one *input partition* p: partition p of every input topic (interaction-events,
-credit-grants, gaming-reviews, detector-fingerprints; the Range assignor hands them to one worker
-together) and partition p of every state table. A batch writes, for each p it read, in this order:
+Each *input partition* p (partition p of every input topic: interaction-events, credit-grants,
+gaming-reviews, detector-fingerprints, which the Range assignor hands to one worker together, and
+partition p of every state table) has its own transactional producer, ``transactional.id`` =
+``<group>-p<p>``. ``Checkpoint.write`` writes a batch in this order:
 
-1. publish outputs and wait for their acknowledgements: usage-enriched (partition p),
-   refinement-feed, dead-letters (DUPLICATE ones too), gaming-alerts, fingerprint observations for
-   other partitions;
-2. write detection state (detector accounts, fingerprints, alert states of partition p);
-3. write account state (grants; usage: debits, last offset applied, event ids metered);
-4. commit the input offsets.
+0. begin a transaction for every partition the batch writes and add each one's input offsets
+   (``send_offsets_to_transaction``): the batch's first requests, each checked by the broker;
+1. publish the outputs: usage-enriched (to the input's partition), refinement-feed, dead-letters
+   (DUPLICATE ones too), gaming-alerts, fingerprint observations for other workers;
+2. write detection state (detector accounts, fingerprints, alert states), each change in its
+   partition's transaction;
+3. write account state (grants; usage: debits, last offset applied, event ids metered), likewise;
+4. once every record of 1-3 is acknowledged, commit each transaction: a partition's state and
+   input offsets become visible together.
 
-Steps 2-4 are ONE Kafka transaction of the producer whose ``transactional.id`` is ``<group>-p<p>``:
-the offsets are added to it first (``send_offsets_to_transaction``, step 0 below), the state
-records after the outputs are acknowledged, and the commit makes state and offsets visible together.
-State is read back only read_committed (``ChangelogTable.recover``), so a crash anywhere leaves
-either all of a batch's state and offsets or none of them, and the outputs of every committed batch
-exist. Outputs stay outside the transaction: the sink and other readers of the output topics read
-them as plain records (a transaction's markers would shift their offsets), and each output carries
-what makes a repeat of it recognisable (below).
+State is read back only read_committed (``ChangelogTable.recover``): a crash anywhere leaves all of
+a partition's batch state and offsets or none of them, and every output of a committed batch exists.
+Outputs stay outside the transactions: the sink and other readers of the output topics read them as
+plain records (transaction markers take offsets, which the sink's store plans and every lag figure
+count), and each output carries what makes a repeat of it recognisable (the guards below).
 
 The fence. When a worker is assigned p it first starts p's transactional producer (``acquire``):
 the broker bumps that id's epoch and aborts any transaction still open under the old epoch, and
 only then is p's state read back and p consumed. A worker that lost p (paused past its session
 timeout, partitioned away) still holds the producer of the old epoch: the broker rejects every
 request of it for p (``ProducerFenced``), and whatever it had added to its open transaction was
-aborted. Step 0, adding the offsets to the transaction, is the first request of a batch and is
-checked by the broker, so a fenced worker learns it before publishing anything of that batch; it
-then drops what it computed for p (``release``) and takes p again only from a new assignment.
+aborted. Step 0 comes before any output, so a worker resuming before a batch learns it is fenced
+before publishing anything of it; the batch is then dropped whole (fenced on one partition means it
+left the group: a member still in it gives partitions back only between batches, under the batch
+lock), and the worker takes those partitions again only from a new assignment.
 
     Invariant: for each input partition, the state and committed offsets that any later owner
     reads were written by one owner at a time, in epoch order, a batch at a time, with the
     outputs of that batch published before. A worker that lost the partition can neither commit
-    offsets nor make state visible for it. The only thing it may still append is the outputs of
-    the one batch it had already passed step 0 with when it was paused; those repeat, record for
-    record, what the next owner publishes for the same input offsets from the same committed
-    state, and the guards below keep one copy.
+    offsets nor make state visible for it. The only thing it may still append is outputs of the
+    batch it was already past step 0 with when it was paused; those repeat, record for record,
+    what the next owner publishes for the same input offsets from the same committed state, and
+    the guards below keep one copy.
 
 Guards: the fence and the transaction make a batch land once; these make a *replay* land once (a
 batch re-read after a crash, a rebalance, or records fetched from a committed offset read just
