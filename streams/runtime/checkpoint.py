@@ -180,6 +180,11 @@ class Checkpoint:
             await producer.stop()
         except KafkaError as exc:  # a fenced producer may refuse to flush; nothing of it is wanted
             log.debug("closing a released producer: %r", exc)
+        # A fenced producer's transaction manager fails a future nobody awaits (aiokafka); asyncio would
+        # log it at ERROR as "never retrieved" though the fence is expected and already handled.
+        waiter = getattr(getattr(producer, "_txn_manager", None), "_transaction_waiter", None)
+        if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled():
+            waiter.exception()
 
     async def close(self) -> None:
         self.release(list(self.producers))
