@@ -3,8 +3,8 @@
 Pure apart from reading state through the lookups it is given: the processor does the I/O.
 Two guards live here (``streams/runtime/checkpoint.py`` lists every guard and why each holds):
 - replays: each account's usage state remembers the input partition and offset of the last event
-  folded into it; an event at or below that offset was already applied (its outputs were committed
-  in the same transaction as the state), so it is skipped instead of being debited twice;
+  folded into it; an event at or below that offset was already applied (its outputs were acknowledged
+  before the transaction that wrote the state committed), so it is skipped, not debited twice;
 - resends: the state also remembers the event ids it was metered for (``streams/credits/dedup.py``);
   an id seen again within the window is dead-lettered as DUPLICATE, not metered.
 """
