@@ -75,6 +75,9 @@ class MeterResult:
     skipped_replays: int = 0
     # Events whose event_id the account was already metered for (dead-lettered as DUPLICATE).
     duplicates: int = 0
+    # Events metered at the policy's '*' fallback price because their model is not in the price
+    # table, by model: counted so an unpriced model is seen, not silently priced.
+    unpriced: dict[str, int] = field(default_factory=dict)
 
 
 UsageLookup = Callable[[str], Mapping[str, Any] | None]
@@ -132,6 +135,7 @@ class Meter:
         updates = out.usage_updates
         seen: dict[str, SeenIds] = {}
         window_s, max_ids = self.dedup.seconds, self.dedup.max_ids
+        prices = policy.prices
         for rec in records:
             try:
                 ev = decode(rec.value or b"")  # a tombstone is dead-lettered as empty
@@ -147,6 +151,8 @@ class Meter:
                 self._dead(out, rec, "VALIDATION", f"model: no list price for {ev['model']!r} in policy "
                            f"{policy.version} and no '*' fallback", now_ms)
                 continue
+            if ev["model"] not in prices:
+                out.unpriced[ev["model"]] = out.unpriced.get(ev["model"], 0) + 1
             account = ev["account_id"]
             pending = updates.get(account)
             state = _copy_usage(usage(account)) if pending is None else pending[1]

@@ -89,3 +89,14 @@ def test_a_resent_event_id_is_a_duplicate_dead_letter_and_is_debited_once() -> N
     # Replaying the second batch (a crash before its commit) is a replay, not 21 more duplicates.
     replay = meter.meter(raws, usage.get, grant_state.get, NOW)
     assert replay.skipped_replays == len(raws) and replay.duplicates == 0 and not replay.dead_letters
+
+
+def test_events_on_a_model_missing_from_the_price_table_are_counted() -> None:
+    events = list(Generator(accounts=3, seed=6).events(30))
+    for ev in events[:7]:
+        ev["model"] = "nova-preview"
+    result = _meter().meter(_records(events), {}.get, {}.get, NOW)
+    assert len(result.enriched) == 30 and result.unpriced == {"nova-preview": 7}
+    fallback = load_policy().price_for("*")
+    assert not load_policy().is_priced("nova-preview") and load_policy().is_priced("atlas-small")
+    assert load_policy().price_for("nova-preview") == fallback
