@@ -268,6 +268,9 @@ class Checkpoint:
 
     @staticmethod
     async def _abort(producer: AIOKafkaProducer) -> None:
+        txn = getattr(producer, "_txn_manager", None)
+        if txn is not None and txn.is_fatal_error():
+            return  # fenced: nothing to abort from here (the broker aborted it); aiokafka would assert
         try:
             await producer.abort_transaction()
         except KafkaError as exc:  # fenced: the broker aborted it already, or will
