@@ -37,6 +37,7 @@ from sinks.avro_container import LEDGER_FILE_STRUCTURE, ContainerBuilder, Guarde
 from sinks.client import connect, is_unavailable
 from sinks.columns import CREDIT_LEDGER_COLUMNS, EVENTS_COLUMNS, INSERT_COLUMNS, dedup_settings
 from sinks.routing import ROUTES, Route, dead_letter_rows
+from streams.runtime.kafka_clients import KafkaClients
 from streams.settings import Settings
 from streams.wire.codec import DecodeError, Decoder
 from streams.wire.dead_letters import build_dead_letter
@@ -135,6 +136,7 @@ class ClickHouseSink(Service):
         self.client_factory = client_factory or (lambda: connect(settings.resolved_clickhouse_url))
         self.settings = settings
         self.bootstrap = bootstrap
+        self.kafka = KafkaClients(settings, bootstrap)
         self.group = f"{settings.app_id}-sink"
         self.routes: dict[str, Route] = {names[r.topic_key]: r for r in ROUTES}
         self.decoders: dict[str, Decoder] = {}
@@ -184,7 +186,7 @@ class ClickHouseSink(Service):
         for topic, route in self.routes.items():
             self.decoders[topic] = Decoder(route.schema, None)
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **self.kafka.common(),
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -193,8 +195,7 @@ class ClickHouseSink(Service):
             fetch_max_bytes=64 * 1024 * 1024,
             # While ClickHouse is away the loop stops polling on purpose; do not leave the group.
             max_poll_interval_ms=24 * 3600 * 1000,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
+            **self.kafka.group_member("sink"),
         )
         await self.consumer.start()
         self.consumer.subscribe(topics=list(self.routes), listener=_Listener(self))

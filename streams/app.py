@@ -9,6 +9,7 @@ from __future__ import annotations
 import faust
 
 from streams.runtime.gc_policy import tune_for_batches
+from streams.runtime.kafka_clients import faust_broker_settings
 from streams.settings import Role, Settings
 
 
@@ -19,7 +20,8 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     tune_for_batches()
     app = faust.App(
         settings.app_id,
-        broker=f"kafka://{bootstrap}",
+        # Broker address, credentials and session timing, as every other client of the project has them.
+        **faust_broker_settings(settings, bootstrap),
         # Agents receive raw bytes: the Avro codec decodes in batches and dead-letters what it cannot read.
         key_serializer="raw",
         value_serializer="raw",
@@ -38,9 +40,6 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         web_enabled=True,
         web_bind=settings.web_host,
         web_port=pick_port(settings),
-        # A crashed worker's partitions move after this long; Faust's 60 s default stalls recovery.
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=1.0,
         table_standby_replicas=0,
         # Recovery must replay the whole changelog: account state is the ledger's memory.
         table_cleanup_interval=3600.0,

@@ -87,7 +87,7 @@ class Processor(PartitionedService):
     async def prepare(self) -> None:
         # Same partition count as the inputs: reviews keyed by a fingerprint must land on the
         # partition number that holds the fingerprint's alert state.
-        await create_topic(self.bootstrap, self.fp_topic, self.settings.partitions,
+        await create_topic(self.kafka, self.fp_topic, self.settings.partitions,
                            self.settings.replication_factor, {"retention.ms": str(retention_ms(self.settings))})
 
     async def recover(self, partitions: set[int]) -> None:

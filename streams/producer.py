@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from schemas.catalogue import SchemaVersion, get_catalogue
+from streams.runtime.kafka_clients import KafkaClients, describe_failure
 from streams.runtime.topics import CREDIT_GRANTS, INTERACTION_EVENTS, SUBSCRIPTION_CHANGES
 from streams.settings import Settings, get_settings
 from streams.wire.codec import (
@@ -85,6 +86,7 @@ class CreditflowProducer:
     ) -> None:
         self.settings = settings or get_settings()
         self._bootstrap = bootstrap_servers or self.settings.kafka_bootstrap_servers
+        self._delivery_timeout = self.settings.kafka_delivery_timeout_ms / 1000
         self._linger_ms = linger_ms
         self._max_batch_size = max_batch_size
         self.compression_type = compression_type or DEFAULT_COMPRESSION
@@ -103,6 +105,8 @@ class CreditflowProducer:
         self._producer: Any = None
         self._pending: set[asyncio.Future[Any]] = set()
         self._failures: list[BaseException] = []
+        # A flush timed out: the records still queued are given up, and stop() must not wait for them.
+        self._abandoned = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -114,8 +118,10 @@ class CreditflowProducer:
                 "no Kafka bootstrap servers: pass bootstrap_servers or set KAFKA_BOOTSTRAP_SERVERS"
             )
         producer = self._factory(
-            bootstrap_servers=self._bootstrap,
+            **KafkaClients(self.settings, self._bootstrap).common(),
             client_id=self._client_id,
+            # aiokafka fails a batch not acknowledged within this long; flush() bounds the rest.
+            request_timeout_ms=min(40_000, self.settings.kafka_delivery_timeout_ms),
             acks="all",
             enable_idempotence=True,
             compression_type=self.compression_type,
@@ -123,19 +129,31 @@ class CreditflowProducer:
             max_batch_size=self._max_batch_size,
         )
         try:
-            await producer.start()
-        except KafkaError as exc:
+            await asyncio.wait_for(producer.start(), self._delivery_timeout)
+        except (KafkaError, OSError, TimeoutError) as exc:
             with contextlib.suppress(Exception):
-                await producer.stop()
-            raise DeliveryError(f"cannot connect to Kafka at {self._bootstrap}: {exc}", [exc]) from exc
+                await _abandon(producer)
+            raise DeliveryError(describe_failure(exc, self._bootstrap), [exc]) from None
         self._producer = producer
 
     async def flush(self) -> None:
-        """Wait until every record emitted so far is acknowledged; DeliveryError if any was not."""
-        if self._producer is not None:
-            await self._producer.flush()
-        if self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        """Wait until every record emitted so far is acknowledged; DeliveryError if any was not, or
+        if some are still unacknowledged after ``KAFKA_DELIVERY_TIMEOUT_MS`` (broker unreachable).
+        Such a record may still land later: resending it is safe, events are deduplicated by id."""
+        try:
+            async with asyncio.timeout(self._delivery_timeout):
+                if self._producer is not None:
+                    await self._producer.flush()
+                if self._pending:
+                    await asyncio.gather(*list(self._pending), return_exceptions=True)
+        except TimeoutError:
+            self._abandoned = True
+            waiting, self._pending = len(self._pending), set()
+            self._failures = []
+            raise DeliveryError(
+                f"{waiting} record(s) not acknowledged by Kafka at {self._bootstrap} within "
+                f"{self._delivery_timeout:g}s (KAFKA_DELIVERY_TIMEOUT_MS)"
+            ) from None
         if self._failures:
             failures, self._failures = self._failures, []
             raise DeliveryError(f"{len(failures)} record(s) not delivered: {failures[0]}", failures)
@@ -147,7 +165,10 @@ class CreditflowProducer:
             await self.flush()
         finally:
             producer, self._producer = self._producer, None
-            await producer.stop()
+            if self._abandoned:
+                await _abandon(producer)
+            else:
+                await producer.stop()
 
     async def __aenter__(self) -> CreditflowProducer:
         await self.start()
@@ -211,14 +232,17 @@ class CreditflowProducer:
             raise RuntimeError("producer is not started: use 'async with' or await start()")
         key = str(record["account_id"]).encode()
         try:
-            fut = await self._producer.send(self.settings.topic(topic_name), value=value, key=key)
-        except KafkaError as exc:
-            raise DeliveryError(f"cannot enqueue to {self.settings.topic(topic_name)}: {exc}", [exc]) from exc
+            # send() waits for metadata and buffer space; with the broker away that is unbounded.
+            fut = await asyncio.wait_for(self._producer.send(self.settings.topic(topic_name), value=value, key=key),
+                                         self._delivery_timeout)
+        except (KafkaError, TimeoutError) as exc:
+            raise DeliveryError(f"cannot enqueue to {self.settings.topic(topic_name)} at {self._bootstrap}: "
+                                f"{exc or 'no broker answered within KAFKA_DELIVERY_TIMEOUT_MS'}", [exc]) from exc
         self._pending.add(fut)
         fut.add_done_callback(self._on_delivery)
         if wait:
             try:
-                await fut
+                await asyncio.wait_for(asyncio.shield(fut), self._delivery_timeout)
             except Exception as exc:
                 raise DeliveryError(
                     f"not delivered to {self.settings.topic(topic_name)}: {exc}", [exc]
@@ -235,11 +259,22 @@ class CreditflowProducer:
             self._failures.append(exc)
 
 
+async def _abandon(producer: Any) -> None:
+    """Close a producer without waiting for the records it still holds (aiokafka's stop() waits for
+    every batch, and with idempotence it never expires one, so it would wait for the broker forever)."""
+    task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    if task is not None:
+        task.cancel()
+    await producer.stop()
+
+
 class SyncCreditflowProducer:
     """Blocking facade: the async producer runs on its own event loop in a daemon thread."""
 
-    def __init__(self, settings: Settings | None = None, *, timeout: float = 30.0, **kwargs: Any) -> None:
-        self._timeout = timeout
+    def __init__(self, settings: Settings | None = None, *, timeout: float | None = None, **kwargs: Any) -> None:
+        # Longer than the delivery timeout, so a slow delivery surfaces as DeliveryError, not as this.
+        delivery_s = (settings or get_settings()).kafka_delivery_timeout_ms / 1000
+        self._timeout = timeout if timeout is not None else delivery_s + 15.0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="creditflow-producer", daemon=True
