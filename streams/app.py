@@ -10,6 +10,7 @@ import faust
 
 from streams.runtime.gc_policy import tune_for_batches
 from streams.runtime.kafka_clients import faust_broker_settings
+from streams.runtime.kafka_log_limits import limit_kafka_logs
 from streams.settings import Role, Settings
 
 
@@ -18,6 +19,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     tune_for_batches()
+    limit_kafka_logs(settings.kafka_log_interval_seconds)
     app = faust.App(
         settings.app_id,
         # Broker address, credentials and session timing, as every other client of the project has them.

@@ -31,6 +31,7 @@ from aiokafka.errors import KafkaError
 
 from schemas.catalogue import SchemaVersion, get_catalogue
 from streams.runtime.kafka_clients import KafkaClients, describe_failure
+from streams.runtime.kafka_log_limits import limit_kafka_logs
 from streams.runtime.topics import CREDIT_GRANTS, INTERACTION_EVENTS, SUBSCRIPTION_CHANGES
 from streams.settings import Settings, get_settings
 from streams.wire.codec import (
@@ -117,8 +118,10 @@ class CreditflowProducer:
             raise ValueError(
                 "no Kafka bootstrap servers: pass bootstrap_servers or set KAFKA_BOOTSTRAP_SERVERS"
             )
+        clients = KafkaClients(self.settings, self._bootstrap)
+        limit_kafka_logs(self.settings.kafka_log_interval_seconds)
         producer = self._factory(
-            **KafkaClients(self.settings, self._bootstrap).common(),
+            **clients.common(),
             client_id=self._client_id,
             # aiokafka fails a batch not acknowledged within this long; flush() bounds the rest.
             request_timeout_ms=min(40_000, self.settings.kafka_delivery_timeout_ms),
@@ -133,7 +136,8 @@ class CreditflowProducer:
         except (KafkaError, OSError, TimeoutError) as exc:
             with contextlib.suppress(Exception):
                 await _abandon(producer)
-            raise DeliveryError(describe_failure(exc, self._bootstrap), [exc]) from None
+            reason = await describe_failure(exc, clients)
+            raise DeliveryError(reason, [exc]) from None
         self._producer = producer
 
     async def flush(self) -> None:

@@ -10,12 +10,21 @@ bootstrap address and security protocol only.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 
 if TYPE_CHECKING:
     from streams.settings import Settings
@@ -169,15 +178,58 @@ def faust_broker_settings(settings: Settings, bootstrap: str) -> dict[str, Any]:
     }
 
 
-def describe_failure(exc: BaseException, clients: KafkaClients | str) -> str:
-    """One line for a client that could not start: what is wrong, where, without secrets."""
+async def describe_failure(exc: BaseException, clients: KafkaClients | str) -> str:
+    """One line for a client that could not start: what is wrong and where, never a secret.
+
+    aiokafka reports every failed bootstrap as "Unable to bootstrap", whatever the cause (refused,
+    TLS, SASL); for those the first broker is dialled once more, alone, to name the cause.
+    """
     where = str(clients)
-    text = str(exc) or type(exc).__name__
-    name = type(exc).__name__
+    if isinstance(exc, KafkaConnectionError):
+        cause = await probe(clients)
+        if cause is not None:
+            return cause
+    return _explain(exc, where, _username(clients))
+
+
+def _explain(exc: BaseException, where: str, username: str | None) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, KafkaConfigError):
         return text
-    if "Authentication" in name or "SaslAuth" in name or "authentication" in text.lower():
-        return f"Kafka at {where} rejected the credentials (check KAFKA_SASL_USERNAME/PASSWORD/MECHANISM): {text}"
-    if isinstance(exc, ssl.SSLError) or "SSL" in name or "CERTIFICATE" in text.upper():
-        return f"TLS handshake with Kafka at {where} failed (check KAFKA_SSL_*): {text}"
-    return f"cannot reach Kafka at {where}: {text}"
+    if isinstance(exc, (SaslAuthenticationFailed, AuthenticationFailedError)):
+        return (f"Kafka at {where} rejected the SASL credentials of user {username!r} "
+                "(check KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SASL_MECHANISM)")
+    if isinstance(exc, UnsupportedSaslMechanismError):
+        return f"Kafka at {where} does not offer this SASL mechanism (KAFKA_SASL_MECHANISM): {text}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS with Kafka at {where} failed (check KAFKA_SSL_*): {_ssl_reason(exc)}"
+    if isinstance(exc, KafkaConnectionError | OSError | TimeoutError):
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else text
+        return f"cannot reach Kafka at {where}: {reason}"
+    if isinstance(exc, KafkaError):
+        return f"Kafka at {where}: {text}"
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+async def probe(clients: KafkaClients | str, timeout: float = 10.0) -> str | None:
+    """Why the first bootstrap broker cannot be talked to (TCP, TLS, SASL), or None if it can."""
+    first = str(clients).split(",")[0].strip()
+    host, _, port_text = first.rpartition(":")
+    if not host or not port_text.isdigit():
+        return f"KAFKA_BOOTSTRAP_SERVERS: {first!r} is not host:port"
+    security = clients._security if isinstance(clients, KafkaClients) else {}
+    try:
+        conn = await asyncio.wait_for(create_conn(host, int(port_text), request_timeout_ms=int(timeout * 1000),
+                                                  **security), timeout)
+    except Exception as exc:
+        return _explain(exc, first, _username(clients))
+    conn.close()
+    return None
+
+
+def _ssl_reason(exc: ssl.SSLError) -> str:
+    return str(getattr(exc, "verify_message", None) or exc.reason or exc)
+
+
+def _username(clients: KafkaClients | str) -> str | None:
+    return clients.settings.kafka_sasl_username if isinstance(clients, KafkaClients) else None
