@@ -8,6 +8,7 @@ interval, noting how many were held back, so the outage stays visible without dr
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -50,9 +51,10 @@ def limit_kafka_logs(interval: float, names: Iterable[str] | None = None) -> Rep
     A logger filter sees only records created on that very logger, not those propagated from its
     children, hence one attachment per module logger.
     """
-    import aiokafka.client  # noqa: F401  (its module loggers must exist to be found)
-    import aiokafka.consumer.group_coordinator  # noqa: F401
-    import aiokafka.producer.sender  # noqa: F401
+    # Imported so their module loggers exist to be found.
+    for module in ("aiokafka.client", "aiokafka.conn", "aiokafka.consumer.group_coordinator",
+                   "aiokafka.consumer.fetcher", "aiokafka.producer.sender"):
+        importlib.import_module(module)
 
     wanted = set(names or ())
     wanted |= {name for name in logging.Logger.manager.loggerDict if name.startswith(PREFIXES)}
