@@ -106,8 +106,8 @@ class CreditflowProducer:
         self._producer: Any = None
         self._pending: set[asyncio.Future[Any]] = set()
         self._failures: list[BaseException] = []
-        # A flush timed out: the records still queued are given up, and stop() must not wait for them.
-        self._abandoned = False
+        # Started once: after a delivery timeout the next emit reconnects with a fresh client.
+        self._started = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -139,11 +139,16 @@ class CreditflowProducer:
             reason = await describe_failure(exc, clients)
             raise DeliveryError(reason, [exc]) from None
         self._producer = producer
+        self._started = True
 
     async def flush(self) -> None:
         """Wait until every record emitted so far is acknowledged; DeliveryError if any was not, or
         if some are still unacknowledged after ``KAFKA_DELIVERY_TIMEOUT_MS`` (broker unreachable).
-        Such a record may still land later: resending it is safe, events are deduplicated by id."""
+
+        Records that timed out are dropped with the client that held them (aiokafka never expires
+        an idempotent batch, it would resend it whenever the broker came back); the next emit
+        connects afresh. One in flight when the broker went away may still have landed: resend it,
+        events are deduplicated by id."""
         try:
             async with asyncio.timeout(self._delivery_timeout):
                 if self._producer is not None:
@@ -151,9 +156,8 @@ class CreditflowProducer:
                 if self._pending:
                     await asyncio.gather(*list(self._pending), return_exceptions=True)
         except TimeoutError:
-            self._abandoned = True
-            waiting, self._pending = len(self._pending), set()
-            self._failures = []
+            waiting = len(self._pending)
+            await self._discard()
             raise DeliveryError(
                 f"{waiting} record(s) not acknowledged by Kafka at {self._bootstrap} within "
                 f"{self._delivery_timeout:g}s (KAFKA_DELIVERY_TIMEOUT_MS)"
@@ -163,16 +167,26 @@ class CreditflowProducer:
             raise DeliveryError(f"{len(failures)} record(s) not delivered: {failures[0]}", failures)
 
     async def close(self) -> None:
+        self._started = False
         if self._producer is None:
             return
         try:
             await self.flush()
         finally:
             producer, self._producer = self._producer, None
-            if self._abandoned:
-                await _abandon(producer)
-            else:
+            if producer is not None:
                 await producer.stop()
+
+    async def _discard(self) -> None:
+        """Drop the client and every record it still holds."""
+        producer, self._producer = self._producer, None
+        pending, self._pending = self._pending, set()
+        self._failures = []
+        for fut in pending:
+            fut.remove_done_callback(self._on_delivery)
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await _abandon(producer)
 
     async def __aenter__(self) -> CreditflowProducer:
         await self.start()
@@ -232,6 +246,8 @@ class CreditflowProducer:
         self, topic_name: str, schema_name: str, record: Mapping[str, Any], wait: bool
     ) -> asyncio.Future[Any]:
         value = await self.encode(topic_name, schema_name, record)
+        if self._producer is None and self._started:
+            await self.start()  # the client was dropped after a delivery timeout
         if self._producer is None:
             raise RuntimeError("producer is not started: use 'async with' or await start()")
         key = str(record["account_id"]).encode()

@@ -41,7 +41,7 @@ class RepeatLimiter(logging.Filter):
         if held:
             # Appended to the formatted message, so a '%' in it cannot break the record's own args.
             record.msg = f"{record.getMessage()} [{held} more like this in the last {self.interval:g}s]"
-            record.args = None
+            record.args = ()
         return True
 
 
