@@ -31,7 +31,7 @@ from aiokafka.errors import KafkaError
 
 from schemas.catalogue import SchemaVersion, get_catalogue
 from streams.runtime.kafka_clients import KafkaClients, describe_failure
-from streams.runtime.kafka_log_limits import limit_kafka_logs
+from streams.runtime.kafka_log_limits import limit_kafka_logs, quiet_while_connecting
 from streams.runtime.topics import CREDIT_GRANTS, INTERACTION_EVENTS, SUBSCRIPTION_CHANGES
 from streams.settings import Settings, get_settings
 from streams.wire.codec import (
@@ -132,7 +132,8 @@ class CreditflowProducer:
             max_batch_size=self._max_batch_size,
         )
         try:
-            await asyncio.wait_for(producer.start(), self._delivery_timeout)
+            with quiet_while_connecting():
+                await asyncio.wait_for(producer.start(), self._delivery_timeout)
         except (KafkaError, OSError, TimeoutError) as exc:
             with contextlib.suppress(Exception):
                 await _abandon(producer)

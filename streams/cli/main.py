@@ -70,11 +70,13 @@ def worker(role: str | None, loglevel: str | None) -> None:
     import faust
 
     from streams.runtime.kafka_clients import describe_failure
+    from streams.runtime.kafka_log_limits import quiet_while_connecting
     from streams.runtime.pipeline import build, prepare
 
     settings = _settings(role=role, log_level=loglevel)
     try:
-        bootstrap, broker = prepare(settings)
+        with quiet_while_connecting():
+            bootstrap, broker = prepare(settings)
         pipeline = build(settings, bootstrap, broker)
     except Exception as exc:
         # A broken configuration (credentials, TLS files, an unreachable broker) is one line, not a trace.

@@ -228,7 +228,8 @@ async def probe(clients: KafkaClients | str, timeout: float = 10.0) -> str | Non
 
 
 def _ssl_reason(exc: ssl.SSLError) -> str:
-    return str(getattr(exc, "verify_message", None) or exc.reason or exc)
+    verify = getattr(exc, "verify_message", None)
+    return f"certificate verify failed: {verify}" if verify else str(exc.reason or exc)
 
 
 def _username(clients: KafkaClients | str) -> str | None:

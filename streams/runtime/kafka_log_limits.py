@@ -8,10 +8,11 @@ interval, noting how many were held back, so the outage stays visible without dr
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 # Loggers of the Kafka clients the worker runs: aiokafka's, and Faust's transport wrapped round it.
 PREFIXES = ("aiokafka", "faust.transport")
@@ -69,3 +70,17 @@ def limit_kafka_logs(interval: float, names: Iterable[str] | None = None) -> Rep
         limiter = limiter or RepeatLimiter(interval)
         logger.addFilter(limiter)
     return limiter or RepeatLimiter(interval)
+
+
+@contextlib.contextmanager
+def quiet_while_connecting() -> Iterator[None]:
+    """Hold back aiokafka's own error lines while a client first connects: a failure is reported
+    once, by the caller, with its cause (``kafka_clients.describe_failure``), not as a log line plus
+    an exception."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
