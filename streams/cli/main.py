@@ -84,7 +84,7 @@ def worker(role: str | None, loglevel: str | None) -> None:
             else "the local broker"
         raise click.ClickException(asyncio.run(describe_failure(exc, where))) from None
     click.echo(f"creditflow worker: role={settings.role.value} kafka={bootstrap} "
-               f"clickhouse={_redact(settings.resolved_clickhouse_url)} "
+               f"({settings.kafka_security_protocol}) clickhouse={_redact(settings.resolved_clickhouse_url)} "
                f"http=http://{settings.web_host}:{pipeline.app.conf.web_port}", err=True)
     faust.Worker(pipeline.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
 
