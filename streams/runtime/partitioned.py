@@ -29,6 +29,8 @@ from streams.settings import Settings
 
 # An unexpected error inside a batch must not let its offsets be committed: exit and replay.
 CRASH_EXIT_CODE = 70
+# How long a stopping worker waits for its batch in flight before leaving it to be replayed.
+DRAIN_TIMEOUT_S = 30.0
 
 Fetched = Mapping[TopicPartition, Sequence[Any]]
 
@@ -124,6 +126,14 @@ class PartitionedService(Service):
             await asyncio.sleep(0.2)
 
     async def on_stop(self) -> None:
+        # SIGTERM drains: the batch in flight (it holds the lock) publishes, writes its state and
+        # commits before the consumer leaves the group; no new batch starts once stopping.
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S), self.lock:
+                pass
+        except TimeoutError:
+            self.logger.warning("the batch in flight did not finish within %.0fs of shutdown; it will be replayed",
+                                DRAIN_TIMEOUT_S)
         if self.consumer is not None:
             await self.consumer.stop()
         if self.producer is not None:
@@ -183,7 +193,7 @@ class PartitionedService(Service):
         within_ms = int(self.settings.process_within * 1000)
         while not self.should_stop:
             fetched = await self.consumer.getmany(timeout_ms=within_ms, max_records=self.settings.process_batch)
-            if not fetched:
+            if not fetched or self.should_stop:
                 continue
             try:
                 async with self.lock:
