@@ -168,7 +168,8 @@ def test_worker_over_sasl_ssl_lands_every_event(secured: SecuredBroker, topic_se
     assert (count, distinct) == (len(events), len(events))
 
 
-def _cli(args: list[str], env: dict[str, str], tmp_path: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _cli(args: list[str], env: dict[str, str], tmp_path: Path,
+         timeout: float = 120) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith(("CREDITFLOW_", "KAFKA_"))}
     full |= {"CREDITFLOW_DATA_DIR": str(tmp_path / "data"), "CREDITFLOW_TOPIC_PREFIX": "cli.",
              "CLICKHOUSE_URL": f"chdb://{tmp_path / 'clickhouse'}", **env}
