@@ -46,30 +46,26 @@ class RepeatLimiter(logging.Filter):
         return True
 
 
-def limit_kafka_logs(interval: float, names: Iterable[str] | None = None) -> RepeatLimiter:
-    """Attach one limiter to every Kafka client logger (existing ones, and those named); idempotent.
+# One limiter for the process, so every client's loggers share the same counts.
+_LIMITER = RepeatLimiter(30.0)
 
-    A logger filter sees only records created on that very logger, not those propagated from its
-    children, hence one attachment per module logger.
-    """
+
+def limit_kafka_logs(interval: float, names: Iterable[str] | None = None) -> RepeatLimiter:
+    """Attach the process' limiter to every Kafka client logger (existing ones, and those named);
+    idempotent. A logger filter sees only records created on that very logger, not those propagated
+    from its children, hence one attachment per module logger."""
     # Imported so their module loggers exist to be found.
     for module in ("aiokafka.client", "aiokafka.conn", "aiokafka.consumer.group_coordinator",
                    "aiokafka.consumer.fetcher", "aiokafka.producer.sender"):
         importlib.import_module(module)
-
     wanted = set(names or ())
     wanted |= {name for name in logging.Logger.manager.loggerDict if name.startswith(PREFIXES)}
-    limiter: RepeatLimiter | None = None
-    for name in sorted(wanted):
+    _LIMITER.interval = interval
+    for name in wanted:
         logger = logging.getLogger(name)
-        existing = [f for f in logger.filters if isinstance(f, RepeatLimiter)]
-        if existing:
-            limiter = existing[0]
-            limiter.interval = interval
-            continue
-        limiter = limiter or RepeatLimiter(interval)
-        logger.addFilter(limiter)
-    return limiter or RepeatLimiter(interval)
+        if _LIMITER not in logger.filters:
+            logger.addFilter(_LIMITER)
+    return _LIMITER
 
 
 @contextlib.contextmanager
