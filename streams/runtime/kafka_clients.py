@@ -175,10 +175,12 @@ def faust_broker_settings(settings: Settings, bootstrap: str) -> dict[str, Any]:
         "broker_credentials": credentials,
         "broker_session_timeout": session_s,
         "broker_heartbeat_interval": min(1.0, session_s / 3),
-        # Faust's own consumer group gates the worker's start (the services start once it has
-        # joined): a static member rejoins at once after a restart instead of waiting for its
-        # predecessor's session to expire.
-        "consumer_group_instance_id": f"{settings.group_instance_id}-faust" if settings.group_instance_id else None,
+        # Faust's own consumer group gates the worker's start (its services start once that group has
+        # joined): a static member rejoins at once after a restart instead of waiting for its dead
+        # predecessor's session to expire. Only with a fixed web port: Faust checks that an assignment
+        # kept from before the restart names this worker's URL, and port 0 picks a new one each start.
+        "consumer_group_instance_id": f"{settings.group_instance_id}-faust"
+        if settings.group_instance_id and settings.web_port else None,
     }
 
 

@@ -112,12 +112,14 @@ def test_group_membership_static_only_when_named() -> None:
 
 
 def test_faust_gets_the_same_credentials() -> None:
-    conf = faust_broker_settings(_sasl(group_instance_id="pod-1"), "broker-1:9093")
+    conf = faust_broker_settings(_sasl(group_instance_id="pod-1", web_port=6066), "broker-1:9093")
     creds = conf["broker_credentials"]
     assert isinstance(creds, faust.SASLCredentials)
     assert creds.protocol.value == "SASL_SSL" and creds.mechanism.value == "SCRAM-SHA-512"
     assert creds.username == "svc" and SECRET not in repr(creds)
     assert conf["broker"] == "kafka://broker-1:9093" and conf["consumer_group_instance_id"] == "pod-1-faust"
+    # With a web port picked at each start Faust would reject its own kept assignment: dynamic there.
+    assert faust_broker_settings(_sasl(group_instance_id="pod-1"), "b:1")["consumer_group_instance_id"] is None
     ssl_only = faust_broker_settings(Settings(KAFKA_SECURITY_PROTOCOL="SSL"), "b:1")["broker_credentials"]
     assert isinstance(ssl_only, faust.SSLCredentials)
     plain = faust_broker_settings(Settings(), "b:1")
