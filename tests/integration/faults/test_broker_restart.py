@@ -26,7 +26,8 @@ from tests.integration.test_pipeline import _produce, _verify_exact, _wait_grant
 
 pytestmark = pytest.mark.integration
 
-OUTAGE_S = 20.0
+# A short outage in the suite; CREDITFLOW_TEST_OUTAGE_S=180 rides out minutes of it.
+OUTAGE_S = float(os.environ.get("CREDITFLOW_TEST_OUTAGE_S", "20"))
 
 
 @pytest.fixture
@@ -92,7 +93,8 @@ def test_worker_rides_out_a_broker_restart(broker: LocalKafka, tmp_path: Path) -
                 assert worker.alive, worker.log_tail()
                 grown = worker.log_path.stat().st_size - log_size_before
                 # Connection errors at a bounded rate: a few lines per kind, not a megabyte a minute.
-                assert grown < 20_000, f"worker logged {grown} bytes in {OUTAGE_S}s of outage:\n{worker.log_tail()}"
+                bound = 20_000 * max(1.0, OUTAGE_S / 60)
+                assert grown < bound, f"worker logged {grown} bytes in {OUTAGE_S}s of outage:\n{worker.log_tail()}"
                 # The timed-out record was dropped with its client: closing does not wait for it.
                 return took
 
