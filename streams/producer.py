@@ -148,8 +148,8 @@ class CreditflowProducer:
 
         Records that timed out are dropped with the client that held them (aiokafka never expires
         an idempotent batch, it would resend it whenever the broker came back); the next emit
-        connects afresh. One in flight when the broker went away may still have landed: resend it,
-        events are deduplicated by id."""
+        connects afresh. One in flight when the broker went away may still have landed, so a resend
+        may be a duplicate: the event id is the idempotency key."""
         try:
             async with asyncio.timeout(self._delivery_timeout):
                 if self._producer is not None:
@@ -264,6 +264,10 @@ class CreditflowProducer:
         if wait:
             try:
                 await asyncio.wait_for(asyncio.shield(fut), self._delivery_timeout)
+            except TimeoutError:
+                await self._discard()  # as flush() does: the record is not sent later
+                raise DeliveryError(f"not acknowledged by Kafka at {self._bootstrap} within "
+                                    f"{self._delivery_timeout:g}s (KAFKA_DELIVERY_TIMEOUT_MS)") from None
             except Exception as exc:
                 raise DeliveryError(
                     f"not delivered to {self.settings.topic(topic_name)}: {exc}", [exc]
