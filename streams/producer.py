@@ -137,7 +137,7 @@ class CreditflowProducer:
         except (KafkaError, OSError, TimeoutError) as exc:
             with contextlib.suppress(Exception):
                 await _abandon(producer)
-            reason = await describe_failure(exc, clients)
+            reason = await describe_failure(exc, clients, from_kafka=True)
             raise DeliveryError(reason, [exc]) from None
         self._producer = producer
         self._started = True

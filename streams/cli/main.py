@@ -75,7 +75,8 @@ def worker(role: str | None, loglevel: str | None) -> None:
 
     settings = _settings(role=role, log_level=loglevel)
     try:
-        with quiet_while_connecting():
+        # ClickHouse's HTTP client logs its retries too; the error below says what failed.
+        with quiet_while_connecting("urllib3", "clickhouse_connect"):
             bootstrap, broker = prepare(settings)
         pipeline = build(settings, bootstrap, broker)
     except Exception as exc:

@@ -184,21 +184,22 @@ def faust_broker_settings(settings: Settings, bootstrap: str) -> dict[str, Any]:
     }
 
 
-async def describe_failure(exc: BaseException, clients: KafkaClients | str) -> str:
+async def describe_failure(exc: BaseException, clients: KafkaClients | str, *, from_kafka: bool = False) -> str:
     """One line for a client that could not start: what is wrong and where, never a secret.
 
     aiokafka reports every failed bootstrap as "Unable to bootstrap", whatever the cause (refused,
-    TLS, SASL); for those the first broker is dialled once more, alone, to name the cause.
+    TLS, SASL); for those the first broker is dialled once more, alone, to name the cause. Other
+    errors (a worker's start also opens ClickHouse) keep their own first line unless ``from_kafka``.
     """
     where = str(clients)
     if isinstance(exc, KafkaConnectionError):
         cause = await probe(clients)
         if cause is not None:
             return cause
-    return _explain(exc, where, _username(clients))
+    return _explain(exc, where, _username(clients), from_kafka)
 
 
-def _explain(exc: BaseException, where: str, username: str | None) -> str:
+def _explain(exc: BaseException, where: str, username: str | None, from_kafka: bool) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, KafkaConfigError):
         return text
@@ -207,14 +208,15 @@ def _explain(exc: BaseException, where: str, username: str | None) -> str:
                 "(check KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SASL_MECHANISM)")
     if isinstance(exc, UnsupportedSaslMechanismError):
         return f"Kafka at {where} does not offer this SASL mechanism (KAFKA_SASL_MECHANISM): {text}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS with Kafka at {where} failed (check KAFKA_SSL_*): {_ssl_reason(exc)}"
-    if isinstance(exc, KafkaConnectionError | OSError | TimeoutError):
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else text
-        return f"cannot reach Kafka at {where}: {reason}"
-    if isinstance(exc, KafkaError):
+    if from_kafka or isinstance(exc, KafkaError):
+        if isinstance(exc, ssl.SSLError):
+            return f"TLS with Kafka at {where} failed (check KAFKA_SSL_*): {_ssl_reason(exc)}"
+        if isinstance(exc, KafkaConnectionError | OSError | TimeoutError):
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else text
+            return f"cannot reach Kafka at {where}: {reason}"
         return f"Kafka at {where}: {text}"
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = str(exc).strip()
+    return first.splitlines()[0] if first else type(exc).__name__
 
 
 async def probe(clients: KafkaClients | str, timeout: float = 10.0) -> str | None:
@@ -228,7 +230,7 @@ async def probe(clients: KafkaClients | str, timeout: float = 10.0) -> str | Non
         conn = await asyncio.wait_for(create_conn(host, int(port_text), request_timeout_ms=int(timeout * 1000),
                                                   **security), timeout)
     except Exception as exc:
-        return _explain(exc, first, _username(clients))
+        return _explain(exc, first, _username(clients), from_kafka=True)
     conn.close()
     return None
 

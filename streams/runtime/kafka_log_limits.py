@@ -69,14 +69,16 @@ def limit_kafka_logs(interval: float, names: Iterable[str] | None = None) -> Rep
 
 
 @contextlib.contextmanager
-def quiet_while_connecting() -> Iterator[None]:
-    """Hold back aiokafka's own error lines while a client first connects: a failure is reported
-    once, by the caller, with its cause (``kafka_clients.describe_failure``), not as a log line plus
-    an exception."""
-    logger = logging.getLogger("aiokafka")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+def quiet_while_connecting(*names: str) -> Iterator[None]:
+    """Hold back the clients' own error lines while they first connect (aiokafka's, and any other
+    loggers named): a failure is reported once, by the caller, with its cause
+    (``kafka_clients.describe_failure``), not as log lines plus an exception."""
+    loggers = [logging.getLogger(name) for name in ("aiokafka", *names)]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

@@ -138,3 +138,11 @@ def test_failures_are_described_in_one_line_without_secrets() -> None:
     assert line.startswith("cannot reach Kafka at 127.0.0.1:1") and "\n" not in line
     bad = asyncio.run(describe_failure(KafkaConnectionError("x"), "kafka.example"))
     assert "'kafka.example' is not host:port" in bad
+
+
+def test_other_failures_keep_their_own_first_line() -> None:
+    clients = KafkaClients(Settings(KAFKA_BOOTSTRAP_SERVERS="h:1"))
+    clickhouse = ConnectionError("cannot reach ClickHouse at http://ch:8123\nretries: 3")
+    assert asyncio.run(describe_failure(clickhouse, clients)) == "cannot reach ClickHouse at http://ch:8123"
+    assert asyncio.run(describe_failure(TimeoutError(), clients, from_kafka=True)) == (
+        "cannot reach Kafka at h:1: TimeoutError")
