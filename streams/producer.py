@@ -133,7 +133,8 @@ class CreditflowProducer:
         )
         try:
             with quiet_while_connecting():
-                await asyncio.wait_for(producer.start(), self._delivery_timeout)
+                async with asyncio.timeout(self._delivery_timeout):
+                    await producer.start()
         except (KafkaError, OSError, TimeoutError) as exc:
             with contextlib.suppress(Exception):
                 await _abandon(producer)
@@ -254,8 +255,10 @@ class CreditflowProducer:
         key = str(record["account_id"]).encode()
         try:
             # send() waits for metadata and buffer space; with the broker away that is unbounded.
-            fut = await asyncio.wait_for(self._producer.send(self.settings.topic(topic_name), value=value, key=key),
-                                         self._delivery_timeout)
+            # (asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation of the
+            # caller when the send completes at the same moment, and a Ctrl-C would then be lost.)
+            async with asyncio.timeout(self._delivery_timeout):
+                fut = await self._producer.send(self.settings.topic(topic_name), value=value, key=key)
         except (KafkaError, TimeoutError) as exc:
             raise DeliveryError(f"cannot enqueue to {self.settings.topic(topic_name)} at {self._bootstrap}: "
                                 f"{exc or 'no broker answered within KAFKA_DELIVERY_TIMEOUT_MS'}", [exc]) from exc
@@ -263,7 +266,8 @@ class CreditflowProducer:
         fut.add_done_callback(self._on_delivery)
         if wait:
             try:
-                await asyncio.wait_for(asyncio.shield(fut), self._delivery_timeout)
+                async with asyncio.timeout(self._delivery_timeout):
+                    await asyncio.shield(fut)
             except TimeoutError:
                 await self._discard()  # as flush() does: the record is not sent later
                 raise DeliveryError(f"not acknowledged by Kafka at {self._bootstrap} within "
