@@ -103,7 +103,7 @@ def test_worker_rides_out_a_broker_restart(broker: LocalKafka, tmp_path: Path) -
                 return took
 
         took = asyncio.run(outage())
-        assert took < 4.0 + 3.0, f"DeliveryError came after {took:.1f}s, the delivery timeout is 4s"
+        assert took < 4.0 + 6.0, f"DeliveryError came after {took:.1f}s, the delivery timeout is 4s"
         with pytest.raises(DeliveryError):
             asyncio.run(CreditflowProducer(probe_settings).start())
 
