@@ -149,6 +149,10 @@ class Meter:
             sampled, sample_reason = should_sample(policy, ev["event_id"], priority, category, ev["outcome"])
             state["p"] = rec.partition
             state["o"] = rec.offset
+            if uncovered:
+                state["sub"] = state.get("sub", 0) + uncovered
+            if occurred > state.get("t", 0):
+                state["t"] = occurred
             updates[account] = (rec.partition, state)
             enriched = {
                 "event_id": ev["event_id"],
@@ -207,7 +211,12 @@ def _copy_usage(state: Mapping[str, Any] | None) -> dict[str, Any]:
     # Copy so a batch that fails half-way never leaves a half-updated object in the table's store.
     if state is None:
         return {"p": -1, "o": -1, "spent": {}}
-    return {"p": state["p"], "o": state["o"], "spent": dict(state["spent"])}
+    copy = dict(state)
+    copy["spent"] = dict(state["spent"])
+    # The balance's memory (streams/credits/balances.py): notifications already sent.
+    if "n" in state:
+        copy["n"] = list(state["n"])
+    return copy
 
 
 def _copy_grants(state: Mapping[str, Any] | None) -> dict[str, Any]:
