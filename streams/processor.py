@@ -5,7 +5,8 @@ Order inside one batch is what makes a crash harmless (see ``streams/credits/met
    fingerprint observations from other workers, then the grants and metered events are folded
    into detection state (``streams/detection/engine.py``) from the same decoded values;
 2. outputs (usage-enriched, refinement-feed, dead-letters, gaming-alerts, fingerprint
-   observations for other workers) are published and acknowledged;
+   observations for other workers, credit-balances, credit-notifications) are published and
+   acknowledged;
 3. detection state, then account state, is published to its changelog and acknowledged;
 4. only then are the input offsets committed.
 A crash before 4 replays the batch: accounts whose state was written skip events they already
@@ -30,9 +31,11 @@ from typing import Any
 import faust
 from mode import Service
 
+from streams.credits.balances import BalanceBatch, batch_balances
 from streams.credits.meter import InputRecord, Meter, MeterResult
 from streams.credits.policy import load_policy
 from streams.detection.engine import FLUSH_MAX, Detection, DetectionBatch
+from streams.runtime.balance_publish import send_balances
 from streams.runtime.batch_send import KeyPartitions, Outgoing, send_partitioned
 from streams.runtime.changelog import ChangelogTable
 from streams.runtime.partitioned import Fetched, PartitionedService
@@ -139,6 +142,10 @@ class Processor(PartitionedService):
         for account, (_partition, state) in granted.grant_updates.items():
             self.grants.set(account, state)
         metered = self.meter.meter(event_records, self.usage.get, self.grants.get, now)
+        # One balance per account whose grants or usage changed; its memory of notifications sent
+        # goes into the usage state written below, after they are published.
+        balances = batch_balances(self.meter.policy, granted.grant_updates, granted.accepted_grants,
+                                  metered.usage_updates, self.usage.get, self.grants.get, now)
         t1 = time.perf_counter()
         detection, found = self.detection, DetectionBatch()
         fp_here = await self._fp_partitions_here()
@@ -151,12 +158,13 @@ class Processor(PartitionedService):
             detection.on_fingerprint(found, r.partition, r.key, r.value)
         detection.on_metered(found, metered.enriched, fp_here)
         t2 = time.perf_counter()
-        await self._publish(granted, metered, found)
+        await self._publish(granted, metered, found, balances)
         t3 = time.perf_counter()
         await self.save(detection.changes(found))
         await self.save([
             *((self.grants, p, account, state) for account, (p, state) in granted.grant_updates.items()),
             *((self.usage, p, account, state) for account, (p, state) in metered.usage_updates.items()),
+            *((self.usage, p, account, state) for account, (p, state) in balances.usage_updates.items()),
         ])
         await self.commit(fetched)
         self.metered += len(metered.enriched)
@@ -167,7 +175,8 @@ class Processor(PartitionedService):
                len(found.alerts), found.folded_here, sum(len(v) for v in found.fingerprints.values()),
                (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, (time.perf_counter() - t3) * 1e3)
 
-    async def _publish(self, granted: MeterResult, metered: MeterResult, found: DetectionBatch) -> None:
+    async def _publish(self, granted: MeterResult, metered: MeterResult, found: DetectionBatch,
+                       balances: BalanceBatch) -> None:
         producer = self.producer
         assert producer is not None
         pending: list[Awaitable[Any]] = []
@@ -188,6 +197,7 @@ class Processor(PartitionedService):
                 pending.append(await producer.send(
                     self.names["dead-letters"], encode_dead_letter(d), key=d["dead_letter_id"].encode()))
         pending.extend(await self.detection.publish(producer, found))
+        pending.extend(await send_balances(producer, self.names, balances))
         self.fp_stale.update(found.fingerprints)
         if pending:
             await asyncio.gather(*pending)

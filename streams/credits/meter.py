@@ -132,7 +132,7 @@ class Meter:
                 continue
             account = ev["account_id"]
             pending = updates.get(account)
-            state = _copy_usage(usage(account)) if pending is None else pending[1]
+            state = copy_usage(usage(account)) if pending is None else pending[1]
             if state["p"] == rec.partition and rec.offset <= state["o"]:
                 out.skipped_replays += 1
                 continue
@@ -207,7 +207,7 @@ class Meter:
         return out
 
 
-def _copy_usage(state: Mapping[str, Any] | None) -> dict[str, Any]:
+def copy_usage(state: Mapping[str, Any] | None) -> dict[str, Any]:
     # Copy so a batch that fails half-way never leaves a half-updated object in the table's store.
     if state is None:
         return {"p": -1, "o": -1, "spent": {}}

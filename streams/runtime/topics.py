@@ -32,6 +32,8 @@ class TopicSpec:
     name: str
     direction: Direction
     purpose: str
+    # Compacted topics keep the latest record per key (a table, not a log), with no time limit.
+    compacted: bool = False
 
 
 INTERACTION_EVENTS = "interaction-events"
@@ -42,6 +44,8 @@ USAGE_ENRICHED = "usage-enriched"
 GAMING_ALERTS = "gaming-alerts"
 REFINEMENT_FEED = "refinement-feed"
 DEAD_LETTERS = "dead-letters"
+CREDIT_BALANCES = "credit-balances"
+CREDIT_NOTIFICATIONS = "credit-notifications"
 
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(INTERACTION_EVENTS, Direction.INPUT,
@@ -55,6 +59,10 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(REFINEMENT_FEED, Direction.OUTPUT, "sampled requests for the model-refinement loop"),
     TopicSpec(DEAD_LETTERS, Direction.OUTPUT,
               "undecodable or invalid input with original bytes, headers, source offset, reason"),
+    TopicSpec(CREDIT_BALANCES, Direction.OUTPUT,
+              "each account's latest credit balance, keyed by account id", compacted=True),
+    TopicSpec(CREDIT_NOTIFICATIONS, Direction.OUTPUT,
+              "usage thresholds, exhausted or expiring grants, low balances: once per grant and threshold"),
 )
 
 
@@ -65,6 +73,12 @@ def topic_names(settings: Settings) -> dict[str, str]:
 
 def retention_ms(settings: Settings) -> int:
     return settings.retention_hours * 3600 * 1000
+
+
+def topic_configs(spec: TopicSpec, settings: Settings) -> dict[str, str]:
+    if spec.compacted:
+        return {"cleanup.policy": "compact"}
+    return {"retention.ms": str(retention_ms(settings))}
 
 
 async def ensure_topics(bootstrap: str, settings: Settings, timeout: float = 30) -> list[str]:
@@ -78,12 +92,13 @@ async def ensure_topics(bootstrap: str, settings: Settings, timeout: float = 30)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [name for name in topic_names(settings).values() if name not in existing]
+        names = topic_names(settings)
+        wanted = [spec for spec in TOPICS if names[spec.name] not in existing]
         if not wanted:
             return []
-        configs = {"retention.ms": str(retention_ms(settings))}
-        new = [NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=configs)
-               for name in wanted]
+        new = [NewTopic(names[spec.name], settings.partitions, settings.replication_factor,
+                        topic_configs=topic_configs(spec, settings))
+               for spec in wanted]
         response = await admin.create_topics(new, timeout_ms=int(timeout * 1000))
         created: list[str] = []
         for entry in response.topic_errors:

@@ -79,7 +79,7 @@ def test_ensure_topics_creates_all_with_partitions_and_retention(topic_settings:
         created = await ensure_topics(bootstrap, topic_settings)
         names = topic_names(topic_settings)
         assert sorted(created) == sorted(names.values())
-        assert len(names) == len(TOPICS) == 8
+        assert len(names) == len(TOPICS) == 10
         # Second call is a no-op, not an error.
         assert await ensure_topics(bootstrap, topic_settings) == []
 
