@@ -90,9 +90,9 @@ class CreditNotification(TypedDict):
     grant_id: str | None
     campaign: str | None
     threshold_pct: int | None
-    grant_remaining_micro: int | None
+    grant_remaining_micro: int
     total_remaining_micro: int
-    floor_micro: int | None
+    floor_micro: int
     expires_at: int | None
     balance_seq: int
     policy_version: str

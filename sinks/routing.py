@@ -51,6 +51,21 @@ def _alert(record: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
     return (row,)
 
 
+def _balance(record: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+    grants = record["grants"]
+    row = dict(record)
+    row.update({
+        "grant_ids": [g["grant_id"] for g in grants],
+        "grant_campaigns": [g["campaign"] for g in grants],
+        "grant_amount_micro": [g["amount_micro"] for g in grants],
+        "grant_spent_micro": [g["spent_micro"] for g in grants],
+        "grant_remaining_micro": [g["remaining_micro"] for g in grants],
+        "grant_expires_at": [g["expires_at"] for g in grants],
+        "grant_statuses": [g["status"] for g in grants],
+    })
+    return (row,)
+
+
 @dataclass(frozen=True)
 class Route:
     topic_key: str
@@ -71,4 +86,6 @@ ROUTES: tuple[Route, ...] = (
     Route("gaming-reviews", "ReviewDecision", (("alert_reviews", _one),), dead_letters_here=True),
     Route("credit-grants", "CreditGrant", (("credit_grants", _one),)),
     Route("subscription-changes", "SubscriptionChange", (("subscription_changes", _one),), dead_letters_here=True),
+    Route("credit-balances", "CreditBalance", (("credit_balances", _balance),)),
+    Route("credit-notifications", "CreditNotification", (("credit_notifications", _one),)),
 )

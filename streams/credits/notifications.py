@@ -40,14 +40,15 @@ def notifications_for(policy: CompiledPolicy, balance: CreditBalance, sent: Sequ
         done.add(key)
         note: CreditNotification = {
             "notification_id": notification_id(account, kind, subject), "account_id": account, "kind": kind,
-            "grant_id": None, "campaign": None, "threshold_pct": None, "grant_remaining_micro": None,
-            "total_remaining_micro": total, "floor_micro": None, "expires_at": None,
+            "grant_id": None, "campaign": None, "threshold_pct": None, "grant_remaining_micro": 0,
+            "total_remaining_micro": total, "floor_micro": floor, "expires_at": None,
             "balance_seq": balance["balance_seq"], "policy_version": balance["policy_version"],
             "event_time": at, "created_at": now_ms,
         }
         note.update(extra)  # type: ignore[typeddict-item]  # keys of the record only, by the callers
         out.append(note)
 
+    floor = policy.low_balance_floor_micro
     for g in balance["grants"]:
         gid, amount, spent = g["grant_id"], g["amount_micro"], g["spent_micro"]
         if amount <= 0:
@@ -65,12 +66,11 @@ def notifications_for(policy: CompiledPolicy, balance: CreditBalance, sent: Sequ
                 and g["expires_at"] - at <= policy.expiry_warning_ms):
             emit("GRANT_EXPIRING", key, gid, expires_at=g["expires_at"], **about)
 
-    floor = policy.low_balance_floor_micro
     if total >= floor:
         done.add(ABOVE_FLOOR)
     elif ABOVE_FLOOR in done:
         done.discard(ABOVE_FLOOR)
         # The balance's sequence number tells one fall below the floor from the next.
-        emit("LOW_BALANCE", ABOVE_FLOOR, str(balance["balance_seq"]), floor_micro=floor)
+        emit("LOW_BALANCE", ABOVE_FLOOR, str(balance["balance_seq"]))
         done.discard(ABOVE_FLOOR)
     return out, sorted(done)
