@@ -234,7 +234,14 @@ class Processor(PartitionedService):
 
 
 def register_processor(app: faust.App, settings: Settings, bootstrap: str, names: Mapping[str, str]) -> Processor:
+    from streams.balance_lookup import register_balance_lookup
+    from streams.runtime.owners import client_id_for
+    from streams.runtime.web import url_for
+
     processor = Processor(settings, bootstrap, names)
+    web_url = url_for(settings.web_host, app.conf.web_port)
+    processor.client_id = client_id_for(web_url)
+    register_balance_lookup(app, processor, web_url)
     app.service(processor)  # type: ignore[arg-type]  # Faust accepts instances too, its stub says classes
     app.creditflow_processor = processor  # type: ignore[attr-defined]
     return processor

@@ -123,7 +123,7 @@ def _register() -> None:
     commands = {
         "kafka": ["kafka"], "schemas": ["schemas"], "policy": ["policy"],
         "produce": ["produce"], "migrate": ["migrate"], "query": ["query", "report"],
-        "alerts": ["alerts"], "evaluate": ["evaluate"],
+        "alerts": ["alerts"], "evaluate": ["evaluate"], "balance": ["balance"],
     }
     for module_name, names in commands.items():
         try:

@@ -47,6 +47,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 class PartitionedService(Service):
     logger: logging.Logger = logging.getLogger("creditflow")
+    # The consumer's Kafka client.id; the processor advertises its web URL in it (streams/runtime/owners.py).
+    client_id: str | None = None
 
     def __init__(self, settings: Settings, bootstrap: str, group: str, tables: Sequence[ChangelogTable],
                  **kwargs: Any) -> None:
@@ -99,6 +101,7 @@ class PartitionedService(Service):
             # Range assignment hands partition i of every input to the same worker, so everything
             # keyed by one account (grants, events, reviews) meets that account's state.
             partition_assignment_strategy=(RangePartitionAssignor,),
+            **({"client_id": self.client_id} if self.client_id else {}),
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
             max_poll_interval_ms=300_000,
