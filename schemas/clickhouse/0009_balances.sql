@@ -1,6 +1,7 @@
 -- Credit balances (credit-balances): one row per account after merges, the one with the highest
--- balance_seq (a per-account sequence the processor raises with every balance it publishes; a
--- replayed balance repeats its number and content). Read the latest with FINAL or the view below.
+-- balance_seq (a per-account sequence the processor raises with every balance it publishes; a batch
+-- replayed after a crash repeats the number it had, and of equal versions ReplacingMergeTree keeps
+-- the last inserted, which the sink inserts in topic order). Read with FINAL or the view below.
 -- Grants are parallel arrays in burn order (soonest-expiring first).
 CREATE TABLE IF NOT EXISTS credit_balances
 (

@@ -10,8 +10,9 @@ Besides the meter's ``p``/``o``/``spent`` (``streams/credits/meter.py``), an acc
     "n"    notifications already sent (``streams/credits/notifications.py``)
 
 The state is written after the balance and its notifications are published and acknowledged, so a
-batch replayed after a crash re-derives the same records (same sequence, same notification ids),
-and a batch whose state was written changes nothing and publishes nothing again.
+batch replayed after a crash starts from the same state: its balance takes the same sequence number
+(with the replay's events, which may be more: the later record of a number is the newer), its
+notifications the same ids; a batch whose state was written changes nothing and publishes nothing.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ published: a batch replayed after a crash re-derives the same notifications with
 sink keeps one), and once the state is written they are never derived again.
 
 Keys: ``<grant>:<pct>`` a usage threshold, ``<grant>:100`` the grant exhausted, ``<grant>:exp`` its
-expiry warning, and ``hi``: the account's usable balance has been at or above the floor since the
-last LOW_BALANCE, so the next fall below it is announced (a new grant re-arms the warning).
+expiry warning, ``low#<n>`` the n-th fall of the account's usable balance below the floor, and
+``hi``: the balance has been at or above the floor since the last fall, so the next fall below it is
+announced (a new grant re-arms the warning).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from schemas.contracts import CreditBalance, CreditNotification, NotificationKin
 from streams.credits.policy import CompiledPolicy
 
 ABOVE_FLOOR = "hi"
+LOW_PREFIX = "low#"
 EXHAUSTED_PCT = 100
 
 
@@ -69,8 +71,8 @@ def notifications_for(policy: CompiledPolicy, balance: CreditBalance, sent: Sequ
     if total >= floor:
         done.add(ABOVE_FLOOR)
     elif ABOVE_FLOOR in done:
-        done.discard(ABOVE_FLOOR)
-        # The balance's sequence number tells one fall below the floor from the next.
-        emit("LOW_BALANCE", ABOVE_FLOOR, str(balance["balance_seq"]))
+        # Numbered falls: a replay whose batches end elsewhere still numbers the same fall the same.
+        fall = 1 + sum(1 for k in done if k.startswith(LOW_PREFIX))
+        emit("LOW_BALANCE", f"{LOW_PREFIX}{fall}", str(fall))
         done.discard(ABOVE_FLOOR)
     return out, sorted(done)
