@@ -52,7 +52,7 @@ def balance_record(account: str, grants: Mapping[str, Mapping[str, Any]] | None,
     at = int(usage.get("t", 0)) if usage else 0
     rows: list[GrantBalance] = []
     total = used = 0
-    for gid in burn_order(grants):
+    for gid in burn_order(grants) if len(grants) > 1 else grants:
         g = grants[gid]
         s = int(spent.get(gid, 0))
         status = grant_status(g, s, at)

@@ -75,4 +75,5 @@ def notifications_for(policy: CompiledPolicy, balance: CreditBalance, sent: Sequ
         fall = 1 + sum(1 for k in done if k.startswith(LOW_PREFIX))
         emit("LOW_BALANCE", f"{LOW_PREFIX}{fall}", str(fall))
         done.discard(ABOVE_FLOOR)
-    return out, sorted(done)
+    # Most balances change nothing here: hand the same memory back, unsorted work skipped.
+    return out, (list(sent) if done == set(sent) else sorted(done))
