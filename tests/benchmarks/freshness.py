@@ -7,8 +7,8 @@ so that is exact. Two places are watched from this process:
 
 - the topic: a consumer of credit-balances notes when each balance arrives; an event's latency is
   the arrival of its account's first balance that reflects it;
-- the lookup: for a sample of events (every ``lookup_every``-th), a poller asks the worker's
-  ``GET /accounts/{id}/balance`` every few milliseconds until the answer reflects the event.
+- the lookup: for a sample of events (every ``lookup_every``-th, when one of a few pollers is free),
+  a poller asks the worker's ``GET /accounts/{id}/balance`` every 10 ms until the answer reflects it.
 
 Leading ``warmup_s`` seconds are left out of the figures, as in the latency stage.
 """
@@ -35,7 +35,10 @@ from streams.wire.codec import Decoder, encode_single_object_with
 from tests.benchmarks import report
 from tests.benchmarks.workload import create_topics, latency_events, produce_grants, producer
 
-_POLL_S = 0.005
+# The pollers are HTTP clients of the measured worker: bounded, so their load stays small next to the
+# events' (at most _POLLERS requests in flight, one per _POLL_S each: 400 requests/s at most).
+_POLL_S = 0.010
+_POLLERS = 4
 _LOOKUP_TIMEOUT_S = 30.0
 
 
@@ -97,11 +100,18 @@ async def measure(bootstrap: str, *, rate: float, seconds: float, warmup_s: floa
     topic = f"{prefix}credit-balances"
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
-    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    for tp in tps:
-        await consumer.position(tp)
+    try:
+        await consumer._client.force_metadata_update()  # a topic this client never asked about yet
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            raise LookupError(f"{topic} is not in the cluster metadata")
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+    except BaseException:
+        await consumer.stop()
+        raise
     decoder = Decoder("CreditBalance")
 
     async def follow() -> None:
@@ -146,7 +156,7 @@ async def measure(bootstrap: str, *, rate: float, seconds: float, warmup_s: floa
                     await p.send(f"{prefix}interaction-events", encode_single_object_with(ev, sv),
                                  key=ev["account_id"].encode())
                     sent.append((ev["account_id"], at))
-                    if i % lookup_every == 0:
+                    if i % lookup_every == 0 and sum(not t.done() for t in pollers[-_POLLERS:]) < _POLLERS:
                         pollers.append(asyncio.create_task(poll(session, ev["account_id"], at)))
                     i += 1
                 await asyncio.sleep(0.002)
