@@ -124,19 +124,23 @@ async def measure(bootstrap: str, *, rate: float, seconds: float, warmup_s: floa
 
     lookup_ms: list[tuple[int, float]] = []
     lookup_missed = 0
+    in_flight = 0
 
     async def poll(session: aiohttp.ClientSession, account: str, at: int) -> None:
-        nonlocal lookup_missed
+        nonlocal lookup_missed, in_flight
         end = time.monotonic() + _LOOKUP_TIMEOUT_S
-        while time.monotonic() < end:
-            async with session.get(url + balance_path(account)) as resp:
-                if resp.status == 200:
-                    body = await resp.json()
-                    if body["balance"]["event_time"] >= at:
-                        lookup_ms.append((at, time.time() * 1000 - at))
-                        return
-            await asyncio.sleep(_POLL_S)
-        lookup_missed += 1
+        try:
+            while time.monotonic() < end:
+                async with session.get(url + balance_path(account)) as resp:
+                    if resp.status == 200:
+                        body = await resp.json()
+                        if body["balance"]["event_time"] >= at:
+                            lookup_ms.append((at, time.time() * 1000 - at))
+                            return
+                await asyncio.sleep(_POLL_S)
+            lookup_missed += 1
+        finally:
+            in_flight -= 1
 
     follower = asyncio.create_task(follow())
     pollers: list[asyncio.Task[None]] = []
@@ -156,7 +160,8 @@ async def measure(bootstrap: str, *, rate: float, seconds: float, warmup_s: floa
                     await p.send(f"{prefix}interaction-events", encode_single_object_with(ev, sv),
                                  key=ev["account_id"].encode())
                     sent.append((ev["account_id"], at))
-                    if i % lookup_every == 0 and sum(not t.done() for t in pollers[-_POLLERS:]) < _POLLERS:
+                    if i % lookup_every == 0 and in_flight < _POLLERS:
+                        in_flight += 1
                         pollers.append(asyncio.create_task(poll(session, ev["account_id"], at)))
                     i += 1
                 await asyncio.sleep(0.002)
