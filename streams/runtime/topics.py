@@ -46,6 +46,8 @@ REFINEMENT_FEED = "refinement-feed"
 DEAD_LETTERS = "dead-letters"
 CREDIT_BALANCES = "credit-balances"
 CREDIT_NOTIFICATIONS = "credit-notifications"
+# Internal: the processor's repartition of fingerprint observations (created by the processor).
+DETECTOR_FINGERPRINTS = "detector-fingerprints"
 
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(INTERACTION_EVENTS, Direction.INPUT,

@@ -13,7 +13,7 @@ def test_contracts_module_is_up_to_date() -> None:
 
 def test_enums_and_fields_come_from_the_avro_files() -> None:
     assert contracts.PLAN_SYMBOLS == ("FREE", "PRO", "MAX", "TEAM", "ENTERPRISE")
-    assert PLANS == frozenset(contracts.PLAN_SYMBOLS)
+    assert frozenset(contracts.PLAN_SYMBOLS) == PLANS
     assert contracts.USAGE_ENRICHED_FIELDS[:3] == ("event_id", "occurred_at", "processed_at")
     assert "debits" in contracts.USAGE_ENRICHED_FIELDS and "debits" not in EVENTS_COLUMNS
     assert REFINEMENT_SAMPLES_COLUMNS == contracts.REFINEMENT_SAMPLE_FIELDS
