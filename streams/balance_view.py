@@ -11,8 +11,8 @@ Usage (async)::
 A lookup is a dict read, so it fits a request path. The view reads the topic from its start (no
 consumer group, no committed offsets: every service instance keeps its own copy), and keeps per
 account the latest balance: the highest ``balance_seq``, and of two with one number (a batch
-replayed after a crash repeats the number it had) the later on the topic. ``accounts`` restricts it to the partitions holding those accounts (a
-command that wants one balance reads one partition).
+replayed after a crash repeats the number it had) the later on the topic. ``accounts`` restricts it
+to the partitions holding those accounts (a command that wants one balance reads one partition).
 """
 
 from __future__ import annotations
