@@ -67,6 +67,8 @@ async def _spawn_worker(bootstrap: str, prefix: str, app_id: str, data_dir: Path
     env.update({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CREDITFLOW_TOPIC_PREFIX": prefix,
                 "CREDITFLOW_APP_ID": app_id, "CREDITFLOW_DATA_DIR": str(data_dir),
                 "CREDITFLOW_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+    if os.environ.get("CREDITFLOW_TRACE_BATCHES"):  # the worker's per-batch timings, in its log
+        env.update({"CREDITFLOW_TRACE_BATCHES": "1", "CREDITFLOW_LOG_LEVEL": "INFO"})
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as err:
         return await asyncio.create_subprocess_exec(
