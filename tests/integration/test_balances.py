@@ -176,11 +176,10 @@ def test_balances_and_notifications_survive_sigkills(settings: Settings, workers
                {k: v for k, v in body["balance"].items() if k != "updated_at"}
 
     # The command, through a running worker.
-    result = CliRunner().invoke(balance_cmd, [accounts[0], "--json"],
-                                env={"CREDITFLOW_DATA_DIR": str(settings.data_dir),
-                                     "CREDITFLOW_APP_ID": settings.app_id,
-                                     "CREDITFLOW_TOPIC_PREFIX": settings.topic_prefix,
-                                     "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers or ""})
+    cli_env = {"CREDITFLOW_DATA_DIR": str(settings.data_dir), "CREDITFLOW_APP_ID": settings.app_id,
+               "CREDITFLOW_TOPIC_PREFIX": settings.topic_prefix,
+               "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers or ""}
+    result = CliRunner().invoke(balance_cmd, [accounts[0], "--json"], env=cli_env)
     assert result.exit_code == 0, result.output
     _assert_balance(json.loads(result.output), want.balances[accounts[0]], "command")
 
@@ -205,6 +204,11 @@ def test_balances_and_notifications_survive_sigkills(settings: Settings, workers
 
     for w in workers:
         assert w.stop() == 0, w.log_tail()
+    # No worker running: the command reads the account's partition of the topic instead.
+    result = CliRunner().invoke(balance_cmd, [accounts[-1]], env=cli_env)
+    assert result.exit_code == 0, result.output
+    assert "from the credit-balances topic" in result.output
+    assert f"{want.balances[accounts[-1]].total_remaining:.6f} credits left" in result.output
     try:
         rows = _query(settings, "SELECT account_id, total_remaining_micro, grant_funded_micro, "
                                 "subscription_funded_micro, grant_ids, grant_remaining_micro, grant_statuses "
