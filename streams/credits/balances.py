@@ -96,21 +96,26 @@ def batch_balances(policy: CompiledPolicy, grant_updates: Mapping[str, tuple[int
     raises. Updates the pending usage states of ``usage_updates`` in place (they are the batch's own
     copies); accounts with grant changes only get a copy of their usage state in the result."""
     out = BalanceBatch()
-    grant_times: dict[str, int] = {}
-    for _partition, g in accepted_grants:
+    grant_times: dict[str, tuple[int, int]] = {}
+    for partition, g in accepted_grants:
         account = g["account_id"]
-        if account in grant_updates:
-            at = epoch_ms(g["occurred_at"])
-            if at > grant_times.get(account, 0):
-                grant_times[account] = at
+        at = epoch_ms(g["occurred_at"])
+        if at > grant_times.get(account, (0, 0))[1]:
+            grant_times[account] = (partition, at)
     for account, (partition, state) in usage_updates.items():
-        _one(out, policy, account, partition, state, grants(account), grant_times.get(account, 0), now_ms)
-    for account, (partition, account_grants) in grant_updates.items():
+        _one(out, policy, account, partition, state, grants(account), grant_times.get(account, (0, 0))[1], now_ms)
+    for account, (partition, at) in grant_times.items():
         if account in usage_updates:
             continue
-        state = copy_usage(usage(account))
+        held = usage(account)
+        # A grant event that changed nothing is a replay. Its balance was published already, unless
+        # the crash came between the two state writes (grants durable, usage not): then the usage
+        # state has not seen the grant's time yet, and the balance is derived again, the same one.
+        if account not in grant_updates and held is not None and held.get("t", 0) >= at:
+            continue
+        state = copy_usage(held)
         out.usage_updates[account] = (partition, state)
-        _one(out, policy, account, partition, state, account_grants, grant_times.get(account, 0), now_ms)
+        _one(out, policy, account, partition, state, grants(account), at, now_ms)
     return out
 
 

@@ -122,3 +122,18 @@ def test_the_policy_file_validates_the_balance_thresholds() -> None:
     assert bad != raw
     with pytest.raises(PolicyError, match=r"balances\.usage_thresholds_pct"):
         parse_policy(bad)
+
+
+def test_a_crash_between_the_two_state_writes_derives_the_grant_balance_again() -> None:
+    meter, _gen, _events, records = _setup()
+    grant_records = [r for r in records if r.topic == "g"]
+    usage: dict[str, Any] = {}
+    grants: dict[str, Any] = {}
+    first = _run(meter, grant_records, usage, grants)[1]
+    # The grants' state was written, the usage state was not: the replay re-derives the same balances.
+    again = _run(meter, grant_records, usage, grants)[1]
+    assert [(p, {k: v for k, v in r.items() if k != "updated_at"}) for p, r in again.balances] == \
+           [(p, {k: v for k, v in r.items() if k != "updated_at"}) for p, r in first.balances]
+    # Both written: nothing again.
+    usage.update({a: s for a, (_p, s) in first.usage_updates.items()})
+    assert _run(meter, grant_records, usage, grants)[1].balances == []
