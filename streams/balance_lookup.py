@@ -91,7 +91,7 @@ class BalanceLookup:
         async with self.owners_lock:
             if refresh or partition not in self.owners or time.monotonic() - self.owners_at > _OWNERS_TTL:
                 processor = self.processor
-                self.owners = await partition_owners(processor.bootstrap, processor.group, processor.events_topic)
+                self.owners = await partition_owners(processor.kafka, processor.group, processor.events_topic)
                 self.owners_at = time.monotonic()
             return self.owners.get(partition)
 

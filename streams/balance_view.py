@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.contracts import CreditBalance
 from streams.runtime.batch_send import murmur2
+from streams.runtime.kafka_clients import KafkaClients
 from streams.runtime.topics import CREDIT_BALANCES
 from streams.settings import Settings, get_settings
 from streams.wire.codec import DecodeError, Decoder
@@ -83,8 +84,8 @@ class BalanceView:
         await self.stop()
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                    auto_offset_reset="earliest")
+        consumer = KafkaClients(self.settings, self.bootstrap).consumer(group_id=None, enable_auto_commit=False,
+                                                                        auto_offset_reset="earliest")
         await consumer.start()
         try:
             partitions = consumer.partitions_for_topic(self.topic)

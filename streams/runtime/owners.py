@@ -9,8 +9,9 @@ account it does not own looks the owner up this way (cached for a moment) and fo
 
 from __future__ import annotations
 
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+from streams.runtime.kafka_clients import KafkaClients
 
 CLIENT_ID_PREFIX = "creditflow-processor "
 
@@ -38,9 +39,9 @@ def owners_from_members(members: list[tuple[str, bytes]], topic: str) -> dict[in
     return out
 
 
-async def partition_owners(bootstrap: str, group: str, topic: str) -> dict[int, str]:
+async def partition_owners(kafka: KafkaClients, group: str, topic: str) -> dict[int, str]:
     """Partition of ``topic`` -> web URL of the group member it is assigned to, as the coordinator sees it."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    admin = kafka.admin(request_timeout_ms=5000)
     await admin.start()
     try:
         responses = await admin.describe_consumer_groups([group])
