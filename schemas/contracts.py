@@ -20,6 +20,11 @@ FEATURE_CATEGORY_SYMBOLS: tuple[FeatureCategory, ...] = ("EXTENDED_CONTEXT", "CO
     "STANDARD_CHAT",)
 GrantEventType = Literal["ISSUED", "REVOKED"]
 GRANT_EVENT_TYPE_SYMBOLS: tuple[GrantEventType, ...] = ("ISSUED", "REVOKED",)
+GrantStatus = Literal["ACTIVE", "EXHAUSTED", "EXPIRED", "REVOKED", "NOT_STARTED"]
+GRANT_STATUS_SYMBOLS: tuple[GrantStatus, ...] = ("ACTIVE", "EXHAUSTED", "EXPIRED", "REVOKED", "NOT_STARTED",)
+NotificationKind = Literal["USAGE_THRESHOLD", "GRANT_EXHAUSTED", "LOW_BALANCE", "GRANT_EXPIRING"]
+NOTIFICATION_KIND_SYMBOLS: tuple[NotificationKind, ...] = ("USAGE_THRESHOLD", "GRANT_EXHAUSTED", "LOW_BALANCE",
+    "GRANT_EXPIRING",)
 Outcome = Literal["SUCCESS", "ERROR", "REFUSED", "TIMEOUT", "CLIENT_ABORT"]
 OUTCOME_SYMBOLS: tuple[Outcome, ...] = ("SUCCESS", "ERROR", "REFUSED", "TIMEOUT", "CLIENT_ABORT",)
 Plan = Literal["FREE", "PRO", "MAX", "TEAM", "ENTERPRISE"]
@@ -39,6 +44,32 @@ Verdict = Literal["CONFIRMED", "FALSE_POSITIVE", "BENIGN", "NEEDS_INFO"]
 VERDICT_SYMBOLS: tuple[Verdict, ...] = ("CONFIRMED", "FALSE_POSITIVE", "BENIGN", "NEEDS_INFO",)
 
 
+class GrantBalance(TypedDict):
+    grant_id: str
+    campaign: str
+    amount_micro: int
+    spent_micro: int
+    remaining_micro: int
+    granted_at: int
+    expires_at: int
+    revoked_at: int | None
+    status: GrantStatus
+
+
+class CreditBalance(TypedDict):
+    account_id: str
+    balance_seq: int
+    total_remaining_micro: int
+    grant_funded_micro: int
+    subscription_funded_micro: int
+    grants: list[GrantBalance]
+    policy_version: str
+    source_partition: int
+    source_offset: int
+    event_time: int
+    updated_at: int
+
+
 class CreditGrant(TypedDict):
     event_type: GrantEventType
     grant_id: str
@@ -50,6 +81,23 @@ class CreditGrant(TypedDict):
     priority: int
     occurred_at: int
     reason: str | None
+
+
+class CreditNotification(TypedDict):
+    notification_id: str
+    account_id: str
+    kind: NotificationKind
+    grant_id: str | None
+    campaign: str | None
+    threshold_pct: int | None
+    grant_remaining_micro: int
+    total_remaining_micro: int
+    floor_micro: int
+    expires_at: int | None
+    balance_seq: int
+    policy_version: str
+    event_time: int
+    created_at: int
 
 
 class DeadLetterHeader(TypedDict):
@@ -228,8 +276,16 @@ class UsageEnriched(TypedDict):
     prompt_fingerprint: str | None
     context_uniqueness: float | None
 
+GRANT_BALANCE_FIELDS: tuple[str, ...] = ("grant_id", "campaign", "amount_micro", "spent_micro", "remaining_micro",
+    "granted_at", "expires_at", "revoked_at", "status",)
+CREDIT_BALANCE_FIELDS: tuple[str, ...] = ("account_id", "balance_seq", "total_remaining_micro", "grant_funded_micro",
+    "subscription_funded_micro", "grants", "policy_version", "source_partition", "source_offset", "event_time",
+    "updated_at",)
 CREDIT_GRANT_FIELDS: tuple[str, ...] = ("event_type", "grant_id", "account_id", "campaign", "amount_micro",
     "granted_at", "expires_at", "priority", "occurred_at", "reason",)
+CREDIT_NOTIFICATION_FIELDS: tuple[str, ...] = ("notification_id", "account_id", "kind", "grant_id", "campaign",
+    "threshold_pct", "grant_remaining_micro", "total_remaining_micro", "floor_micro", "expires_at", "balance_seq",
+    "policy_version", "event_time", "created_at",)
 DEAD_LETTER_HEADER_FIELDS: tuple[str, ...] = ("key", "value",)
 DEAD_LETTER_FIELDS: tuple[str, ...] = ("dead_letter_id", "source_topic", "source_partition", "source_offset", "key",
     "original", "headers", "error_kind", "message", "failed_at",)

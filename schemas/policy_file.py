@@ -97,6 +97,30 @@ class Sampling(_Strict):
         return d
 
 
+class Balances(_Strict):
+    """When the processor tells a platform service about an account's credits (credit-notifications)."""
+
+    # Shares of a grant used that are announced once each; 100% is GRANT_EXHAUSTED, its own kind.
+    usage_thresholds_pct: list[int] = Field(default_factory=lambda: [50, 80])
+    # Credits (decimal string): the account's remaining grant credits falling below this is announced.
+    low_balance_floor: Decimal = Decimal("1")
+    # A grant with credits left that expires within this many days (of the account's latest event
+    # time) is announced once.
+    expiry_warning_days: int = Field(default=7, ge=0)
+
+    @field_validator("usage_thresholds_pct")
+    @classmethod
+    def _thresholds(cls, v: list[int]) -> list[int]:
+        if any(not 0 < t < 100 for t in v):
+            raise ValueError(f"usage thresholds are percentages within 1..99 (100% is GRANT_EXHAUSTED): {v!r}")
+        return sorted(set(v))
+
+    @field_validator("low_balance_floor", mode="before")
+    @classmethod
+    def _floor(cls, v: Any) -> Decimal:
+        return _exact(v, 6, "low_balance_floor")
+
+
 class PolicyFile(_Strict):
     version: str = Field(min_length=1)
     description: str = ""
@@ -105,6 +129,7 @@ class PolicyFile(_Strict):
     sampling: Sampling
     # Detector defaults live in the same file so that one version number covers every decision.
     detectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    balances: Balances = Field(default_factory=Balances)
 
     @field_validator("prices")
     @classmethod

@@ -18,7 +18,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from schemas.contracts import (
+    CREDIT_BALANCE_FIELDS,
     CREDIT_GRANT_FIELDS,
+    CREDIT_NOTIFICATION_FIELDS,
     DEAD_LETTER_FIELDS,
     REFINEMENT_SAMPLE_FIELDS,
     SUBSCRIPTION_CHANGE_FIELDS,
@@ -73,6 +75,15 @@ SINK_BATCHES_COLUMNS: tuple[str, ...] = (
     "guard_after", "rows", "planned_at", "store", "landed",
 )
 
+# A balance's grants become parallel arrays, one per grant field (``sinks/routing.py``).
+CREDIT_BALANCES_COLUMNS: tuple[str, ...] = (
+    *_without(CREDIT_BALANCE_FIELDS, ("grants",)),
+    "grant_ids", "grant_campaigns", "grant_amount_micro", "grant_spent_micro", "grant_remaining_micro",
+    "grant_expires_at", "grant_statuses",
+)
+
+CREDIT_NOTIFICATIONS_COLUMNS: tuple[str, ...] = CREDIT_NOTIFICATION_FIELDS
+
 INSERT_COLUMNS: dict[str, tuple[str, ...]] = {
     "events": EVENTS_COLUMNS,
     "credit_ledger": CREDIT_LEDGER_COLUMNS,
@@ -83,6 +94,8 @@ INSERT_COLUMNS: dict[str, tuple[str, ...]] = {
     "gaming_alerts": GAMING_ALERTS_COLUMNS,
     "alert_reviews": ALERT_REVIEWS_COLUMNS,
     "sink_batches": SINK_BATCHES_COLUMNS,
+    "credit_balances": CREDIT_BALANCES_COLUMNS,
+    "credit_notifications": CREDIT_NOTIFICATIONS_COLUMNS,
 }
 
 

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from streams.runtime.topics import (
+    CREDIT_BALANCES,
     CREDIT_GRANTS,
+    CREDIT_NOTIFICATIONS,
     DEAD_LETTERS,
     GAMING_ALERTS,
     GAMING_REVIEWS,
@@ -61,6 +63,21 @@ def _alert(record: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
     return (row,)
 
 
+def _balance(record: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+    grants = record["grants"]
+    row = dict(record)
+    row.update({
+        "grant_ids": [g["grant_id"] for g in grants],
+        "grant_campaigns": [g["campaign"] for g in grants],
+        "grant_amount_micro": [g["amount_micro"] for g in grants],
+        "grant_spent_micro": [g["spent_micro"] for g in grants],
+        "grant_remaining_micro": [g["remaining_micro"] for g in grants],
+        "grant_expires_at": [g["expires_at"] for g in grants],
+        "grant_statuses": [g["status"] for g in grants],
+    })
+    return (row,)
+
+
 @dataclass(frozen=True)
 class Route:
     topic_key: str
@@ -81,4 +98,6 @@ ROUTES: tuple[Route, ...] = (
     Route(GAMING_REVIEWS, "ReviewDecision", (("alert_reviews", _one),), dead_letters_here=True),
     Route(CREDIT_GRANTS, "CreditGrant", (("credit_grants", _one),)),
     Route(SUBSCRIPTION_CHANGES, "SubscriptionChange", (("subscription_changes", _one),), dead_letters_here=True),
+    Route(CREDIT_BALANCES, "CreditBalance", (("credit_balances", _balance),)),
+    Route(CREDIT_NOTIFICATIONS, "CreditNotification", (("credit_notifications", _one),)),
 )

@@ -27,9 +27,11 @@ import faust
 from aiokafka import AIOKafkaProducer
 from mode import Service
 
+from streams.credits.balances import BalanceBatch, batch_balances
 from streams.credits.meter import DedupWindow, InputRecord, Meter, MeterResult
 from streams.credits.policy import load_policy
 from streams.detection.engine import FLUSH_MAX, Detection, DetectionBatch
+from streams.runtime.balance_publish import send_balances
 from streams.runtime.batch_send import KeyPartitions, Outgoing, send_partitioned
 from streams.runtime.changelog import ChangelogTable
 from streams.runtime.checkpoint import BatchWrites, Checkpoint, next_offsets
@@ -199,6 +201,10 @@ class Processor(PartitionedService):
             self.grants.set(account, state)
         metered = self.meter.meter(event_records, self.usage.get, self.grants.get, now)
         self._count_unpriced(metered.unpriced)
+        # One balance per account whose grants or usage changed; its memory of notifications sent
+        # goes into the usage state written below, after they are published.
+        balances = batch_balances(self.meter.policy, granted.grant_updates, granted.accepted_grants,
+                                  metered.usage_updates, self.usage.get, self.grants.get, now)
         t1 = time.perf_counter()
         detection, found = self.detection, DetectionBatch()
         fp_here = await self._fp_partitions_here()
@@ -213,10 +219,11 @@ class Processor(PartitionedService):
         t2 = time.perf_counter()
         self.checkpoint.outputs = self.producer
         lost = await self.checkpoint.write(BatchWrites(
-            functools.partial(self._publish, granted, metered, found),
+            functools.partial(self._publish, granted, metered, found, balances),
             detection.changes(found),
             [*((self.grants, p, account, state) for account, (p, state) in granted.grant_updates.items()),
-             *((self.usage, p, account, state) for account, (p, state) in metered.usage_updates.items())],
+             *((self.usage, p, account, state) for account, (p, state) in metered.usage_updates.items()),
+             *((self.usage, p, account, state) for account, (p, state) in balances.usage_updates.items())],
             await past_markers(self.consumer, next_offsets(fetched))))
         if lost:
             await self._lost(lost)
@@ -256,7 +263,7 @@ class Processor(PartitionedService):
             self.unpriced[model] = self.unpriced.get(model, 0) + n
 
     async def _publish(self, granted: MeterResult, metered: MeterResult, found: DetectionBatch,
-                       producer: AIOKafkaProducer) -> list[Awaitable[Any]]:
+                       balances: BalanceBatch, producer: AIOKafkaProducer) -> list[Awaitable[Any]]:
         pending: list[Awaitable[Any]] = []
         # Metered records go to the same partition as their input: the sink's replay guard relies on
         # one input partition feeding exactly one output partition, in order.
@@ -279,6 +286,7 @@ class Processor(PartitionedService):
                 pending.append(await producer.send(
                     self.names[DEAD_LETTERS], encode_dead_letter(d), key=d["dead_letter_id"].encode()))
         pending.extend(await self.detection.publish(producer, found))
+        pending.extend(await send_balances(producer, self.names, balances))
         return pending
 
     # -- registry waits -----------------------------------------------------------------------------
@@ -324,7 +332,14 @@ class Processor(PartitionedService):
 
 
 def register_processor(app: faust.App, settings: Settings, bootstrap: str, names: Mapping[str, str]) -> Processor:
+    from streams.balance_lookup import register_balance_lookup
+    from streams.runtime.owners import client_id_for
+    from streams.runtime.web import url_for
+
     processor = Processor(settings, bootstrap, names)
+    web_url = url_for(settings.web_host, app.conf.web_port)
+    processor.client_id = client_id_for(web_url)
+    register_balance_lookup(app, processor, web_url)
     app.service(processor)  # type: ignore[arg-type]  # Faust accepts instances too, its stub says classes
     app.creditflow_processor = processor  # type: ignore[attr-defined]
     return processor

@@ -128,7 +128,8 @@ def _register() -> None:
     commands = {
         "kafka": ["kafka"], "schemas": ["schemas"], "policy": ["policy"],
         "produce": ["produce"], "migrate": ["migrate"], "query": ["query", "report"],
-        "alerts": ["alerts"], "evaluate": ["evaluate"], "dead_letters": ["dead_letters"],
+        "alerts": ["alerts"], "evaluate": ["evaluate"], "balance": ["balance"],
+        "dead_letters": ["dead_letters"],
     }
     for module_name, names in commands.items():
         try:

@@ -175,7 +175,7 @@ class Meter:
             if ev["model"] not in prices:
                 out.unpriced[ev["model"]] = out.unpriced.get(ev["model"], 0) + 1
             pending = updates.get(account)
-            state = _copy_usage(usage(account)) if pending is None else pending[1]
+            state = copy_usage(usage(account)) if pending is None else pending[1]
             if state["p"] == rec.partition and rec.offset <= state["o"]:
                 out.skipped_replays += 1
                 continue
@@ -209,6 +209,10 @@ class Meter:
             sampled, sample_reason = should_sample(policy, ev["event_id"], priority, category, ev["outcome"])
             state["p"] = rec.partition
             state["o"] = rec.offset
+            if uncovered:
+                state["sub"] = state.get("sub", 0) + uncovered
+            if occurred > state.get("t", 0):
+                state["t"] = occurred
             updates[account] = (rec.partition, state)
             enriched = {
                 "event_id": ev["event_id"],
@@ -267,11 +271,16 @@ class Meter:
         return out
 
 
-def _copy_usage(state: Mapping[str, Any] | None) -> dict[str, Any]:
+def copy_usage(state: Mapping[str, Any] | None) -> dict[str, Any]:
     # Copy so a batch that fails half-way never leaves a half-updated object in the table's store.
     if state is None:
         return {"p": -1, "o": -1, "spent": {}, "ids": ""}
-    copy = {"p": state["p"], "o": state["o"], "spent": dict(state["spent"]), "ids": state.get("ids", "")}
+    copy = dict(state)
+    copy["spent"] = dict(state["spent"])
+    copy.setdefault("ids", "")
+    # The balance's memory (streams/credits/balances.py): notifications already sent.
+    if "n" in state:
+        copy["n"] = list(state["n"])
     if FORWARDS_KEY in state:
         copy[FORWARDS_KEY] = dict(state[FORWARDS_KEY])
     return copy

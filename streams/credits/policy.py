@@ -115,6 +115,10 @@ class CompiledPolicy:
         self.keep_failures_in = frozenset(s.keep_failures_in)
         self.keep_errors_in = frozenset(s.keep_errors_in)
         self.detectors: Mapping[str, Mapping[str, Any]] = source.detectors
+        b = source.balances
+        self.usage_thresholds_pct: tuple[int, ...] = tuple(b.usage_thresholds_pct)
+        self.low_balance_floor_micro: int = int(b.low_balance_floor * MICRO)
+        self.expiry_warning_ms: int = b.expiry_warning_days * 86_400_000
 
     def price_for(self, model: str) -> Price | None:
         return self.prices.get(model) or self.prices.get(FALLBACK_MODEL)

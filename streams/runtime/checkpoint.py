@@ -9,7 +9,8 @@ partition p of every state table) has its own transactional producer, ``transact
 0. begin a transaction for every partition the batch writes and add each one's input offsets
    (``send_offsets_to_transaction``): the batch's first requests, each checked by the broker;
 1. publish the outputs: usage-enriched (to the input's partition), refinement-feed, dead-letters
-   (DUPLICATE ones too), gaming-alerts, fingerprint observations for other workers;
+   (DUPLICATE ones too), gaming-alerts, fingerprint observations for other workers, credit-balances
+   and credit-notifications (to the input's partition);
 2. write detection state (detector accounts, fingerprints, alert states), each change in its
    partition's transaction;
 3. write account state (grants; usage: debits, last offset applied, event ids metered), likewise;
@@ -49,6 +50,9 @@ before a fenced owner's last commit completed) and a *resend* count once:
 - usage state ``ids``, the event ids metered within the window (streams/credits/dedup.py): a client's
   resend is dead-lettered as DUPLICATE, not debited again;
 - grant folding is idempotent per ISSUED/REVOKED event (streams/credits/ledger.py): grant state;
+- usage state ``v``/``n`` (streams/credits/balances.py): a replayed batch's balance takes the
+  sequence number it had and its notifications the ids they had (``account/kind/grant/threshold``);
+  notifications recorded as sent are never derived again;
 - detector account state ``o``, the last offset folded (streams/detection/engine.py): detector state
   and the alerts it fires;
 - fingerprint state ``o``, the last offset per source partition (streams/detection/engine.py): an

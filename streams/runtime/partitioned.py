@@ -48,6 +48,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 class PartitionedService(Service):
     logger: logging.Logger = logging.getLogger("creditflow")
+    # The consumer's Kafka client.id; the processor advertises its web URL in it (streams/runtime/owners.py).
+    client_id: str | None = None
 
     def __init__(self, settings: Settings, bootstrap: str, group: str, tables: Sequence[ChangelogTable],
                  **kwargs: Any) -> None:
@@ -106,6 +108,7 @@ class PartitionedService(Service):
             partition_assignment_strategy=(RangePartitionAssignor,),
             # Records of an aborted transaction (a dead-letter replay that died) are never read.
             isolation_level="read_committed",
+            **({"client_id": self.client_id} if self.client_id else {}),
             max_poll_interval_ms=300_000,
             **self.kafka.group_member(self.group.removeprefix(f"{self.settings.app_id}-")),
         )

@@ -33,6 +33,8 @@ class TopicSpec:
     name: str
     direction: Direction
     purpose: str
+    # Compacted topics keep the latest record per key (a table, not a log), with no time limit.
+    compacted: bool = False
 
 
 INTERACTION_EVENTS = "interaction-events"
@@ -43,6 +45,8 @@ USAGE_ENRICHED = "usage-enriched"
 GAMING_ALERTS = "gaming-alerts"
 REFINEMENT_FEED = "refinement-feed"
 DEAD_LETTERS = "dead-letters"
+CREDIT_BALANCES = "credit-balances"
+CREDIT_NOTIFICATIONS = "credit-notifications"
 # Internal: the processor's repartition of fingerprint observations (created by the processor).
 DETECTOR_FINGERPRINTS = "detector-fingerprints"
 # Internal, compacted: which dead letters were replayed (created by `creditflow dead-letters replay`).
@@ -60,6 +64,10 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(REFINEMENT_FEED, Direction.OUTPUT, "sampled requests for the model-refinement loop"),
     TopicSpec(DEAD_LETTERS, Direction.OUTPUT,
               "undecodable or invalid input with original bytes, headers, source offset, reason"),
+    TopicSpec(CREDIT_BALANCES, Direction.OUTPUT,
+              "each account's latest credit balance, keyed by account id", compacted=True),
+    TopicSpec(CREDIT_NOTIFICATIONS, Direction.OUTPUT,
+              "usage thresholds, exhausted or expiring grants, low balances: once per grant and threshold"),
 )
 
 
@@ -70,6 +78,12 @@ def topic_names(settings: Settings) -> dict[str, str]:
 
 def retention_ms(settings: Settings) -> int:
     return settings.retention_hours * 3600 * 1000
+
+
+def topic_configs(spec: TopicSpec, settings: Settings) -> dict[str, str]:
+    if spec.compacted:
+        return {"cleanup.policy": "compact"}
+    return {"retention.ms": str(retention_ms(settings))}
 
 
 async def ensure_topics(bootstrap: KafkaClients | str, settings: Settings, timeout: float = 30) -> list[str]:
@@ -83,12 +97,13 @@ async def ensure_topics(bootstrap: KafkaClients | str, settings: Settings, timeo
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [name for name in topic_names(settings).values() if name not in existing]
+        names = topic_names(settings)
+        wanted = [spec for spec in TOPICS if names[spec.name] not in existing]
         if not wanted:
             return []
-        configs = {"retention.ms": str(retention_ms(settings))}
-        new = [NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=configs)
-               for name in wanted]
+        new = [NewTopic(names[spec.name], settings.partitions, settings.replication_factor,
+                        topic_configs=topic_configs(spec, settings))
+               for spec in wanted]
         response = await admin.create_topics(new, timeout_ms=int(timeout * 1000))
         created: list[str] = []
         for entry in response.topic_errors:

@@ -39,6 +39,15 @@ def pick_port(settings: Settings) -> int:
         return port
 
 
+def url_for(host: str, port: int) -> str:
+    """The URL others reach a server listening on ``host:port`` with (a wildcard address: loopback)."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
 def add_route(app: faust.App, method: str, path: str, handler: Handler) -> None:
     """Serve ``handler`` at ``method path`` on the worker's web server (aiohttp routing syntax)."""
     # Faust's web is aiohttp (faust.web.drivers.aiohttp); its base type does not name the aiohttp app.
@@ -104,11 +113,7 @@ class WebAnnouncer(Service):
         if not addresses:
             return None
         host, port = addresses[0][:2]
-        if host in ("0.0.0.0", "::"):
-            host = "127.0.0.1"
-        if ":" in str(host):
-            host = f"[{host}]"
-        return f"http://{host}:{port}"
+        return url_for(str(host), int(port))
 
     @Service.task
     async def _announce(self) -> None:

@@ -98,6 +98,10 @@ def run_line(name: str, run: dict[str, Any], elapsed_s: float) -> str:
     if run.get("p99_ms") is not None:
         parts.append(f"p50 {_fmt(float(run['p50_ms']))} ms, p99 {_fmt(float(run['p99_ms']))} ms"
                      f" at {_fmt(float(run['achieved_rate']))}/s")
+    if run.get("topic_p99_ms") is not None or run.get("lookup_p99_ms") is not None:
+        parts.append(f"balance visible: lookup p50 {_fmt(run.get('lookup_p50_ms'))} ms, "
+                     f"p99 {_fmt(run.get('lookup_p99_ms'))} ms; topic p50 {_fmt(run.get('topic_p50_ms'))} ms, "
+                     f"p99 {_fmt(run.get('topic_p99_ms'))} ms at {_fmt(float(run['achieved_rate']))}/s")
     if run.get("cpu_per_million"):
         parts.append(f"{_fmt(float(run['cpu_per_million']))} CPU-s per 1M")
     if run.get("peak_rss_mib") is not None:
@@ -150,6 +154,13 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
         add("  of which: processor batch -> visible p99", lat.get("processor_to_visible_p99_ms"), " ms")
         add("  sink store (plans + inserts) p50", lat.get("store_p50_ms"), " ms")
         add("  sink store (plans + inserts) p99", lat.get("store_p99_ms"), " ms")
+    fresh = f.get("freshness")
+    if fresh and not fresh.get("unavailable"):
+        rate = f"{fresh.get('rate', 0):,.0f}/s"
+        add(f"balance freshness, lookup p50 @ {rate}", fresh.get("lookup_p50_ms"), " ms")
+        add(f"balance freshness, lookup p99 @ {rate}", fresh.get("lookup_p99_ms"), " ms", "freshness")
+        add(f"balance freshness, topic p50 @ {rate}", fresh.get("topic_p50_ms"), " ms")
+        add(f"balance freshness, topic p99 @ {rate}", fresh.get("topic_p99_ms"), " ms", "freshness")
     acc = f.get("accounts_1m")
     if acc:
         add(f"processor peak RSS, {acc.get('accounts', 0):,} accounts", acc.get("peak_rss_mib"), " MiB",

@@ -8,6 +8,8 @@ fresh consumer group, fresh output topics and a fresh chDB path:
     sink role alone        usage-enriched of processor run 1 -> ClickHouse (end: last row stored)
     all roles, 1 process   input topic -> ClickHouse
     latency                all roles, fed at 50% of the all-roles throughput, occurred_at = send time
+    freshness              a processor worker at the latency rate: send -> balance visible in the
+                           lookup and on credit-balances (tests/benchmarks/freshness.py)
     scaling                2 processor processes in one consumer group
     1M accounts            processor peak RSS with one event per distinct account (+ their grants)
     peers                  hand-written loop; ClickHouse Kafka engine + SQL view
@@ -53,10 +55,13 @@ from tests.benchmarks.workload import (
 MIB = 1024 * 1024
 
 
-STAGES = ("processor", "sink", "all", "latency", "scaling", "accounts", "handwritten", "clickhouse_kafka", "profile")
+STAGES = ("processor", "sink", "all", "latency", "freshness", "scaling", "accounts", "handwritten", "clickhouse_kafka",
+          "profile")
 # The profile explains figures rather than being one; a full run without it keeps more of its 30-minute
 # budget for the host's slow spells.
 DEFAULT_STAGES = frozenset(STAGES) - {"profile"}
+# The freshness stage's rate when neither --latency-rate nor an all-roles figure gives one.
+FRESHNESS_RATE = 1_000
 
 
 @dataclass
@@ -171,6 +176,28 @@ class Bench:
         return res
 
     # -- stages ------------------------------------------------------------------------------------
+    async def freshness_run(self, rate: float, name: str) -> dict[str, Any]:
+        from tests.benchmarks import freshness
+
+        started = time.monotonic()
+        mine: list[asyncio.subprocess.Process] = []
+
+        def track(proc: asyncio.subprocess.Process) -> None:
+            self.procs.append(proc)
+            mine.append(proc)
+
+        try:
+            res = await asyncio.wait_for(freshness.measure(
+                self.bootstrap, rate=rate, seconds=self.opts.latency_seconds, warmup_s=self.opts.latency_warmup_s,
+                accounts=self.opts.accounts, seed=self.opts.seed + 2, work_dir=self.tmp,
+                log=self.opts.out / "logs" / f"{name}.log", track=track), self.opts.run_timeout)
+        except Exception as exc:
+            res = {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            for proc in mine:
+                await self.kill(proc, grace=10)
+        return self.ran(name, started, res)
+
     def _worker_cfg(self, mode: str, input_prefix: str, output_prefix: str, expected: int,
                     **extra: Any) -> dict[str, Any]:
         run = secrets.token_hex(3)
@@ -463,6 +490,15 @@ async def _main(opts: Options, console: Console) -> dict[str, Any]:
                     speed.take("latency")
                 else:
                     figures["latency"] = {"unavailable": "no all-roles throughput to derive the rate from"}
+            if "freshness" in stages:
+                base = (figures.get("all") or {}).get("eps", {}).get("median")
+                rate = opts.latency_rate or (round(base * 0.5) if base else FRESHNESS_RATE)
+                fresh_runs = [await bench.freshness_run(rate, f"freshness run {i}") for i in runs]
+                figures["freshness"] = _aggregate(fresh_runs, ("lookup_p50_ms", "lookup_p99_ms", "lookup_max_ms",
+                                                               "topic_p50_ms", "topic_p99_ms", "topic_max_ms",
+                                                               "achieved_rate"))
+                figures["freshness"]["rate"] = rate
+                speed.take("freshness")
             if "scaling" in stages:
                 two = [await bench.processor_run(wl, f"2 processors run {i}", workers=2) for i in runs]
                 figures["scaling_2"] = _aggregate(two, ("eps", "eps_all_assigned", "cpu_per_million",
@@ -549,6 +585,8 @@ def _ratios_and_bars(results: dict[str, Any]) -> None:
     }
     results["ratios"] = ratios
     p99 = _median(f, "latency", "p99_ms")
+    fresh = [v for v in (_median(f, "freshness", "lookup_p99_ms"), _median(f, "freshness", "topic_p99_ms"))
+             if v is not None]
     rss = _median(f, "accounts_1m", "peak_rss_mib")
     accounts = (f.get("accounts_1m") or {}).get("accounts", 0)
 
@@ -560,6 +598,7 @@ def _ratios_and_bars(results: dict[str, Any]) -> None:
         bar("sink", sink, lambda v: v >= 100_000, ">= 100,000 rows/s"),
         bar("all", allr, lambda v: v >= 12_000, ">= 12,000/s"),
         bar("latency", p99, lambda v: v <= 2_000, "p99 <= 2 s"),
+        bar("freshness", max(fresh) if fresh else None, lambda v: v <= 1_000, "balance p99 <= 1 s"),
         bar("accounts_1m", rss if accounts >= 1_000_000 else None, lambda v: v <= 1024,
             "<= 1 GiB with 1M accounts" + ("" if accounts >= 1_000_000 else f" (only {accounts:,} here)")),
         bar("vs_handwritten", ratios["vs_handwritten"], lambda v: v >= 0.5, ">= 0.5x hand-written"),

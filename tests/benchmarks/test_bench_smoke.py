@@ -62,6 +62,11 @@ def test_benchmark_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
     assert lat["p99_with_warmup_ms"]["median"] >= 0 and lat["max_with_warmup_ms"]["median"] >= lat["max_ms"]["median"]
     run_lat = lat["runs"][0]
     assert run_lat["rows"] < run_lat["events"] and sum(c for _, c, _ in run_lat["p99_by_second"]) == run_lat["events"]
+    fresh = figures["freshness"]
+    assert "unavailable" not in fresh, fresh
+    assert fresh["topic_p99_ms"]["median"] >= fresh["topic_p50_ms"]["median"] > 0
+    assert fresh["lookup_p99_ms"]["median"] >= fresh["lookup_p50_ms"]["median"] > 0
+    assert fresh["runs"][0]["topic_unseen"] == 0 and fresh["runs"][0]["lookup_missed"] == 0
     assert figures["accounts_1m"]["peak_rss_mib"]["median"] > 0
     assert figures["clickhouse_kafka"]["pricing_check"]["checked"] > 0
     assert figures["clickhouse_kafka"]["pricing_check"]["mismatches"] == 0
@@ -72,8 +77,8 @@ def test_benchmark_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
     # The machine's speed, probed before the first stage, after each one and at the end.
     speed = results["machine_speed"]
     assert [p["after"] for p in speed["points"]] == [
-        "start", "processor", "sink", "all", "handwritten", "clickhouse_kafka", "latency", "scaling", "accounts",
-        "end"]
+        "start", "processor", "sink", "all", "handwritten", "clickhouse_kafka", "latency", "freshness", "scaling",
+        "accounts", "end"]
     assert speed["min"] > 0 and speed["drift"] >= 0
     assert any(n.startswith("machine speed probe moved") for n in results["notes"])
     assert "machine speed probe" in (out / "bench.md").read_text()

@@ -30,6 +30,17 @@ class Expected:
     grant_funded_by_event: dict[str, Decimal] = field(default_factory=dict)
     # A grant's balance right after each debit of it: (event id, grant id) -> credits left.
     balance_after: dict[tuple[str, str], Decimal] = field(default_factory=dict)
+    # Per account: its final balance (credits), computed here from the grants and the debits above.
+    balances: dict[str, ExpectedBalance] = field(default_factory=dict)
+
+
+@dataclass
+class ExpectedBalance:
+    total_remaining: Decimal
+    grant_funded: Decimal
+    subscription_funded: Decimal
+    # grant id -> (remaining, status at the account's latest event time)
+    grants: dict[str, tuple[Decimal, str]]
 
 
 def _policy() -> dict[str, Any]:
@@ -69,6 +80,8 @@ def expected(events: Iterable[Mapping[str, Any]], grants: Iterable[Mapping[str, 
     p = _policy()
     out = Expected()
     balances: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    subscription: dict[str, Decimal] = {}
+    latest: dict[str, int] = {}
     for g in grants:
         balances[g["account_id"]].append({**g, "left": Decimal(g["amount_micro"]) * MICRO})
     for ev in events:
@@ -95,4 +108,27 @@ def expected(events: Iterable[Mapping[str, Any]], grants: Iterable[Mapping[str, 
             out.grant_used[g["grant_id"]] += take
             out.balance_after[(ev["event_id"], g["grant_id"])] = g["left"]
         out.grant_funded_by_event[ev["event_id"]] = funded
+        subscription[ev["account_id"]] = subscription.get(ev["account_id"], Decimal(0)) + charged - funded
+        latest[ev["account_id"]] = max(latest.get(ev["account_id"], 0), ev["occurred_at"])
+    for account in set(latest) | set(balances):
+        at = max([latest.get(account, 0), *(g["occurred_at"] for g in balances.get(account, []))])
+        grants_now: dict[str, tuple[Decimal, str]] = {}
+        for g in balances.get(account, []):
+            if g.get("revoked_at") is not None and at >= g["revoked_at"]:
+                status = "REVOKED"
+            elif at < g["granted_at"]:
+                status = "NOT_STARTED"
+            elif at >= g["expires_at"]:
+                status = "EXPIRED"
+            elif g["left"] == 0:
+                status = "EXHAUSTED"
+            else:
+                status = "ACTIVE"
+            grants_now[g["grant_id"]] = (g["left"], status)
+        out.balances[account] = ExpectedBalance(
+            total_remaining=sum((left for left, status in grants_now.values() if status == "ACTIVE"), Decimal(0)),
+            grant_funded=sum((out.grant_used.get(gid, Decimal(0)) for gid in grants_now), Decimal(0)),
+            subscription_funded=subscription.get(account, Decimal(0)),
+            grants=grants_now,
+        )
     return out

@@ -37,7 +37,7 @@ from sinks.migrations import apply_migrations, discover, pending
 pytestmark = pytest.mark.integration
 
 VIEWS = ("v_credits_by_feature", "v_feature_adoption", "v_grant_utilisation", "v_campaign_utilisation",
-         "v_conversion", "v_alert_volume")
+         "v_conversion", "v_alert_volume", "v_credit_balances")
 NOW = datetime.now(UTC).replace(microsecond=0)
 # Inside the events TTL, and a fixed time of day so minute/hour buckets are predictable.
 DAY0 = (NOW - timedelta(days=20)).replace(hour=10, minute=0, second=0)
@@ -183,6 +183,33 @@ def test_same_token_lands_once_in_ledger(client: Any) -> None:
         insert(client, "credit_ledger", rows, token=f"ledger/{account}")
     assert scalar(client, "SELECT sum(amount_micro) FROM credit_ledger WHERE account_id = {a:String}",
                   a=account) == 30
+
+
+def test_latest_balance_wins_and_a_resent_notification_lands_once(client: Any) -> None:
+    from sinks.routing import ROUTES
+    from streams.credits.balances import balance_record
+    from streams.credits.notifications import notifications_for
+    from streams.credits.policy import load_policy
+
+    account = f"acc-bal-{uuid.uuid4().hex[:6]}"
+    t = int(DAY0.timestamp() * 1000)
+    grants = {"g1": {"amount": 10_000_000, "campaign": "c", "granted_at": t - 1, "expires_at": t + 10**10,
+                     "priority": 0, "revoked_at": None}}
+    make = {r.topic_key: r.tables[0][1] for r in ROUTES}
+    for seq, spent in ((2, 6_000_000), (1, 1_000_000)):  # the newer one first: the version decides
+        rec = balance_record(account, grants, {"p": 0, "o": seq, "spent": {"g1": spent}, "t": t, "v": seq}, "p", 0,
+                             t)
+        insert(client, "credit_balances", list(make["credit-balances"](rec)))
+        if seq == 2:
+            notes, _ = notifications_for(load_policy(), rec, [], t)
+    assert [n["kind"] for n in notes] == ["USAGE_THRESHOLD"]
+    for _ in range(2):  # a processor replay re-sends the same notification
+        insert(client, "credit_notifications", list(make["credit-notifications"](notes[0])))
+    latest = client.query("SELECT balance_seq, total_remaining_micro, grant_spent_micro FROM v_credit_balances "
+                          "WHERE account_id = {a:String}", parameters={"a": account}).result_rows
+    assert latest == [(2, 4_000_000, [6_000_000])]
+    assert scalar(client, "SELECT count() FROM credit_notifications FINAL WHERE account_id = {a:String}",
+                  a=account) == 1
 
 
 # ---- analyst views: exact numbers -----------------------------------------------------------

@@ -79,7 +79,7 @@ def test_ensure_topics_creates_all_with_partitions_and_retention(topic_settings:
         created = await ensure_topics(bootstrap, topic_settings)
         names = topic_names(topic_settings)
         assert sorted(created) == sorted(names.values())
-        assert len(names) == len(TOPICS) == 8
+        assert len(names) == len(TOPICS) == 10
         # Second call is a no-op, not an error.
         assert await ensure_topics(bootstrap, topic_settings) == []
 
@@ -94,16 +94,22 @@ def test_ensure_topics_creates_all_with_partitions_and_retention(topic_settings:
                 replicas = {len(p["replicas"]) for p in topic["partitions"]}
                 assert replicas == {topic_settings.replication_factor}
             resources = [
-                ConfigResource(ConfigResourceType.TOPIC, n, {"retention.ms": None}) for n in names.values()
+                ConfigResource(ConfigResourceType.TOPIC, n, {"retention.ms": None, "cleanup.policy": None})
+                for n in names.values()
             ]
             responses = await admin.describe_configs(resources)
-            retention = {
-                resource[3]: {entry[0]: entry[1] for entry in resource[4]}["retention.ms"]
+            configs = {
+                resource[3]: {entry[0]: entry[1] for entry in resource[4]}
                 for response in responses
                 for resource in response.resources
             }
             expected = str(topic_settings.retention_hours * 3600 * 1000)
-            assert retention == dict.fromkeys(names.values(), expected)
+            compacted = {names[spec.name] for spec in TOPICS if spec.compacted}
+            assert compacted == {names["credit-balances"]}
+            assert {n: c["cleanup.policy"] for n, c in configs.items()} == {
+                n: "compact" if n in compacted else "delete" for n in names.values()}
+            assert {n: c["retention.ms"] for n, c in configs.items() if n not in compacted} == dict.fromkeys(
+                set(names.values()) - compacted, expected)
         finally:
             await admin.close()
 

@@ -34,6 +34,8 @@ EXPECTED_RECORDS = {
     "ReviewDecision",
     "RefinementSample",
     "DeadLetter",
+    "CreditBalance",
+    "CreditNotification",
 }
 
 
