@@ -2,10 +2,10 @@
 tables from the analyst views).
 
 Values never go into the SQL text: ``--param name=value`` binds server-side to a ``{name:Type}``
-placeholder, and ClickHouse parses the value as that type. Read-only is enforced twice: only
-SELECT/WITH/SHOW/DESCRIBE/EXPLAIN/EXISTS statements are accepted, and the query runs with
-``readonly=2`` (writes and DDL refused by the engine, per-query SETTINGS still allowed). This is a
-guard against accidents, not a security boundary: whoever runs the CLI can reach the data anyway.
+placeholder, and ClickHouse parses the value as that type. Statements pass the same guard as live
+SQL (``sinks/sql_guard.py``: one read-only statement, nothing that reaches files, URLs, other
+servers or the shell) and run with ``readonly=1`` and the limits of ``CREDITFLOW_SQL_*``: through
+a running worker's live SQL when one holds the chDB path, else on ClickHouse directly.
 """
 
 from __future__ import annotations
@@ -23,13 +23,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from sinks.client import ClickHouseConfigError, ClickHouseUnavailable, Client, connect
-from sinks.migrations import MigrationError, split_statements
+from sinks.sql_guard import SqlRefused, admit, check_ast
+from streams.cli.clickhouse_target import Target, open_target
 from streams.settings import get_settings
 
 FORMATS = ("table", "csv", "json")
-READ_ONLY_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS"})
-READ_ONLY_SETTINGS = {"readonly": 2}
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -49,25 +47,19 @@ def parse_params(items: Sequence[str]) -> dict[str, str]:
 
 
 def check_read_only(sql: str, params: dict[str, str]) -> str:
-    """The single statement to run, or a UsageError saying why it is refused."""
+    """The single statement to run, or a UsageError saying why it is refused (sinks/sql_guard.py)."""
     try:
-        statements = split_statements(sql)
-    except MigrationError as exc:
-        raise click.UsageError(f"cannot parse the query: {exc}") from None
-    if len(statements) != 1:
-        raise click.UsageError(f"expected exactly one statement, got {len(statements)}")
-    stmt = statements[0]
-    head = re.sub(r"(--[^\n]*\n|/\*.*?\*/|\s|\()+", " ", stmt + "\n", flags=re.S).strip()
-    keyword = head.split(" ", 1)[0].upper() if head else ""
-    if keyword not in READ_ONLY_KEYWORDS:
-        raise click.UsageError(f"only read-only statements ({', '.join(sorted(READ_ONLY_KEYWORDS))}) are "
-                               f"allowed, got {keyword or 'nothing'}")
+        admitted = admit(sql)
+    except SqlRefused as exc:
+        raise click.UsageError(str(exc)) from None
+    if admitted.fmt is not None:
+        raise click.UsageError(f"drop the FORMAT {admitted.fmt} clause and use --format (table, csv, json)")
     for name in params:
         # Without a {name:Type} placeholder clickhouse-connect would fall back to client-side
         # formatting of the value into the SQL text; refuse instead.
-        if not re.search(r"\{\s*" + re.escape(name) + r"\s*:", stmt):
+        if not re.search(r"\{\s*" + re.escape(name) + r"\s*:", admitted.sql):
             raise click.UsageError(f"--param {name} has no {{{name}:Type}} placeholder in the query")
-    return stmt.rstrip().rstrip(";")
+    return admitted.sql
 
 
 def to_text(value: Any) -> str:
@@ -125,32 +117,42 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, titl
         Console().print(table)
 
 
-def _client() -> Client:
+def _client() -> Target:
+    return open_target(get_settings())
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _run(target: Target, sql: str, params: dict[str, Any]) -> tuple[list[str], list[Sequence[Any]]]:
+    client = target.client
     try:
-        return connect(get_settings().resolved_clickhouse_url)
-    except (ClickHouseUnavailable, ClickHouseConfigError) as exc:
+        if target.settings:
+            # The engine's own parse, checked like the bridge does (sinks/sql_guard.py).
+            ast = client.query(f"EXPLAIN AST {sql}", parameters=params or None, settings=target.settings)
+            check_ast("\n".join(str(r[0]) for r in ast.result_rows))
+        result = client.query(sql, parameters=params or None, settings=target.settings or None)
+    except SqlRefused as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def _run(client: Client, sql: str, params: dict[str, Any]) -> tuple[list[str], list[Sequence[Any]]]:
-    try:
-        result = client.query(sql, parameters=params or None, settings=READ_ONLY_SETTINGS)
     except Exception as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = _first_line(exc)
         if "UNKNOWN_TABLE" in message or "Unknown table" in message:
             message += " (has `creditflow migrate` been run?)"
         raise click.ClickException(message) from None
     columns, rows = list(result.column_names), list(result.result_rows)
     if not columns and not rows:
-        columns = _describe(client, sql, params)
+        columns = _describe(target, sql, params)
     return columns, rows
 
 
-def _describe(client: Client, sql: str, params: dict[str, Any]) -> list[str]:
+def _describe(target: Target, sql: str, params: dict[str, Any]) -> list[str]:
     """Column names of an empty result. chDB returns no bytes at all for zero rows, so the names
     must be asked for separately; a statement DESCRIBE cannot wrap (SHOW, ...) just has none."""
     try:
-        result = client.query(f"DESCRIBE ({sql})", parameters=params or None, settings=READ_ONLY_SETTINGS)
+        result = target.client.query(f"DESCRIBE ({sql})", parameters=params or None,
+                                     settings=target.settings or None)
     except Exception:
         return []
     return [str(r[0]) for r in result.result_rows]
