@@ -185,7 +185,7 @@ REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
                sum(charged_credits) AS charged_credits, sum(subsidy_credits) AS subsidy_credits,
                sum(grant_funded_credits) AS grant_funded_credits
         FROM v_credits_by_feature
-        WHERE day > toDate(now('UTC')) - {days:UInt32}
+        WHERE toDate32(day) > toDate32(now('UTC')) - {days:UInt32}
         GROUP BY category, plan, model
         ORDER BY list_credits DESC, category, plan, model"""),
     ("feature adoption by week", """
@@ -194,7 +194,7 @@ REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
                countIf(used_standard_chat) AS standard_chat, countIf(features_used >= 2) AS multi_feature,
                countIf(features_used = 4) AS all_features
         FROM v_feature_adoption
-        WHERE week > toMonday(toDate(now('UTC')) - {days:UInt32}) - 7
+        WHERE toDate32(week) > toMonday(toDate32(now('UTC')) - {days:UInt32}) - 7
         GROUP BY week
         ORDER BY week"""),
     ("grant utilisation by campaign", """
@@ -211,7 +211,7 @@ REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
                   CAST(confirmed AS Decimal128(6)) / (confirmed + false_positive)) AS precision,
                sum(credits_exposed) AS credits_exposed
         FROM v_alert_volume
-        WHERE day > toDate(now('UTC')) - {days:UInt32}
+        WHERE toDate32(day) > toDate32(now('UTC')) - {days:UInt32}
         GROUP BY rule_id, severity
         ORDER BY alerts DESC, rule_id, severity"""),
 )
