@@ -21,10 +21,10 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from sinks.sql_guard import SqlRefused, admit, check_ast
 from streams.cli.clickhouse_target import Target, open_target
+from streams.cli.terminal_tables import fitted_table
 from streams.settings import get_settings
 
 FORMATS = ("table", "csv", "json")
@@ -98,7 +98,16 @@ def to_json(value: Any) -> Any:
     return to_text(value)
 
 
-def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, title: str | None = None) -> None:
+# Shorter table headers for the report's credit columns (the section title says they are credits);
+# CSV and JSON keep the full names.
+SHORT_HEADERS = {"list_credits": "list", "charged_credits": "charged", "subsidy_credits": "subsidy",
+                 "grant_funded_credits": "from_grants", "granted_credits": "granted", "used_credits": "used",
+                 "remaining_credits": "left", "expired_unused_credits": "expired_unused",
+                 "credits_exposed": "exposed", "false_positive": "false_pos"}
+
+
+def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, title: str | None = None,
+           headers: dict[str, str] | None = None) -> None:
     if fmt == "json":
         click.echo(json.dumps([dict(zip(columns, map(to_json, row), strict=False)) for row in rows],
                               ensure_ascii=False, indent=2))
@@ -107,14 +116,9 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, titl
         writer.writerow(columns)
         writer.writerows([to_text(v) for v in row] for row in rows)
     else:
-        table = Table(title=title, caption=f"{len(rows)} row{'s' if len(rows) != 1 else ''}")
-        numeric = [bool(rows) and all(isinstance(r[i], int | float | Decimal) and not isinstance(r[i], bool)
-                                      for r in rows if r[i] is not None) for i in range(len(columns))]
-        for name, is_num in zip(columns, numeric, strict=False):
-            table.add_column(name, justify="right" if is_num else "left")
-        for row in rows:
-            table.add_row(*(to_text(v) for v in row))
-        Console().print(table)
+        console = Console()
+        shown = [(headers or {}).get(c, c) for c in columns]
+        console.print(fitted_table(shown, rows, console.width, to_text, title=title))
 
 
 def _client() -> Target:
@@ -241,4 +245,5 @@ def report(days: int, fmt: str) -> None:
             if n:
                 click.echo()
             click.echo(f"# {title} (last {days} days)" if "{days:" in REPORT_SECTIONS[n][1] else f"# {title}")
-        render(columns, rows, fmt, title=title)
+        render(columns, rows, fmt, title=f"{title} (credits)" if any(c.endswith("_credits") for c in columns)
+               else title, headers=SHORT_HEADERS)

@@ -9,15 +9,14 @@ import secrets
 import signal
 import sys
 import time
-from decimal import Decimal
 from typing import Any
 
 import faust
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from sinks.service import ClickHouseSink
+from streams.cli.terminal_tables import Fitted
 from streams.processor import Processor
 from streams.producer import CreditflowProducer
 from streams.runtime.pipeline import build, prepare
@@ -241,16 +240,12 @@ async def _wait_alerts(sink: ClickHouseSink, prefix: str, rules: set[str], conso
             await asyncio.sleep(1.0)
 
 
-def _table(title: str, header: list[str], rows: list[tuple[Any, ...]]) -> Table:
-    t = Table(title=title)
-    for i, h in enumerate(header):
-        numeric = bool(rows) and all(isinstance(r[i], int | float | Decimal) or
-                                     (isinstance(r[i], str) and r[i].replace(",", "").replace(".", "").isdigit())
-                                     for r in rows)
-        t.add_column(h, justify="right" if numeric else "left")
-    for r in rows:
-        t.add_row(*[f"{v:,}" if isinstance(v, int) else str(v) for v in r])
-    return t
+def _cell(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def _table(title: str, header: list[str], rows: list[tuple[Any, ...]]) -> Fitted:
+    return Fitted(header, rows, _cell, title=title)
 
 
 async def _run(settings: Settings, bootstrap: str, events: int, accounts: int, seed: int, timeout: float,
