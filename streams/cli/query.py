@@ -103,7 +103,8 @@ def to_json(value: Any) -> Any:
 SHORT_HEADERS = {"list_credits": "list", "charged_credits": "charged", "subsidy_credits": "subsidy",
                  "grant_funded_credits": "from_grants", "granted_credits": "granted", "used_credits": "used",
                  "remaining_credits": "left", "expired_unused_credits": "expired_unused",
-                 "credits_exposed": "exposed", "false_positive": "false_pos"}
+                 "credits_exposed": "exposed", "false_positive": "false_pos", "non_recipients": "others",
+                 "recipients_base": "n_recipients", "non_recipients_base": "n_others"}
 
 
 def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, title: str | None = None,
@@ -184,6 +185,10 @@ def query(sql: str, param_items: tuple[str, ...], fmt: str) -> None:
 
 # (title, SQL). Every window is "the last N UTC days including today", bound as {days:UInt32}.
 REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
+    ("programme scorecard: credit recipients vs the others", """
+        SELECT metric, recipients, non_recipients, ratio, recipients_base, non_recipients_base
+        FROM v_programme_scorecard
+        ORDER BY ord"""),
     ("credits by feature", """
         SELECT category, plan, model, sum(requests) AS requests, sum(list_credits) AS list_credits,
                sum(charged_credits) AS charged_credits, sum(subsidy_credits) AS subsidy_credits,
@@ -226,7 +231,8 @@ REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
               help="window for time-based sections, in UTC days including today")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 def report(days: int, fmt: str) -> None:
-    """Canned analyst tables: credits by feature, adoption, grant utilisation, conversion, alerts."""
+    """Canned analyst tables: the programme scorecard, credits by feature, adoption, grant
+    utilisation, conversion, alerts."""
     if not 1 <= days <= 36_500:
         raise click.UsageError(f"--days must be between 1 and 36500, got {days}")
     client = _client()
