@@ -230,12 +230,25 @@ REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
 @click.option("--days", type=int, default=30, show_default=True,
               help="window for time-based sections, in UTC days including today")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-def report(days: int, fmt: str) -> None:
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="write the report as one self-contained HTML page of charts to this file instead")
+def report(days: int, fmt: str, html_path: str | None) -> None:
     """Canned analyst tables: the programme scorecard, credits by feature, adoption, grant
     utilisation, conversion, alerts."""
     if not 1 <= days <= 36_500:
         raise click.UsageError(f"--days must be between 1 and 36500, got {days}")
     client = _client()
+    if html_path is not None:
+        from streams.reporting.html_page import build_page
+
+        text = build_page(lambda sql, params: _run(client, sql, params), days, client.where)
+        try:
+            with open(html_path, "w", encoding="utf-8") as out:
+                out.write(text)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {html_path}: {exc.strerror or exc}") from None
+        click.echo(f"wrote {html_path} ({len(text) // 1024 + 1} KiB, last {days} days)")
+        return
     results = []
     for title, sql in REPORT_SECTIONS:
         params = {"days": days} if "{days:" in sql else {}

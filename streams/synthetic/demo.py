@@ -23,6 +23,7 @@ from streams.runtime.pipeline import build, prepare
 from streams.settings import Role, Settings
 from streams.synthetic.generator import DAY_MS, Generator
 from streams.synthetic.scenarios import SCENARIO_RULE, Label, ScenarioSet, gaming_sample
+from streams.synthetic.subscriptions import subscription_changes
 
 # Labelled gaming mixed into the demo's traffic, one scenario per rule shown; the rest stay for
 # `creditflow evaluate`.
@@ -183,13 +184,20 @@ def _progress(console: Console) -> Progress:
                     TimeElapsedColumn(), console=console, transient=False)
 
 
+# Undecodable records sent on purpose, so the dead-letter path shows up in the summary and report.
+MALFORMED = (b"not avro at all", b"\xc3\x01truncated", b"{\"json\": \"is not the wire format\"}")
+
+
 async def _produce(settings: Settings, bootstrap: str, grants: list[dict[str, Any]], events: list[dict[str, Any]],
-                   console: Console, processor: Processor) -> int:
+                   changes: list[dict[str, Any]], console: Console, processor: Processor) -> int:
     n = len(events)
     async with CreditflowProducer(settings, bootstrap_servers=bootstrap) as producer:
         for grant in grants:
             await producer.emit_grant(grant)
+        for change in changes:
+            await producer.emit_subscription_change(change)
         await producer.flush()
+        await _send_malformed(settings, bootstrap)
         # Grants are issued before the traffic they fund; let the processor hold them first, since
         # Kafka orders records within a topic partition, not across the grants and events topics.
         holders = {g["account_id"] for g in grants}
@@ -206,6 +214,18 @@ async def _produce(settings: Settings, bootstrap: str, grants: list[dict[str, An
             await producer.flush()
             progress.update(task, completed=n)
     return len(grants)
+
+
+async def _send_malformed(settings: Settings, bootstrap: str) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    raw = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await raw.start()
+    try:
+        for i, value in enumerate(MALFORMED):
+            await raw.send_and_wait(settings.topic("interaction-events"), value, key=f"malformed-{i}".encode())
+    finally:
+        await raw.stop()
 
 
 async def _wait_landed(sink: ClickHouseSink, prefix: str, n: int, grants: int, timeout: float,
@@ -241,6 +261,8 @@ async def _wait_alerts(sink: ClickHouseSink, prefix: str, rules: set[str], conso
 
 
 def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
@@ -301,7 +323,10 @@ async def _produce_and_report(app: faust.App, settings: Settings, bootstrap: str
     total = len(traffic)
     console.print(f"{events:,} events of ordinary traffic, with {len(gaming.events):,} events of "
                   f"{len(DEMO_SCENARIOS)} planted gaming schemes mixed in ({', '.join(DEMO_SCENARIOS)})")
-    grants = await _produce(settings, bootstrap, gen.grants() + gaming.grants, traffic, console, processor)
+    all_grants = gen.grants() + gaming.grants
+    changes = subscription_changes((a.account_id for a in gen.account_list), {g["account_id"] for g in all_grants},
+                                   int(time.time() * 1000), gen.seed)
+    grants = await _produce(settings, bootstrap, all_grants, traffic, changes, console, processor)
     landed = await _wait_landed(sink, prefix, total, grants, timeout, console)
     elapsed = time.monotonic() - started
     rows = await sink.query(CREDITS_BY_CATEGORY, {"prefix": prefix})
@@ -317,6 +342,10 @@ async def _produce_and_report(app: faust.App, settings: Settings, bootstrap: str
     samples = await sink.query(REFINEMENT_BY_CATEGORY, {"prefix": prefix})
     console.print(_table("refinement samples by category and outcome (top 8)",
                          ["category", "outcome", "samples", "avg steps", "max context"], samples))
+    scorecard = await sink.query("SELECT metric, recipients, non_recipients, ratio FROM v_programme_scorecard "
+                                 "ORDER BY ord")
+    console.print(_table("programme scorecard (all data): credit recipients vs the others",
+                         ["metric", "recipients", "others", "ratio"], scorecard))
     wanted = {SCENARIO_RULE[name] for name in DEMO_SCENARIOS}
     alerts = await _wait_alerts(sink, prefix, wanted, console)
     console.print(_table("gaming alerts by rule", ["rule", "name", "alerts", "worst", "credits exposed",

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.browser import dump_dom
+
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,6 +61,25 @@ def test_demo_lands_every_event_and_prints_the_summary(tmp_path: Path) -> None:
     sections = json.loads(report.stdout)
     assert sum(int(r["requests"]) for r in sections["credits by feature"]) == int(landed.group(1).replace(",", ""))
     assert sections["alert volume and verdicts"], "no alerts in the report after the demo"
+    assert len(sections["programme scorecard: credit recipients vs the others"]) == 4
+
+    # The HTML report renders in headless Chromium, every chart drawn, nothing fetched.
+    page = tmp_path / "report.html"
+    written = subprocess.run([sys.executable, "-m", "streams.cli.main", "report", "--html", str(page)], cwd=REPO,
+                             env=env, capture_output=True, text=True, timeout=180)
+    assert written.returncode == 0, written.stderr
+    text = page.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text), "the page must not fetch anything"
+    dom = dump_dom(page)
+    body_tag = re.search(r"<body[^>]*>", dom)
+    assert body_tag and "data-chart-error" not in body_tag.group(0), body_tag
+    figures = re.findall(r'<figure class="chart" data-chart="(\w+)">(.*?)</figure>', dom, flags=re.S)
+    assert [name for name, _ in figures][:1] == ["scorecard"] and len(figures) >= 10
+    assert f'data-charts-drawn="{len(figures)}"' in body_tag.group(0)
+    for name, body in figures:
+        svg = re.search(r"<svg.*?</svg>", body, flags=re.S)
+        assert svg, f"chart {name} drew no SVG"
+        assert len(re.findall(r"<(rect|circle|polyline|path)\b[^>]*data-mark", svg.group(0))) > 0, name
 
 
 # 0.5 s: while the app is starting (a cancellation there was swallowed, or hung the exit); 5 s:
