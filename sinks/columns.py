@@ -43,6 +43,7 @@ REFINEMENT_SAMPLES_COLUMNS: tuple[str, ...] = (
     "event_id", "account_id", "occurred_at", "model", "category", "priority", "outcome", "error_code",
     "reason", "input_tokens", "output_tokens", "cached_tokens", "thinking_tokens",
     "context_window_tokens", "reasoning_steps", "tool_calls", "policy_version", "prompt_fingerprint",
+    "surface", "tool_names", "latency_ms",
 )
 
 DEAD_LETTERS_COLUMNS: tuple[str, ...] = (

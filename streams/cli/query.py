@@ -104,7 +104,8 @@ SHORT_HEADERS = {"list_credits": "list", "charged_credits": "charged", "subsidy_
                  "grant_funded_credits": "from_grants", "granted_credits": "granted", "used_credits": "used",
                  "remaining_credits": "left", "expired_unused_credits": "expired_unused",
                  "credits_exposed": "exposed", "false_positive": "false_pos", "non_recipients": "others",
-                 "recipients_base": "n_recipients", "non_recipients_base": "n_others"}
+                 "recipients_base": "n_recipients", "non_recipients_base": "n_others",
+                 "p90_latency_ms": "p90_ms"}
 
 
 def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, title: str | None = None,
@@ -213,6 +214,29 @@ REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
         ORDER BY granted_credits DESC, campaign"""),
     ("conversion to paid plans", """
         SELECT cohort, accounts, converted, conversion_rate FROM v_conversion ORDER BY cohort"""),
+    ("failure modes (refinement samples)", """
+        SELECT category, model, outcome, error_code, sum(samples) AS samples
+        FROM v_failure_modes
+        WHERE toDate32(day) > toDate32(now('UTC')) - {days:UInt32} AND outcome != 'SUCCESS'
+        GROUP BY category, model, outcome, error_code
+        ORDER BY samples DESC, category, model, outcome, error_code
+        LIMIT 15"""),
+    ("failure rate by reasoning depth and context size", """
+        SELECT reasoning_depth, context_band, sum(samples) AS samples, sum(failures) AS failures,
+               CAST(failures AS Decimal128(6)) / samples AS failure_rate
+        FROM v_failure_modes
+        WHERE toDate32(day) > toDate32(now('UTC')) - {days:UInt32}
+        GROUP BY reasoning_depth, context_band
+        ORDER BY reasoning_depth, indexOf(['<8k', '8k-32k', '32k-100k', '100k-200k', '>=200k'], context_band)"""),
+    ("integration pain points by tool and surface", """
+        SELECT tool, surface, sum(samples) AS samples, sum(errors) AS errors, sum(timeouts) AS timeouts,
+               sum(aborts) AS aborts, CAST(sum(failures) AS Decimal128(6)) / samples AS failure_rate,
+               max(p90_latency_ms) AS p90_latency_ms
+        FROM v_integration_pain_points
+        WHERE toDate32(day) > toDate32(now('UTC')) - {days:UInt32}
+        GROUP BY tool, surface
+        ORDER BY errors + timeouts + aborts DESC, tool, surface
+        LIMIT 15"""),
     ("alert volume and verdicts", """
         SELECT rule_id, severity, sum(alerts) AS alerts, sum(reviewed) AS reviewed,
                sum(confirmed) AS confirmed, sum(false_positive) AS false_positive,
@@ -234,7 +258,7 @@ REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
               help="write the report as one self-contained HTML page of charts to this file instead")
 def report(days: int, fmt: str, html_path: str | None) -> None:
     """Canned analyst tables: the programme scorecard, credits by feature, adoption, grant
-    utilisation, conversion, alerts."""
+    utilisation, conversion, failure modes, integration pain points, alerts."""
     if not 1 <= days <= 36_500:
         raise click.UsageError(f"--days must be between 1 and 36500, got {days}")
     client = _client()

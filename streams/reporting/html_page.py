@@ -85,6 +85,35 @@ CHARTS: tuple[ChartSpec, ...] = (
         SELECT error_kind, count() AS dead_letters FROM dead_letters FINAL
         WHERE {_IN_WINDOW.format(col="failed_at")}
         GROUP BY error_kind ORDER BY dead_letters DESC, error_kind"""),
+    ChartSpec("failures_over_time", "Failure modes over time",
+              "Sampled requests that did not succeed, per day and outcome (v_failure_modes).", "line", "long", f"""
+        SELECT toString(day), outcome, sum(samples) FROM v_failure_modes
+        WHERE {_IN_WINDOW.format(col="day")} AND outcome != 'SUCCESS'
+        GROUP BY day, outcome ORDER BY day, outcome"""),
+    ChartSpec("failures_by_category", "Failure modes by category and model",
+              "Failed samples by feature category and model, split by outcome (v_failure_modes).", "bars", "long",
+              f"""
+        SELECT concat(category, ' · ', model), outcome, sum(samples) FROM v_failure_modes
+        WHERE {_IN_WINDOW.format(col="day")} AND outcome != 'SUCCESS'
+        GROUP BY category, model, outcome ORDER BY category, model, outcome""", stacked=True),
+    ChartSpec("failures_by_depth", "Failure rate by reasoning depth and context size",
+              "Share of sampled requests that failed, per reasoning-depth bucket, one series per context band "
+              "(v_failure_modes).", "bars", "long", f"""
+        SELECT reasoning_depth, context_band, CAST(sum(failures) AS Decimal128(6)) / sum(samples)
+        FROM v_failure_modes WHERE {_IN_WINDOW.format(col="day")}
+        GROUP BY reasoning_depth, context_band
+        ORDER BY reasoning_depth, indexOf(['<8k', '8k-32k', '32k-100k', '100k-200k', '>=200k'], context_band)"""),
+    ChartSpec("pain_by_tool", "Integration pain points by tool",
+              "Tool-use samples that ended in an error, a timeout or a client abort, per tool "
+              "(v_integration_pain_points).", "bars", "wide", f"""
+        SELECT tool, sum(errors) AS errors, sum(timeouts) AS timeouts, sum(aborts) AS aborts
+        FROM v_integration_pain_points WHERE {_IN_WINDOW.format(col="day")}
+        GROUP BY tool ORDER BY sum(failures) DESC, tool LIMIT 20""", stacked=True),
+    ChartSpec("pain_by_surface", "Integration pain points by surface",
+              "The same failures per product surface (v_integration_pain_points).", "bars", "wide", f"""
+        SELECT surface, sum(errors) AS errors, sum(timeouts) AS timeouts, sum(aborts) AS aborts
+        FROM v_integration_pain_points WHERE {_IN_WINDOW.format(col="day")}
+        GROUP BY surface ORDER BY sum(failures) DESC, surface""", stacked=True),
     ChartSpec("refinement", "Refinement samples by priority", "Requests sampled for the model-refinement "
               "loop, by data-collection priority (refinement_samples).", "bars", "wide", f"""
         SELECT priority, count() AS samples FROM refinement_samples FINAL

@@ -194,6 +194,9 @@ class RefinementSample(TypedDict):
     context_window_tokens: int
     reasoning_steps: int
     tool_calls: int
+    surface: str
+    tool_names: list[str]
+    latency_ms: int
     policy_version: str
     prompt_fingerprint: str | None
 
