@@ -20,6 +20,7 @@ from streams.cli.terminal_tables import Fitted
 from streams.processor import Processor
 from streams.producer import CreditflowProducer
 from streams.runtime.pipeline import build, prepare
+from streams.runtime.topics import INTERACTION_EVENTS
 from streams.settings import Role, Settings
 from streams.synthetic.generator import DAY_MS, Generator
 from streams.synthetic.scenarios import SCENARIO_RULE, Label, ScenarioSet, gaming_sample
@@ -223,7 +224,7 @@ async def _send_malformed(settings: Settings, bootstrap: str) -> None:
     await raw.start()
     try:
         for i, value in enumerate(MALFORMED):
-            await raw.send_and_wait(settings.topic("interaction-events"), value, key=f"malformed-{i}".encode())
+            await raw.send_and_wait(settings.topic(INTERACTION_EVENTS), value, key=f"malformed-{i}".encode())
     finally:
         await raw.stop()
 
