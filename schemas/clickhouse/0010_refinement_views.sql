@@ -1,10 +1,11 @@
 -- The refinement team's questions: failure modes in complex tasks, and integration pain points.
 -- RefinementSample v3 carries the request's surface, tool names and latency; samples written
 -- before it have '' / [] / 0 there.
+-- (Type defaults, no DEFAULT expressions: the sink writes every column of the record.)
 ALTER TABLE refinement_samples
-    ADD COLUMN IF NOT EXISTS surface    LowCardinality(String) DEFAULT '',
+    ADD COLUMN IF NOT EXISTS surface    LowCardinality(String),
     ADD COLUMN IF NOT EXISTS tool_names Array(LowCardinality(String)),
-    ADD COLUMN IF NOT EXISTS latency_ms Int32 DEFAULT 0;
+    ADD COLUMN IF NOT EXISTS latency_ms Int32;
 
 -- Sampled requests per UTC day by feature category, model, outcome and error code, reasoning
 -- depth and context-size band; `failures` counts every outcome but SUCCESS. Samples are drawn by
