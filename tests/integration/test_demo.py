@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -103,5 +105,29 @@ def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path, after_s: float
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, out
     assert "interrupted; stopping what the demo started" in out
+    time.sleep(1)
+    assert _leftovers(tmp_path) == [], "a broker or worker outlived the demo"
+
+
+def test_demo_serve_keeps_live_sql_up_until_ctrl_c(tmp_path: Path) -> None:
+    proc = _demo(tmp_path, "--events", "500", "--accounts", "50", "--serve")
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 300
+        seen = ""
+        while "until Ctrl-C" not in seen and time.monotonic() < deadline and proc.poll() is None:
+            seen += proc.stdout.readline()
+        found = re.search(r"live SQL.* at (http://127\.0\.0\.1:\d+) until Ctrl-C", seen)
+        assert found, seen
+        query = urllib.parse.urlencode({"query": "SELECT count() > 500 FROM events"})
+        with urllib.request.urlopen(f"{found.group(1)}/?{query}", timeout=60) as response:
+            assert response.read() == b"1\n"
+        assert proc.poll() is None, "the demo should still be serving"
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, seen + out
     time.sleep(1)
     assert _leftovers(tmp_path) == [], "a broker or worker outlived the demo"
