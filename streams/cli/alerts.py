@@ -207,8 +207,8 @@ def _alert_from_topic(settings: Any, alert_id: str) -> dict[str, Any] | None:
 
 
 def find_alert(settings: Any, alert_id: str) -> dict[str, Any]:
-    """ClickHouse first (the sink's view); the topic when ClickHouse cannot be opened (with chDB, a
-    running worker holds it) or has not landed the alert yet."""
+    """ClickHouse first (the sink's view, through a running worker's live SQL when one holds chDB);
+    the topic when ClickHouse cannot be reached or has not landed the alert yet."""
     alert: dict[str, Any] | None = None
     try:
         alert = _alert_from_clickhouse(_clickhouse(settings), alert_id)
