@@ -152,7 +152,7 @@ def _credits(micro: int) -> str:
 
 def explain(alert: dict[str, Any], labels: dict[str, Label]) -> list[str]:
     """A reviewer's reading of one alert, in plain lines."""
-    from streams.detection.runner import DETECTORS_BY_ID
+    from streams.detection.rulebook import DETECTORS_BY_ID
 
     rule = DETECTORS_BY_ID.get(alert["rule_id"])
     accounts = alert_accounts(alert)
