@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from streams.synthetic.demo import DEMO_SCENARIOS, alerts_by_rule, interleave
+from streams.synthetic.demo import DEMO_SCENARIOS, alerts_by_rule, explain, interleave
 from streams.synthetic.scenarios import DAY_MS, SCENARIO_RULE, Label, gaming_sample
 from streams.synthetic.subscriptions import subscription_changes
 from streams.wire.validation import validate_subscription_change
@@ -61,3 +61,16 @@ def test_alerts_by_rule_names_the_planted_scheme_each_rule_caught() -> None:
         ("CF-004", "Multi-account farming", 1, "MEDIUM", "0.00", "farming"),
     ]
     assert SCENARIO_RULE["farming"] == "CF-004"
+
+
+def test_one_alert_explained_names_the_rule_signal_scheme_and_next_command() -> None:
+    labels = {"acct-1": Label("round_the_clock", True, frozenset({"CF-001"}), "gamer")}
+    alert = {"alert_id": "al-1", "rule_id": "CF-001", "rule_name": "Round-the-clock bot", "severity": "CRITICAL",
+             "score": 1.0, "entity_type": "account", "entity_id": "acct-1", "related_entities": [],
+             "observed": 24.0, "limit": 20.0, "exposed_micro": 3_390_000, "counter_signals": [],
+             "evidence": '{"counts": {"active_hours": 24}}', "suggested_action": "Rate-limit."}
+    text = "\n".join(explain(alert, labels))
+    assert "planted by the 'round_the_clock' scenario" in text
+    assert "why it fires: Requests in at least" in text
+    assert "observed 24 against a limit of 20; 3.39 credits exposed" in text
+    assert "evidence: active_hours=24" in text and "creditflow alerts show al-1" in text
