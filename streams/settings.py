@@ -88,6 +88,19 @@ class Settings(BaseSettings):
     sql_max_result_bytes: int = Field(default=256 * 1024 * 1024, ge=1, description="bytes one query may return")
     sql_max_memory_bytes: int = Field(default=2 * 1024**3, ge=1, description="memory one query may use")
 
+    # Exactly-once in the processor (streams/runtime/checkpoint.py, streams/credits/dedup.py): idempotency
+    # by event id. An id already metered for its account within the window is dead-lettered as DUPLICATE.
+    dedup_window_days: float = Field(
+        default=7.0, ge=0,
+        description="how long (event time) an account remembers the event ids it was metered for; a resend "
+        "within it is not metered again",
+    )
+    dedup_max_ids: int = Field(
+        default=10_000, ge=1,
+        description="most event ids remembered per account (12 bytes each in its state); beyond it the oldest "
+        "are forgotten first",
+    )
+
     @field_validator("topic_prefix")
     @classmethod
     def _prefix_is_topic_safe(cls, v: str) -> str:

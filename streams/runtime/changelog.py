@@ -18,7 +18,7 @@ the next table created in the same directory removes those whose process is gone
 
 Callers may change an object returned by ``get`` in place, but must write it with ``put_many``
 before the batch ends: a key leaves the hot set only at a safe point (``evict``, run by
-``put_many`` and at the end of ``PartitionedService.save``), where its stored bytes equal its last
+``put_many`` and at the end of ``Checkpoint.write``), where its stored bytes equal its last
 write. A new key that is not written yet is added with ``set`` and is never evicted before its write.
 """
 
@@ -455,8 +455,9 @@ class ChangelogTable:
         if not tps:
             return 0
         self.drop(p.partition for p in tps)
+        # read_committed: a batch whose transaction was aborted (a fenced owner's) never becomes state.
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                    auto_offset_reset="earliest")
+                                    auto_offset_reset="earliest", isolation_level="read_committed")
         await consumer.start()
         started = time.monotonic()
         n = 0

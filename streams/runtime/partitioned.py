@@ -1,8 +1,8 @@
 """A service that consumes partitioned topics in batches, with per-partition state that moves with
-its partitions: the skeleton shared by the processor and the detector.
+its partitions: the skeleton of the processor.
 
-Per batch the subclass publishes its outputs and writes its state (both acknowledged), and only then
-are the input offsets committed, so a crash at any point replays the batch. aiokafka runs the
+It consumes; what a batch writes and in which order (outputs, state, offsets), and the fence against
+a worker that lost its partitions, are ``streams/runtime/checkpoint.py``'s. aiokafka runs the
 rebalance callbacks on its coordinator task, concurrently with ``getmany`` and a batch in flight,
 so batches and callbacks share one lock, and a batch first recovers any partition whose state the
 assignment callback has not loaded yet.
@@ -18,8 +18,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError
-from aiokafka.structs import OffsetAndMetadata
 from mode import Service
 
 from streams.runtime import gc_policy
@@ -42,7 +40,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         async with self.service.lock:
-            await self.service.recover({tp.partition for tp in assigned})
+            await self.service.on_assigned({tp.partition for tp in assigned})
 
 
 class PartitionedService(Service):
@@ -69,7 +67,7 @@ class PartitionedService(Service):
         raise NotImplementedError
 
     async def process(self, fetched: Fetched) -> None:
-        """Handle one batch: publish outputs and write state, both acknowledged, then ``commit``."""
+        """Handle one batch: its outputs, state and input offsets (``streams/runtime/checkpoint.py``)."""
         raise NotImplementedError
 
     async def prepare(self) -> None:
@@ -77,6 +75,10 @@ class PartitionedService(Service):
 
     def on_release(self, partitions: set[int]) -> None:
         """Forget in-memory extras of partitions that moved away."""
+
+    async def on_assigned(self, partitions: set[int]) -> None:
+        """The group assigned ``partitions`` (a new generation): recover their state."""
+        await self.recover(partitions)
 
     # -- the skeleton -----------------------------------------------------------------------------------
 
@@ -158,16 +160,6 @@ class PartitionedService(Service):
             table.evict()
         if writes:
             await asyncio.gather(*writes)
-
-    async def commit(self, fetched: Fetched) -> None:
-        assert self.consumer is not None
-        try:
-            await self.consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "")
-                                        for tp, records in fetched.items() if records})
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The group rebalanced under this batch; its next owner replays it, and the replay is
-            # harmless (state records what was applied, outputs are deduplicated downstream).
-            self.logger.warning("commit after a rebalance failed, the batch will be replayed: %r", exc)
 
     def die(self, what: str, exc: BaseException) -> None:
         self.logger.critical("%s failed; exiting without committing so the batch is replayed: %r", what, exc,
