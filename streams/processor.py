@@ -100,7 +100,7 @@ class Processor(PartitionedService):
     async def prepare(self) -> None:
         # Same partition count as the inputs: reviews keyed by a fingerprint must land on the
         # partition number that holds the fingerprint's alert state.
-        await create_topic(self.bootstrap, self.fp_topic, self.settings.partitions,
+        await create_topic(self.kafka, self.fp_topic, self.settings.partitions,
                            self.settings.replication_factor, {"retention.ms": str(retention_ms(self.settings))})
         await self.checkpoint.prepare()
 
@@ -122,6 +122,8 @@ class Processor(PartitionedService):
         self.checkpoint.release(partitions)
 
     async def on_stop(self) -> None:
+        # The batch in flight commits through the checkpoint's producers: drain before closing them.
+        await self.drain()
         await self.checkpoint.close()
         await super().on_stop()
 

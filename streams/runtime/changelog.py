@@ -52,6 +52,7 @@ from rocksdict import (
 )
 
 from streams.runtime.batch_send import Outgoing, send_partitioned
+from streams.runtime.kafka_clients import KafkaClients, clients_for
 from streams.runtime.topics import create_topic
 from streams.settings import Settings
 
@@ -446,17 +447,17 @@ class ChangelogTable:
                 "memtable_bytes": db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0,
                 "disk_bytes": disk, "hydrated": self.hydrated, "evicted": self.evicted}
 
-    async def ensure_topic(self, bootstrap: str, replication: int) -> None:
+    async def ensure_topic(self, bootstrap: KafkaClients | str, replication: int) -> None:
         await create_topic(bootstrap, self.topic, self.partitions, replication, {"cleanup.policy": "compact"})
 
-    async def recover(self, bootstrap: str, partitions: Iterable[int]) -> int:
+    async def recover(self, bootstrap: KafkaClients | str, partitions: Iterable[int]) -> int:
         """Read the changelog of ``partitions`` from the start to its end; returns records read."""
         tps = [TopicPartition(self.topic, p) for p in partitions]
         if not tps:
             return 0
         self.drop(p.partition for p in tps)
         # read_committed: a batch whose transaction was aborted (a fenced owner's) never becomes state.
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+        consumer = AIOKafkaConsumer(**clients_for(bootstrap).common(), enable_auto_commit=False, group_id=None,
                                     auto_offset_reset="earliest", isolation_level="read_committed")
         await consumer.start()
         started = time.monotonic()

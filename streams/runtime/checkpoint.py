@@ -81,6 +81,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
 from streams.runtime.changelog import ChangelogTable
+from streams.runtime.kafka_clients import KafkaClients
 from streams.settings import Settings
 
 log = logging.getLogger("creditflow.checkpoint")
@@ -121,6 +122,7 @@ class Checkpoint:
     def __init__(self, settings: Settings, bootstrap: str, group: str, tables: Iterable[ChangelogTable]) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
+        self.kafka = KafkaClients(settings, bootstrap)
         self.group = group
         self.tables = tuple(tables)
         self.producers: dict[int, AIOKafkaProducer] = {}
@@ -131,7 +133,7 @@ class Checkpoint:
 
     def _producer(self, partition: int) -> AIOKafkaProducer:
         return AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, transactional_id=transactional_id(self.group, partition),
+            **self.kafka.common(), transactional_id=transactional_id(self.group, partition),
             acks="all", enable_idempotence=True, compression_type=self.settings.compression_type,
             linger_ms=5, max_batch_size=1024 * 1024,
             # A batch's first request follows the previous commit at once and is often told to retry
@@ -144,7 +146,7 @@ class Checkpoint:
         transaction log (50 partitions by default) and find this worker a coordinator, seconds on a
         fresh cluster that would otherwise pass inside the assignment callback, where they count
         against the session timeout. Its id fences nothing (no partition's)."""
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, transactional_id=f"{self.group}-start",
+        producer = AIOKafkaProducer(**self.kafka.common(), transactional_id=f"{self.group}-start",
                                     acks="all", enable_idempotence=True)
         await producer.start()
         await producer.stop()

@@ -22,10 +22,13 @@ from mode import Service
 
 from streams.runtime import gc_policy
 from streams.runtime.changelog import ChangelogTable
+from streams.runtime.kafka_clients import KafkaClients
 from streams.settings import Settings
 
 # An unexpected error inside a batch must not let its offsets be committed: exit and replay.
 CRASH_EXIT_CODE = 70
+# How long a stopping worker waits for its batch in flight before leaving it to be replayed.
+DRAIN_TIMEOUT_S = 30.0
 
 Fetched = Mapping[TopicPartition, Sequence[Any]]
 
@@ -51,6 +54,7 @@ class PartitionedService(Service):
         super().__init__(**kwargs)
         self.settings = settings
         self.bootstrap = bootstrap
+        self.kafka = KafkaClients(settings, bootstrap)
         self.group = group
         self.tables = tuple(tables)
         for table in self.tables:
@@ -84,15 +88,14 @@ class PartitionedService(Service):
 
     async def on_start(self) -> None:
         for table in self.tables:
-            await table.ensure_topic(self.bootstrap, self.settings.replication_factor)
+            await table.ensure_topic(self.kafka, self.settings.replication_factor)
         await self.prepare()
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
+        self.producer = self.kafka.producer(
+            acks="all", enable_idempotence=True,
             compression_type=self.settings.compression_type, linger_ms=5, max_batch_size=1024 * 1024,
         )
         await self.producer.start()
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+        self.consumer = self.kafka.consumer(
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -101,9 +104,8 @@ class PartitionedService(Service):
             # Range assignment hands partition i of every input to the same worker, so everything
             # keyed by one account (grants, events, reviews) meets that account's state.
             partition_assignment_strategy=(RangePartitionAssignor,),
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
             max_poll_interval_ms=300_000,
+            **self.kafka.group_member(self.group.removeprefix(f"{self.settings.app_id}-")),
         )
         await self.consumer.start()
         await self._await_topics(self.consumer, self.input_topics())
@@ -125,7 +127,19 @@ class PartitionedService(Service):
                 return
             await asyncio.sleep(0.2)
 
+    async def drain(self) -> None:
+        """Wait for the batch in flight (it holds the lock) to publish, write its state and commit;
+        no new batch starts once stopping."""
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S), self.lock:
+                pass
+        except TimeoutError:
+            self.logger.warning("the batch in flight did not finish within %.0fs of shutdown; it will be replayed",
+                                DRAIN_TIMEOUT_S)
+
     async def on_stop(self) -> None:
+        # SIGTERM drains before the consumer leaves the group.
+        await self.drain()
         if self.consumer is not None:
             await self.consumer.stop()
         if self.producer is not None:
@@ -143,7 +157,7 @@ class PartitionedService(Service):
     async def recover(self, partitions: set[int]) -> None:
         new = partitions - self.owned
         for table in self.tables:
-            await table.recover(self.bootstrap, new)
+            await table.recover(self.kafka, new)
         self.owned |= new
 
     async def save(self, changes: Iterable[tuple[ChangelogTable, int, str, Any]]) -> None:
@@ -175,7 +189,7 @@ class PartitionedService(Service):
         within_ms = int(self.settings.process_within * 1000)
         while not self.should_stop:
             fetched = await self.consumer.getmany(timeout_ms=within_ms, max_records=self.settings.process_batch)
-            if not fetched:
+            if not fetched or self.should_stop:
                 continue
             try:
                 async with self.lock:
