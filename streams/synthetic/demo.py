@@ -218,9 +218,10 @@ async def _produce(settings: Settings, bootstrap: str, grants: list[dict[str, An
 
 
 async def _send_malformed(settings: Settings, bootstrap: str) -> None:
-    from aiokafka import AIOKafkaProducer
+    from streams.runtime.kafka_clients import clients_for
 
-    raw = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    # Raw bytes, so a plain producer with the project's connection settings, not CreditflowProducer.
+    raw = clients_for(bootstrap, settings).producer()
     await raw.start()
     try:
         for i, value in enumerate(MALFORMED):
