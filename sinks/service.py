@@ -37,6 +37,7 @@ from sinks.avro_container import LEDGER_FILE_STRUCTURE, ContainerBuilder, Guarde
 from sinks.client import connect, is_unavailable
 from sinks.columns import CREDIT_LEDGER_COLUMNS, EVENTS_COLUMNS, INSERT_COLUMNS, dedup_settings
 from sinks.routing import ROUTES, Route, dead_letter_rows
+from streams.runtime.metrics import Metrics
 from streams.settings import Settings
 from streams.wire.codec import DecodeError, Decoder
 from streams.wire.dead_letters import build_dead_letter
@@ -120,6 +121,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             del self.sink.replay_stores[store]
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.sink.metrics.assigned(self.sink.group, assigned)
         try:
             await self.sink.restore(assigned)
         except Exception as exc:
@@ -141,6 +143,8 @@ class ClickHouseSink(Service):
         self.columns: dict[str, list[str]] = {}
         self.parts: dict[TopicPartition, _Partition] = {}
         self.stats = SinkStats()
+        # The app's metrics once registered (streams/runtime/health.py watch_service); a private set before.
+        self.metrics = Metrics()
         # One thread owns the ClickHouse client: chDB is one engine per process, and a blocking
         # insert must not stall the processor agents sharing this event loop.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
@@ -175,6 +179,10 @@ class ClickHouseSink(Service):
 
         result: list[tuple[Any, ...]] = await self.ch(run)
         return result
+
+    async def ping(self) -> bool:
+        """Whether ClickHouse answers, asked on the sink's own client (readiness)."""
+        return bool(await self.ch(lambda: self._client_sync().ping()))
 
     async def on_start(self) -> None:
         self.columns = {table: list(cols) for table, cols in INSERT_COLUMNS.items()}
@@ -296,6 +304,7 @@ class ClickHouseSink(Service):
         consumer = self.consumer
         while not self.should_stop:
             batches = await consumer.getmany(timeout_ms=200, max_records=self.settings.sink_batch_rows)
+            self.metrics.consumed(self.group, batches)
             now = time.monotonic()
             for tp, records in batches.items():
                 part = self.parts.get(tp)
@@ -405,6 +414,7 @@ class ClickHouseSink(Service):
         assert self.consumer is not None
         try:
             await self.consumer.commit(commits)
+            self.metrics.committed(self.group, commits)
         except Exception as exc:  # a rebalance took the partition: its new owner replays the same plan
             log.warning("offset commit failed after a stored batch (will be deduplicated): %r", exc)
         self.stats.batches += len(due)
@@ -525,6 +535,7 @@ class ClickHouseSink(Service):
             return counts
 
         delay = 0.5
+        started = time.perf_counter()
         while True:
             try:
                 counts = await self.ch(store)
@@ -533,12 +544,14 @@ class ClickHouseSink(Service):
                 # ClickHouse is away or refused the batch: keep the batch, do not commit, do not poll
                 # (so memory stays bounded), and try again with backoff until it comes back.
                 self.stats.retries += 1
+                self.metrics.sink_failed(exc)
                 log.warning("ClickHouse insert failed (%r); retrying in %.1fs", exc, delay)
                 if self.should_stop:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_S)
                 self._client = None
+        self.metrics.sink_stored(counts, time.perf_counter() - started)
         self.stats.dropped_replays += counts.pop("replays dropped", 0)
         self.stats.direct_batches += counts.pop("direct batches", 0)
         for table, n in counts.items():
@@ -546,7 +559,10 @@ class ClickHouseSink(Service):
 
 
 def register_sink(app: faust.App, settings: Settings, bootstrap: str, names: Mapping[str, str]) -> ClickHouseSink:
+    from streams.runtime.health import watch_service
+
     sink = ClickHouseSink(settings, bootstrap, names, loop=None)
+    watch_service(app, sink, ping=sink.ping)
     app.service(sink)  # type: ignore[arg-type]  # Faust accepts instances too, its stub says classes
     app.creditflow_sink = sink  # type: ignore[attr-defined]
     return sink

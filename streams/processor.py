@@ -158,8 +158,13 @@ class Processor(PartitionedService):
             *((self.grants, p, account, state) for account, (p, state) in granted.grant_updates.items()),
             *((self.usage, p, account, state) for account, (p, state) in metered.usage_updates.items()),
         ])
+        t4 = time.perf_counter()
         await self.commit(fetched)
         self.metered += len(metered.enriched)
+        self.metrics.processor_batch(
+            events=len(event_records), metered=len(metered.enriched), skipped=metered.skipped_replays,
+            dead=[*granted.dead_letters, *metered.dead_letters], alerts=found.alerts,
+            started=t0, published_from=t2, published_to=t3, state_written=t4)
         _trace("batch: %d events, %d grants, %d reviews, %d observations in, %d replays skipped, %d dead, "
                "%d alerts, %d observations folded here, %d sent: meter %.1f ms, detect %.1f ms, "
                "publish %.1f ms, state+commit %.1f ms", len(event_records), len(grant_records), len(reviews),
@@ -220,11 +225,15 @@ class Processor(PartitionedService):
             if pending:
                 await asyncio.gather(*pending)
             await self.save(self.detection.changes(found))
+            self.metrics.alerts_flushed(found.alerts)
         return n
 
 
 def register_processor(app: faust.App, settings: Settings, bootstrap: str, names: Mapping[str, str]) -> Processor:
+    from streams.runtime.health import watch_service
+
     processor = Processor(settings, bootstrap, names)
+    watch_service(app, processor)
     app.service(processor)  # type: ignore[arg-type]  # Faust accepts instances too, its stub says classes
     app.creditflow_processor = processor  # type: ignore[attr-defined]
     return processor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -75,6 +76,25 @@ class Settings(BaseSettings):
         default=0, ge=0, le=65535,
         description="port of the worker's HTTP server; 0 = any free port, announced under <data dir>/workers/",
     )
+
+    # -- operations: readiness and the ClickHouse cluster (docs/operations.md) --
+    ready_stall_seconds: float = Field(
+        default=120.0, gt=0,
+        description="/ready fails when a consumer has neither polled nor committed a batch for this long",
+    )
+    clickhouse_cluster: str | None = Field(
+        default=None,
+        validation_alias="CLICKHOUSE_CLUSTER",
+        description="cluster name from the servers' remote_servers: migrations create Replicated tables "
+        "ON CLUSTER with Distributed tables in front; unset = single node",
+    )
+
+    @field_validator("clickhouse_cluster")
+    @classmethod
+    def _cluster_is_an_identifier(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError("CLICKHOUSE_CLUSTER must be a plain identifier (letters, digits, '_')")
+        return v or None
 
     @field_validator("topic_prefix")
     @classmethod

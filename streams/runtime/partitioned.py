@@ -24,6 +24,7 @@ from mode import Service
 
 from streams.runtime import gc_policy
 from streams.runtime.changelog import ChangelogTable
+from streams.runtime.metrics import Metrics
 from streams.settings import Settings
 
 # An unexpected error inside a batch must not let its offsets be committed: exit and replay.
@@ -41,6 +42,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             self.service.release({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.service.metrics.assigned(self.service.group, assigned)
         async with self.service.lock:
             await self.service.recover({tp.partition for tp in assigned})
 
@@ -62,6 +64,8 @@ class PartitionedService(Service):
         self.lock = asyncio.Lock()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        # The app's metrics once registered (streams/runtime/health.py watch_service); a private set before.
+        self.metrics = Metrics()
 
     # -- what a subclass provides --------------------------------------------------------------------
 
@@ -161,9 +165,10 @@ class PartitionedService(Service):
 
     async def commit(self, fetched: Fetched) -> None:
         assert self.consumer is not None
+        offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in fetched.items() if records}
         try:
-            await self.consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "")
-                                        for tp, records in fetched.items() if records})
+            await self.consumer.commit(offsets)
+            self.metrics.committed(self.group, offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # The group rebalanced under this batch; its next owner replays it, and the replay is
             # harmless (state records what was applied, outputs are deduplicated downstream).
@@ -183,6 +188,7 @@ class PartitionedService(Service):
         within_ms = int(self.settings.process_within * 1000)
         while not self.should_stop:
             fetched = await self.consumer.getmany(timeout_ms=within_ms, max_records=self.settings.process_batch)
+            self.metrics.consumed(self.group, fetched)
             if not fetched:
                 continue
             try:
