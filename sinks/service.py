@@ -35,6 +35,7 @@ from mode import Service
 
 from sinks.avro_container import LEDGER_FILE_STRUCTURE, ContainerBuilder, GuardedBlock, merged_container, write_spool
 from sinks.client import connect, is_unavailable
+from sinks.cluster_ddl import session_settings
 from sinks.columns import CREDIT_LEDGER_COLUMNS, EVENTS_COLUMNS, INSERT_COLUMNS, dedup_settings
 from sinks.routing import ROUTES, Route, dead_letter_rows
 from streams.runtime.metrics import Metrics
@@ -134,7 +135,8 @@ class ClickHouseSink(Service):
                  client_factory: Callable[[], Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # Injectable so a test can take ClickHouse away and bring it back.
-        self.client_factory = client_factory or (lambda: connect(settings.resolved_clickhouse_url))
+        self.client_factory = client_factory or (lambda: connect(settings.resolved_clickhouse_url,
+                                                                 **session_settings(settings.clickhouse_cluster)))
         self.settings = settings
         self.bootstrap = bootstrap
         self.group = f"{settings.app_id}-sink"
