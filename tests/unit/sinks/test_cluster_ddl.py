@@ -162,7 +162,7 @@ def test_clickhouse_parses_every_rendered_statement(rendered: list[str]) -> None
     for stmt in rendered:
         chdb.query(f"EXPLAIN AST {stmt}", "CSV")
     # The parser does reject what is malformed, so the loop above checked something.
-    with pytest.raises(Exception, match="SYNTAX_ERROR|Syntax error"):
+    with pytest.raises(Exception, match=r"SYNTAX_ERROR|Syntax error"):
         chdb.query(f"EXPLAIN AST {rendered[1].replace('ENGINE = ', 'ENGINE = (', 1)}", "CSV")
 
 
