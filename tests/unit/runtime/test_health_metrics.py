@@ -46,7 +46,7 @@ def test_names_follow_prometheus_conventions() -> None:
 def test_a_processor_batch_counts_by_kind_rule_and_severity() -> None:
     m = Metrics()
     m.consumed("g", {TP("events", 0): [1, 2, 3], TP("events", 1): [4], TP("grants", 0): [5]})
-    dead: list[dict[str, Any]] = [{"error_kind": "BAD_MAGIC"}, {"error_kind": "BAD_MAGIC"}, {"error_kind": "VALIDATION"}]
+    dead: list[dict[str, Any]] = [{"error_kind": k} for k in ("BAD_MAGIC", "BAD_MAGIC", "VALIDATION")]
     alerts = [("a", {"rule_id": "CF-002", "severity": "HIGH"}), ("b", {"rule_id": "CF-002", "severity": "HIGH"}),
               ("c", {"rule_id": "CF-011", "severity": "LOW"})]
     m.processor_batch(events=4, metered=1, skipped=2, dead=dead, alerts=alerts, started=0.0, published_from=1.0,
