@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     @field_validator("clickhouse_cluster")
     @classmethod
     def _cluster_is_an_identifier(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+        if v and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
             raise ValueError("CLICKHOUSE_CLUSTER must be a plain identifier (letters, digits, '_')")
         return v or None
 

@@ -160,6 +160,11 @@ def register_health(app: faust.App, settings: Settings) -> Health:
         ok, body = await health.readiness()
         return web.json_response(body, status=200 if ok else 503)
 
+    async def export_readiness() -> None:
+        ok, _ = await health.readiness()
+        metrics.ready.set(1 if ok else 0)
+
+    metrics.before_scrape.append(export_readiness)
     add_route(app, "GET", "/health", live)
     add_route(app, "GET", "/ready", ready)
     add_route(app, "GET", "/metrics", metrics_handler(metrics))

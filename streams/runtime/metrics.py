@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -113,7 +113,10 @@ class Metrics:
                                       ["table"], registry=r)
         self.event_loop_lag = Gauge("creditflow_event_loop_lag_seconds", "How late the event loop ran a timer "
                                     "last time (a blocked loop delays every batch and probe)", registry=r)
+        self.ready = Gauge("creditflow_ready", "1 when /ready passes (as of the last scrape)", registry=r)
         self.started_at = time.monotonic()
+        # Run before each scrape (the readiness gauge).
+        self.before_scrape: list[Callable[[], Awaitable[None]]] = []
         self.groups: dict[str, GroupProgress] = {}
         self.tables: list[_Sized] = []
         self.sink_error = ""
@@ -196,6 +199,8 @@ class Metrics:
     # -- gathered on scrape ------------------------------------------------------------------------
 
     async def refresh(self) -> None:
+        for hook in self.before_scrape:
+            await hook()
         now = time.monotonic()
         for name, progress in self.groups.items():
             self.last_batch_age.labels(name).set(now - (progress.last_batch or self.started_at))

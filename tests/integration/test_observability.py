@@ -171,7 +171,7 @@ def test_metrics_and_probes_follow_the_stream(settings: Settings, worker: Worker
                       "creditflow_state_write_duration_seconds", "creditflow_sink_store_duration_seconds"):
         assert value(final, f"{histogram}_count") > 0, histogram
     assert value(final, "creditflow_state_keys", tier="hot") > 0
-    assert value(final, "creditflow_sink_failing") == 0
+    assert value(final, "creditflow_sink_failing") == 0 and value(final, "creditflow_ready") == 1
     assert value(final, "process_start_time_seconds") > 0
     assert _get(f"{base}/ready")[0] == 200
     print(f"\nmetered {value(final, 'creditflow_events_metered_total'):.0f}, dead letters "
