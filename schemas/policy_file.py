@@ -6,12 +6,14 @@ import tomllib
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-PriorityName = Literal["VERY_HIGH", "HIGH", "MEDIUM", "LOW"]
-CategoryName = Literal["EXTENDED_CONTEXT", "COMPLEX_REASONING", "TOOL_USE", "STANDARD_CHAT"]
+from schemas.contracts import FeatureCategory, Priority
+
+PriorityName = Priority
+CategoryName = FeatureCategory
 
 MICRO = 1_000_000
 

@@ -14,15 +14,32 @@ None; String takes str or bytes; Map takes dict. Non-nullable columns reject Non
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-EVENTS_COLUMNS: tuple[str, ...] = (
-    "event_id", "occurred_at", "processed_at", "account_id", "team_id", "org_id", "plan", "model",
-    "surface", "session_id", "outcome", "error_code", "input_tokens", "output_tokens",
-    "cached_tokens", "thinking_tokens", "context_window_tokens", "reasoning_steps", "tool_calls",
-    "latency_ms", "category", "is_extended_context", "is_complex_reasoning", "is_tool_use",
-    "multiplier", "priority", "list_micro", "charged_micro", "subsidy_micro", "grant_funded_micro",
-    "subscription_funded_micro", "sampled", "policy_version", "source_partition", "source_offset",
+from schemas.contracts import (
+    CREDIT_GRANT_FIELDS,
+    DEAD_LETTER_FIELDS,
+    REFINEMENT_SAMPLE_FIELDS,
+    SUBSCRIPTION_CHANGE_FIELDS,
+    USAGE_ENRICHED_FIELDS,
+)
+
+
+def _without(fields: tuple[str, ...], left_out: Iterable[str]) -> tuple[str, ...]:
+    gone = set(left_out)
+    unknown = gone - set(fields)
+    if unknown:
+        raise ValueError(f"not fields of the record: {sorted(unknown)}")
+    return tuple(f for f in fields if f not in gone)
+
+
+# Table columns follow the Avro records they store: a field added to the contract reaches the table's
+# insert list by itself (and the schema test then asks for the migration that adds the column).
+# Debits go to credit_ledger, one row each; the fingerprints are detection's, not analysts'.
+EVENTS_COLUMNS: tuple[str, ...] = _without(
+    USAGE_ENRICHED_FIELDS,
+    ("debits", "ip_hash", "device_hash", "payment_hash", "prompt_fingerprint", "context_uniqueness"),
 )
 
 CREDIT_LEDGER_COLUMNS: tuple[str, ...] = (
@@ -30,25 +47,13 @@ CREDIT_LEDGER_COLUMNS: tuple[str, ...] = (
     "balance_after_micro", "policy_version",
 )
 
-CREDIT_GRANTS_COLUMNS: tuple[str, ...] = (
-    "event_type", "grant_id", "account_id", "campaign", "amount_micro", "granted_at", "expires_at",
-    "priority", "occurred_at",
-)
+CREDIT_GRANTS_COLUMNS: tuple[str, ...] = _without(CREDIT_GRANT_FIELDS, ("reason",))
 
-SUBSCRIPTION_CHANGES_COLUMNS: tuple[str, ...] = (
-    "change_id", "account_id", "change", "from_plan", "to_plan", "occurred_at",
-)
+SUBSCRIPTION_CHANGES_COLUMNS: tuple[str, ...] = SUBSCRIPTION_CHANGE_FIELDS
 
-REFINEMENT_SAMPLES_COLUMNS: tuple[str, ...] = (
-    "event_id", "account_id", "occurred_at", "model", "category", "priority", "outcome", "error_code",
-    "reason", "input_tokens", "output_tokens", "cached_tokens", "thinking_tokens",
-    "context_window_tokens", "reasoning_steps", "tool_calls", "policy_version", "prompt_fingerprint",
-)
+REFINEMENT_SAMPLES_COLUMNS: tuple[str, ...] = REFINEMENT_SAMPLE_FIELDS
 
-DEAD_LETTERS_COLUMNS: tuple[str, ...] = (
-    "dead_letter_id", "source_topic", "source_partition", "source_offset", "key", "original",
-    "headers", "error_kind", "message", "failed_at",
-)
+DEAD_LETTERS_COLUMNS: tuple[str, ...] = DEAD_LETTER_FIELDS
 
 GAMING_ALERTS_COLUMNS: tuple[str, ...] = (
     "alert_id", "dedup_key", "rule_id", "rule_name", "rule_revision", "entity_type", "entity_id",

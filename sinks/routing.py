@@ -7,6 +7,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from streams.runtime.topics import (
+    CREDIT_GRANTS,
+    DEAD_LETTERS,
+    GAMING_ALERTS,
+    GAMING_REVIEWS,
+    REFINEMENT_FEED,
+    SUBSCRIPTION_CHANGES,
+    USAGE_ENRICHED,
+)
+
 RowMaker = Callable[[Mapping[str, Any]], Iterable[Mapping[str, Any]]]
 
 
@@ -64,11 +74,11 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("usage-enriched", "UsageEnriched", (("events", _one), ("credit_ledger", _ledger)), guarded=True),
-    Route("refinement-feed", "RefinementSample", (("refinement_samples", _one),)),
-    Route("dead-letters", "DeadLetter", (("dead_letters", dead_letter_rows),)),
-    Route("gaming-alerts", "GamingAlert", (("gaming_alerts", _alert),)),
-    Route("gaming-reviews", "ReviewDecision", (("alert_reviews", _one),), dead_letters_here=True),
-    Route("credit-grants", "CreditGrant", (("credit_grants", _one),)),
-    Route("subscription-changes", "SubscriptionChange", (("subscription_changes", _one),), dead_letters_here=True),
+    Route(USAGE_ENRICHED, "UsageEnriched", (("events", _one), ("credit_ledger", _ledger)), guarded=True),
+    Route(REFINEMENT_FEED, "RefinementSample", (("refinement_samples", _one),)),
+    Route(DEAD_LETTERS, "DeadLetter", (("dead_letters", dead_letter_rows),)),
+    Route(GAMING_ALERTS, "GamingAlert", (("gaming_alerts", _alert),)),
+    Route(GAMING_REVIEWS, "ReviewDecision", (("alert_reviews", _one),), dead_letters_here=True),
+    Route(CREDIT_GRANTS, "CreditGrant", (("credit_grants", _one),)),
+    Route(SUBSCRIPTION_CHANGES, "SubscriptionChange", (("subscription_changes", _one),), dead_letters_here=True),
 )

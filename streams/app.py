@@ -1,7 +1,11 @@
 """The one faust.App, and the roles it runs.
 
-Topics and tables are declared next to the agents that own them (``streams/agents.py``); which agents
-and services a worker runs follows ``Settings.role``: ``all`` (default), ``processor`` or ``sink``.
+Faust runs the worker: its lifecycle, signals, logging and its web server (``streams/runtime/web.py``).
+The work itself is done by two batch consumer services registered on the app, chosen by
+``Settings.role``: ``all`` (default), ``processor`` (``streams/processor.py``) or ``sink``
+(``sinks/service.py``). They are services, not Faust agents, because they need what agents hide:
+batches, per-partition offsets and explicit commits (see ``docs/architecture.md``). State lives in
+``streams/runtime/changelog.py`` tables, not Faust tables, so the app declares no agents or tables.
 """
 
 from __future__ import annotations
@@ -41,9 +45,6 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         # A crashed worker's partitions move after this long; Faust's 60 s default stalls recovery.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
-        table_standby_replicas=0,
-        # Recovery must replay the whole changelog: account state is the ledger's memory.
-        table_cleanup_interval=3600.0,
     )
     from streams.processor import register_processor
     from streams.runtime.topics import topic_names

@@ -36,7 +36,16 @@ from streams.detection.engine import FLUSH_MAX, Detection, DetectionBatch
 from streams.runtime.batch_send import KeyPartitions, Outgoing, send_partitioned
 from streams.runtime.changelog import ChangelogTable
 from streams.runtime.partitioned import Fetched, PartitionedService
-from streams.runtime.topics import create_topic, retention_ms
+from streams.runtime.topics import (
+    CREDIT_GRANTS,
+    DEAD_LETTERS,
+    GAMING_REVIEWS,
+    INTERACTION_EVENTS,
+    REFINEMENT_FEED,
+    USAGE_ENRICHED,
+    create_topic,
+    retention_ms,
+)
 from streams.settings import Settings
 from streams.wire.codec import Decoder, SchemaRegistryClient, encode_single_object
 from streams.wire.dead_letters import encode_dead_letter
@@ -67,9 +76,9 @@ class Processor(PartitionedService):
         policy = load_policy(settings.policy_path)
         registry = SchemaRegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
         self.meter = Meter(policy, Decoder("InteractionEvent", registry), Decoder("CreditGrant", registry))
-        self.events_topic = names["interaction-events"]
-        self.grants_topic = names["credit-grants"]
-        self.reviews_topic = names["gaming-reviews"]
+        self.events_topic = names[INTERACTION_EVENTS]
+        self.grants_topic = names[CREDIT_GRANTS]
+        self.reviews_topic = names[GAMING_REVIEWS]
         self.fp_topic = detection.fp_topic
         self.flush_every = settings.detector_flush_seconds
         self.metered = 0
@@ -183,15 +192,15 @@ class Processor(PartitionedService):
             by_partition.setdefault(rec["source_partition"], []).append(
                 (rec["account_id"].encode(), encode_single_object(rec, "UsageEnriched"),
                  [source_offset_header(rec["source_offset"])]))
-        pending.extend(await send_partitioned(producer, self.names["usage-enriched"], by_partition))
+        pending.extend(await send_partitioned(producer, self.names[USAGE_ENRICHED], by_partition))
         for result in (granted, metered):
             for s in result.samples:
                 pending.append(await producer.send(
-                    self.names["refinement-feed"], encode_single_object(s, "RefinementSample"),
+                    self.names[REFINEMENT_FEED], encode_single_object(s, "RefinementSample"),
                     key=s["account_id"].encode()))
             for d in result.dead_letters:
                 pending.append(await producer.send(
-                    self.names["dead-letters"], encode_dead_letter(d), key=d["dead_letter_id"].encode()))
+                    self.names[DEAD_LETTERS], encode_dead_letter(d), key=d["dead_letter_id"].encode()))
         pending.extend(await self.detection.publish(producer, found))
         self.fp_stale.update(found.fingerprints)
         if pending:

@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from streams.detection.rules.base import DAY_MS, SEVERITIES, SEVERITY_RANK
+from streams.runtime.topics import GAMING_ALERTS, GAMING_REVIEWS
 
 VERDICTS = ("confirmed", "false_positive", "benign", "needs_info")
 _ALERT_ID_PREFIX = "al-"
@@ -150,7 +151,7 @@ def tail(from_beginning: bool, severity: str | None, rules: tuple[str, ...], ent
 
     # Ctrl-C is how a reviewer stops following: not an error, no traceback.
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_tail(bootstrap, settings.topic("gaming-alerts"), from_beginning, not no_follow,
+        asyncio.run(_tail(bootstrap, settings.topic(GAMING_ALERTS), from_beginning, not no_follow,
                           lambda a: matches(a, severity, rules, entity), emit))
 
 
@@ -205,7 +206,7 @@ def _alert_from_topic(settings: Any, alert_id: str) -> dict[str, Any] | None:
     from streams.cli.evaluate import latest_alerts, read_topic
 
     bootstrap = _bootstrap(settings)
-    emitted = asyncio.run(read_topic(bootstrap, settings.topic("gaming-alerts"), "GamingAlert"))
+    emitted = asyncio.run(read_topic(bootstrap, settings.topic(GAMING_ALERTS), "GamingAlert"))
     found = latest_alerts(a for a in emitted if a["alert_id"] == alert_id)
     return found[0] if found else None
 
@@ -351,7 +352,7 @@ def review(alert_id: str, verdict: str, note: str, reviewer: str | None, allow_d
     who = reviewer or getpass.getuser()
     decision = build_decision(alert, verdict, note.strip(), who, allow_days, time.time_ns() // 1_000_000)
     try:
-        asyncio.run(publish_decision(_bootstrap(settings), settings.topic("gaming-reviews"), decision))
+        asyncio.run(publish_decision(_bootstrap(settings), settings.topic(GAMING_REVIEWS), decision))
     except Exception as exc:
         raise click.ClickException(f"could not publish the decision: {exc}") from None
     click.echo(f"{decision['verdict']} recorded for {alert_id} ({alert['rule_id']} on "

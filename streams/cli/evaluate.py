@@ -19,7 +19,14 @@ from typing import Any
 
 import click
 
-from streams.runtime.topics import group_lag
+from streams.runtime.topics import (
+    CREDIT_GRANTS,
+    DETECTOR_FINGERPRINTS,
+    GAMING_ALERTS,
+    INTERACTION_EVENTS,
+    USAGE_ENRICHED,
+    group_lag,
+)
 from streams.synthetic.evaluation import EvaluationResult, score
 from streams.synthetic.scenarios import ScenarioSet
 
@@ -84,7 +91,6 @@ def latest_alerts(emitted: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 async def _run_pipeline(settings: Any, bootstrap: str, scenarios: ScenarioSet, timeout: float,
                         say: Any) -> tuple[list[dict[str, Any]], list[Any], dict[str, list[tuple[int, int]]], int]:
-    from streams.detection.engine import FINGERPRINTS_TOPIC
     from streams.processor import Processor
     from streams.producer import CreditflowProducer
     from streams.runtime.pipeline import build
@@ -102,7 +108,7 @@ async def _run_pipeline(settings: Any, bootstrap: str, scenarios: ScenarioSet, t
             say(f"produced {len(scenarios.grants)} grants; waiting for the processor to apply them")
             deadline = time.monotonic() + timeout
             # Grants first, as a platform would issue them before use: debits are then deterministic.
-            while await group_lag(bootstrap, f"{settings.app_id}-processor", [settings.topic("credit-grants")]):
+            while await group_lag(bootstrap, f"{settings.app_id}-processor", [settings.topic(CREDIT_GRANTS)]):
                 if time.monotonic() > deadline:
                     raise click.ClickException("the processor did not apply the grants in time")
                 await asyncio.sleep(0.5)
@@ -112,7 +118,7 @@ async def _run_pipeline(settings: Any, bootstrap: str, scenarios: ScenarioSet, t
                     await asyncio.sleep(0)
             await producer.flush()
         say(f"produced {len(scenarios.events)} events; waiting for the processor to consume them")
-        topics = [settings.topic(t) for t in ("interaction-events", "credit-grants", FINGERPRINTS_TOPIC)]
+        topics = [settings.topic(t) for t in (INTERACTION_EVENTS, CREDIT_GRANTS, DETECTOR_FINGERPRINTS)]
         clean = 0
         while clean < 2:
             if time.monotonic() > deadline:
@@ -122,9 +128,9 @@ async def _run_pipeline(settings: Any, bootstrap: str, scenarios: ScenarioSet, t
         # Quiet entities' last findings: what the timer would emit within a flush interval.
         async with processor.lock:
             await processor.flush()
-        emitted = await read_topic(bootstrap, settings.topic("gaming-alerts"), "GamingAlert")
+        emitted = await read_topic(bootstrap, settings.topic(GAMING_ALERTS), "GamingAlert")
         usage: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for rec in await read_topic(bootstrap, settings.topic("usage-enriched"), "UsageEnriched"):
+        for rec in await read_topic(bootstrap, settings.topic(USAGE_ENRICHED), "UsageEnriched"):
             usage[rec["account_id"]].append((rec["occurred_at"], rec["charged_micro"]))
         for v in usage.values():
             v.sort()

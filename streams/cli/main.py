@@ -103,19 +103,6 @@ def demo(events: int, accounts: int, seed: int, timeout: float) -> None:
     sys.exit(code)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.pass_context
-def faust(ctx: click.Context) -> None:
-    """Faust's own command line (agents, tables, send, ...) on the creditflow app."""
-    from streams.runtime.pipeline import build, prepare
-
-    settings = _settings()
-    bootstrap, broker = prepare(settings)
-    app = build(settings, bootstrap, broker).app
-    sys.argv = ["creditflow faust", *ctx.args]
-    app.main()
-
-
 def _register() -> None:
     import importlib
 

@@ -1,6 +1,7 @@
 """Grant burn-down: which credit grants pay for a charged request. Pure functions, no I/O.
 
-Grant state is kept as plain JSON-able dicts because it lives in Faust tables (changelog-backed):
+Grant state is kept as plain JSON-able dicts because it lives in changelog-backed state tables
+(``streams/runtime/changelog.py``), serialised as JSON:
 
     grants[account]  = {grant_id: {"amount": int, "campaign": str, "granted_at": ms,
                                    "expires_at": ms, "priority": int, "revoked_at": ms | None}}

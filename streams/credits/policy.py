@@ -15,14 +15,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from schemas.contracts import FEATURE_CATEGORY_SYMBOLS, PRIORITY_SYMBOLS
 from schemas.policy_file import MICRO, PolicyFile, load_policy_file
 
-EXTENDED_CONTEXT = "EXTENDED_CONTEXT"
-COMPLEX_REASONING = "COMPLEX_REASONING"
-TOOL_USE = "TOOL_USE"
-STANDARD_CHAT = "STANDARD_CHAT"
-CATEGORIES = (EXTENDED_CONTEXT, COMPLEX_REASONING, TOOL_USE, STANDARD_CHAT)
-PRIORITIES = ("VERY_HIGH", "HIGH", "MEDIUM", "LOW")
+EXTENDED_CONTEXT, COMPLEX_REASONING, TOOL_USE, STANDARD_CHAT = FEATURE_CATEGORY_SYMBOLS
+CATEGORIES = FEATURE_CATEGORY_SYMBOLS
+PRIORITIES = PRIORITY_SYMBOLS
 FALLBACK_MODEL = "*"
 # Sampling compares a 64-bit hash with rate * 2**64: exact, and the same on every replay.
 _HASH_SPACE = 1 << 64
@@ -94,7 +92,8 @@ class CompiledPolicy:
         # lookup per event, and its results are shared immutable objects.
         self.classifications: dict[tuple[bool, bool, bool], Classification] = {}
         for ext, reasoning, tools in itertools.product((False, True), repeat=3):
-            qualifies = {EXTENDED_CONTEXT: ext, COMPLEX_REASONING: reasoning, TOOL_USE: tools, STANDARD_CHAT: True}
+            qualifies: dict[str, bool] = {EXTENDED_CONTEXT: ext, COMPLEX_REASONING: reasoning, TOOL_USE: tools,
+                                          STANDARD_CHAT: True}
             winner = next(c for c in self.precedence if qualifies[c])
             self.classifications[(ext, reasoning, tools)] = Classification(winner, ext, reasoning, tools)
         self.prices: dict[str, Price] = {

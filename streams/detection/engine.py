@@ -55,11 +55,11 @@ from streams.detection.rules.base import Firing
 from streams.detection.runner import FINGERPRINT_FIELDS, DetectorEngine
 from streams.runtime.batch_send import KeyPartitions, Outgoing, send_partitioned
 from streams.runtime.changelog import ChangelogTable
+from streams.runtime.topics import DETECTOR_FINGERPRINTS, GAMING_ALERTS, GAMING_REVIEWS
 from streams.settings import Settings
 from streams.wire.codec import DecodeError, Decoder, SchemaRegistryClient, encode_single_object
 
 log = logging.getLogger("creditflow.detection")
-FINGERPRINTS_TOPIC = "detector-fingerprints"
 FLUSH_MAX = 5_000  # entities evaluated per timer tick: keeps a tick's pause bounded
 _RECENT_MAX = 50_000  # touched entities remembered for the timer; the oldest are forgotten
 # The observation the engine expects, taken from a UsageEnriched record (debits are rebuilt).
@@ -148,9 +148,9 @@ class Detection:
                          if any(k in d.entity_types for d in self.engine.detectors)}
         registry = SchemaRegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
         self.review_decoder = Decoder("ReviewDecision", registry)
-        self.reviews_topic = names["gaming-reviews"]
-        self.alerts_topic = names["gaming-alerts"]
-        self.fp_topic = settings.topic(FINGERPRINTS_TOPIC)
+        self.reviews_topic = names[GAMING_REVIEWS]
+        self.alerts_topic = names[GAMING_ALERTS]
+        self.fp_topic = settings.topic(DETECTOR_FINGERPRINTS)
         # Where the default partitioner puts a fingerprint; set by the processor from the topic's metadata.
         self.fp_partitions: KeyPartitions | None = None
         # Entities with events not evaluated yet (see ``_remember``): key -> partition, oldest first.

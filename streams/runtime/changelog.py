@@ -1,9 +1,9 @@
 """Per-account state that survives crashes and moves with its partition: a dict in memory, backed
 by a compacted Kafka changelog topic, recovered when a partition is assigned.
 
-This is what a Faust table does; it is done here so the processor can write state in batches,
-await its delivery before committing input offsets, and recover exactly the partitions that
-the processor's own consumer group assigned (see ``streams/processor.py`` for why).
+A Faust table does the same per message; this one lets the processor write state in batches, await
+its delivery before committing input offsets, and recover exactly the partitions that the
+processor's own consumer group assigned (see ``streams/processor.py`` for why).
 
 Memory: a decoded state costs several times its JSON (an account's detector state is ~8 KB of
 dicts and lists, ~1.2 KB of JSON), and even as bytes every key held in a Python dict costs
@@ -72,10 +72,8 @@ _DIR_PID = re.compile(re.escape(_DIR_PREFIX) + r"(\d+)-")
 _RESTORE_BATCH = 10_000
 
 # RocksDB memory, bounded whatever the number of keys (see ``_options``). Memtables hold values
-# uncompressed until flushed; one manager caps them over every table of the process. With 1M
-# accounts the processor peaks at 811 MiB with these (VmHWM, `make bench` at 4b668e6; the bar is
-# 1 GiB). The halving from 64 MB of memtables and a 32 MB cache was chosen on ru_maxrss figures
-# (1,041 -> 1,011 MiB) that also held the benchmark orchestrator's memory, so it may have bought less.
+# uncompressed until flushed; one manager caps them over every table of the process, so the process
+# stays under its 1 GiB bar with 1M accounts (figures in docs/performance.md).
 _WRITE_BUFFER = 8 << 20
 _WRITE_BUFFERS = 2
 _WRITE_BUFFERS_TOTAL = 32 << 20

@@ -42,6 +42,8 @@ USAGE_ENRICHED = "usage-enriched"
 GAMING_ALERTS = "gaming-alerts"
 REFINEMENT_FEED = "refinement-feed"
 DEAD_LETTERS = "dead-letters"
+# Internal: the processor's repartition of fingerprint observations (created by the processor).
+DETECTOR_FINGERPRINTS = "detector-fingerprints"
 
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(INTERACTION_EVENTS, Direction.INPUT,

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-PLANS = ("FREE", "PRO", "MAX", "TEAM", "ENTERPRISE")
+from schemas.contracts import PLAN_SYMBOLS
+
+PLANS = PLAN_SYMBOLS
 PLAN_WEIGHTS = (0.45, 0.25, 0.1, 0.12, 0.08)
 MODELS = ("atlas-small", "atlas-medium", "atlas-large")
 SURFACES = ("API", "CHAT", "AGENT", "IDE")

@@ -12,6 +12,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from schemas.contracts import (
+    GRANT_EVENT_TYPE_SYMBOLS,
+    OUTCOME_SYMBOLS,
+    PLAN_SYMBOLS,
+    SUBSCRIPTION_CHANGE_TYPE_SYMBOLS,
+    SURFACE_SYMBOLS,
+)
+
 MINUTE_MS = 60_000
 DEFAULT_MAX_FUTURE_MS = 10 * MINUTE_MS
 # Nothing on the platform predates 2020-01-01T00:00:00Z: an older timestamp is a unit bug
@@ -21,11 +29,11 @@ MAX_ID_LEN = 256
 MAX_TOOL_NAMES = 256
 MAX_TOOL_NAME_LEN = 256
 
-PLANS = frozenset({"FREE", "PRO", "MAX", "TEAM", "ENTERPRISE"})
-SURFACES = frozenset({"API", "CHAT", "AGENT", "IDE"})
-OUTCOMES = frozenset({"SUCCESS", "ERROR", "REFUSED", "TIMEOUT", "CLIENT_ABORT"})
-GRANT_EVENT_TYPES = frozenset({"ISSUED", "REVOKED"})
-SUBSCRIPTION_CHANGES = frozenset({"START", "UPGRADE", "DOWNGRADE", "CANCEL", "RENEW"})
+PLANS = frozenset(PLAN_SYMBOLS)
+SURFACES = frozenset(SURFACE_SYMBOLS)
+OUTCOMES = frozenset(OUTCOME_SYMBOLS)
+GRANT_EVENT_TYPES = frozenset(GRANT_EVENT_TYPE_SYMBOLS)
+SUBSCRIPTION_CHANGES = frozenset(SUBSCRIPTION_CHANGE_TYPE_SYMBOLS)
 
 _EVENT_IDS = ("event_id", "account_id", "session_id", "model")
 INT_MAX = 2**31 - 1

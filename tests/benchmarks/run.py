@@ -55,7 +55,7 @@ MIB = 1024 * 1024
 
 STAGES = ("processor", "sink", "all", "latency", "scaling", "accounts", "handwritten", "clickhouse_kafka", "profile")
 # The profile explains figures rather than being one; a full run without it keeps more of its 30-minute
-# budget for the host's slow spells (1,764 s in the benchmark with it at 23a5a1a, in a slow spell).
+# budget for the host's slow spells.
 DEFAULT_STAGES = frozenset(STAGES) - {"profile"}
 
 

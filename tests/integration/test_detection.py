@@ -15,7 +15,7 @@ import pytest
 from sinks.client import connect
 from streams.cli.alerts import build_decision, publish_decision
 from streams.cli.evaluate import latest_alerts, read_topic, targets_met
-from streams.detection.engine import FINGERPRINTS_TOPIC
+from streams.runtime.topics import DETECTOR_FINGERPRINTS as FINGERPRINTS_TOPIC
 from streams.settings import Settings
 from streams.synthetic.evaluation import score
 from streams.synthetic.scenarios import SCENARIO_RULE, ScenarioSet, build

@@ -22,16 +22,18 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from schemas.contracts import FEATURE_CATEGORY_SYMBOLS, SEVERITY_SYMBOLS
+
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
 MICRO = 1_000_000
 
-SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
-SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
+SEVERITIES = SEVERITY_SYMBOLS
+SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
 ORG_PLANS = frozenset({"TEAM", "ENTERPRISE"})
 PAID_PLANS = frozenset({"PRO", "MAX", "TEAM", "ENTERPRISE"})
-CATEGORIES = ("EXTENDED_CONTEXT", "COMPLEX_REASONING", "TOOL_USE", "STANDARD_CHAT")
+CATEGORIES = FEATURE_CATEGORY_SYMBOLS
 WEIGHTED = frozenset({"EXTENDED_CONTEXT", "COMPLEX_REASONING", "TOOL_USE"})
 SAMPLE_IDS = 8
 
