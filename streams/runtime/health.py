@@ -30,8 +30,11 @@ from streams.settings import Settings
 # Timer period of the loop watch, and how long without a tick counts as a stuck loop.
 LOOP_TICK_S = 0.5
 LOOP_STUCK_S = 10.0
-# A ClickHouse ping answer is reused this long: probes must not queue behind each other.
+# A ClickHouse ping answer is reused this long: probes must not queue behind each other. A store
+# that succeeded more recently than STORED_RECENTLY_S answers for ClickHouse without a ping (a ping
+# waits behind the store in flight on the sink's one ClickHouse thread).
 PING_CACHE_S = 5.0
+STORED_RECENTLY_S = 30.0
 PING_TIMEOUT_S = 5.0
 
 Ping = Callable[[], Awaitable[bool]]
@@ -129,7 +132,8 @@ class Health:
         m = self.metrics
         checks = group_checks(m.groups, time.monotonic(), m.started_at, self.settings.ready_stall_seconds)
         if self.ping is not None:
-            reachable = None if m.sink_error else await self._reachable()
+            recent = bool(m.sink_stored_at) and time.monotonic() - m.sink_stored_at < STORED_RECENTLY_S
+            reachable = None if m.sink_error else (True if recent else await self._reachable())
             checks.append(clickhouse_check(bool(m.sink_error), m.sink_error, reachable))
         if not checks:
             checks.append(Check("roles", False, "this worker runs no consumer"))

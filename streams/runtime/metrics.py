@@ -120,6 +120,7 @@ class Metrics:
         self.groups: dict[str, GroupProgress] = {}
         self.tables: list[_Sized] = []
         self.sink_error = ""
+        self.sink_stored_at = 0.0  # time.monotonic() of the last successful store
 
     # -- calls from the services (once per batch or per rebalance) ---------------------------------
 
@@ -190,6 +191,7 @@ class Metrics:
                 self.sink_rows.labels(table).inc(n)
         self.sink_failing.set(0)
         self.sink_error = ""
+        self.sink_stored_at = time.monotonic()
 
     def sink_failed(self, exc: BaseException) -> None:
         self.sink_retries.inc()

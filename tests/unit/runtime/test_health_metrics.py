@@ -133,3 +133,33 @@ def test_lag_is_end_minus_committed_else_position_and_follows_the_assignment() -
     asyncio.run(m.refresh())
     lag = {dict(ls)["partition"]: v for (n, ls), v in _samples(m).items() if n == "creditflow_consumer_lag"}
     assert lag == {"1": 5}
+
+
+def test_readiness_pings_clickhouse_only_without_a_recent_store() -> None:
+    import asyncio
+
+    from streams.runtime.health import Health
+    from streams.settings import Settings
+
+    pings: list[bool] = []
+
+    async def ping() -> bool:
+        pings.append(True)
+        return answer
+
+    metrics = Metrics()
+    health = Health(Settings(), metrics)
+    health.ping = ping
+    metrics.watch("g", lambda: None)
+    metrics.assigned("g", [TP("t", 0)])
+    metrics.committed("g", {TP("t", 0): 1})
+    answer = False
+    ok, body = asyncio.run(health.readiness())
+    assert not ok and body["checks"][-1] == {"name": "clickhouse", "ok": False, "detail": "ping failed"}
+    metrics.sink_stored({"events": 1}, 0.1)
+    health._pinged = (-1e9, None)  # the cached answer expired
+    ok, _ = asyncio.run(health.readiness())
+    assert ok and len(pings) == 1, "a store a moment ago answers for ClickHouse"
+    metrics.sink_failed(ConnectionError("refused"))
+    ok, body = asyncio.run(health.readiness())
+    assert not ok and "inserts failing, retrying: refused" in body["checks"][-1]["detail"] and len(pings) == 1
