@@ -260,10 +260,12 @@ class ClickHouseSink(Service):
         while True:
             try:
                 await self.restore(tps)
+                self.metrics.sink_recovered()
                 return
             except Exception as exc:
                 if self.should_stop:
                     raise
+                self.metrics.sink_failed(exc)
                 log.warning("restoring sink progress failed (%r); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_S)

@@ -68,9 +68,9 @@ def group_checks(groups: Mapping[str, GroupProgress], now: float, started: float
 
 
 def clickhouse_check(failing: bool, error: str, reachable: bool | None) -> Check:
-    """ClickHouse for a sink: inserts are not failing, and it answers a ping."""
+    """ClickHouse for a sink: its stores (and plan reads) are not failing, and it answers a ping."""
     if failing:
-        return Check("clickhouse", False, f"inserts failing, retrying: {error}")
+        return Check("clickhouse", False, f"failing, retrying: {error}")
     if reachable is None:
         return Check("clickhouse", False, "no answer to ping in time")
     return Check("clickhouse", reachable, "reachable" if reachable else "ping failed")

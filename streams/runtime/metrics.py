@@ -193,7 +193,13 @@ class Metrics:
         self.sink_error = ""
         self.sink_stored_at = time.monotonic()
 
+    def sink_recovered(self) -> None:
+        """ClickHouse answered the sink again (reading its plans) before any store."""
+        self.sink_failing.set(0)
+        self.sink_error = ""
+
     def sink_failed(self, exc: BaseException) -> None:
+        """A store (or reading the recorded plans) failed and will be retried."""
         self.sink_retries.inc()
         self.sink_failing.set(1)
         self.sink_error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

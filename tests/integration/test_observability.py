@@ -20,10 +20,15 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from sinks.client import close
+from sinks.service import ClickHouseSink
+from streams.runtime.topics import ensure_topics
 from streams.settings import Settings
 from streams.synthetic.scenarios import SCENARIO_RULE, ScenarioSet, build
 from tests.integration.harness import Worker
 from tests.integration.test_pipeline import _produce
+from tests.integration.test_sink_outage import FlakyClickHouse, _produce_metered, _sink_setup
+from tests.metered import metered
 
 pytestmark = pytest.mark.integration
 GARBAGE = 7
@@ -177,3 +182,81 @@ def test_metrics_and_probes_follow_the_stream(settings: Settings, worker: Worker
     print(f"\nmetered {value(final, 'creditflow_events_metered_total'):.0f}, dead letters "
           f"{value(final, 'creditflow_dead_letters_total'):.0f}, alerts {sum(alerts.values()):.0f} over "
           f"{len(alerts)} rules, events stored {value(final, 'creditflow_sink_rows_total', table='events'):.0f}")
+
+
+class _PingableFlaky(FlakyClickHouse):
+    def ping(self) -> bool:
+        return not self.down
+
+
+def test_sink_readiness_and_metrics_through_a_clickhouse_outage(topic_settings: Settings, tmp_path: Path) -> None:
+    """While ClickHouse is away the sink is not ready (and says why), retries are counted and
+    nothing is committed; once it is back the sink is ready, the rows are counted and lag drains."""
+    from streams.runtime.health import Health
+
+    settings, bootstrap, url, names, _tps = _sink_setup(topic_settings, tmp_path, sink_flush_seconds=0.3,
+                                                        sink_batch_rows=500)
+    records = metered(1_500, accounts=20, seed=5, prefix="ready", partitions=3)
+
+    async def scenario() -> None:
+        # The topics exist before the sink subscribes: it is assigned their partitions at once.
+        await ensure_topics(bootstrap, settings)
+        flaky = _PingableFlaky(url)
+        flaky.down = False
+        sink = ClickHouseSink(settings, bootstrap, names, client_factory=lambda: flaky)
+        health = Health(settings, sink.metrics)
+        health.ping = sink.ping
+        sink.metrics.watch(sink.group, lambda: sink.consumer)
+        await sink.start()
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not ((await health.readiness())[0]
+                                                       and sink.metrics.groups[sink.group].assigned):
+                await asyncio.sleep(0.2)
+            ok, body = await health.readiness()
+            assert ok and sink.metrics.groups[sink.group].assigned, body
+            # ClickHouse goes away under the running sink, and records arrive.
+            flaky.down = True
+            await _produce_metered(settings, records, stamped=True)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not sink.metrics.sink_error:
+                await asyncio.sleep(0.2)
+            ok, body = await health.readiness()
+            assert not ok, body
+            check = next(c for c in body["checks"] if c["name"] == "clickhouse")
+            assert "failing, retrying" in check["detail"] and "simulated outage" in check["detail"]
+            outage = _parse(await _exposition(sink))
+            assert value(outage, "creditflow_sink_failing") == 1 and value(outage, "creditflow_sink_retries_total") >= 1
+            assert value(outage, "creditflow_sink_rows_total") == 0
+
+            flaky.down = False
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                s = _parse(await _exposition(sink))
+                if value(s, "creditflow_sink_rows_total", table="events") == len(records) and \
+                        value(s, "creditflow_consumer_lag") == 0 and (await health.readiness())[0]:
+                    break
+                await asyncio.sleep(0.5)
+            ok, body = await health.readiness()
+            assert ok, body
+            s = _parse(await _exposition(sink))
+            assert value(s, "creditflow_sink_rows_total", table="events") == len(records)
+            assert value(s, "creditflow_sink_failing") == 0 and value(s, "creditflow_consumer_lag") == 0
+            assert value(s, "creditflow_events_consumed_total", group=sink.group) >= len(records)
+        finally:
+            await sink.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        close(url)
+
+
+async def _exposition(sink: ClickHouseSink) -> str:
+    await sink.metrics.refresh()
+    return sink.metrics.exposition().decode()
+
+
+def _parse(text: str) -> Samples:
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
