@@ -180,12 +180,13 @@ class Metrics:
             self.alerts.labels(rule, severity).inc(n)
 
     def sink_stored(self, counts: Mapping[str, int], seconds: float) -> None:
-        """A store landed: rows per table, and how long it took including retries."""
+        """A store landed: how long it took including retries, and its counts as the sink's store
+        returns them (rows per table, plus two bookkeeping entries of its own)."""
         self.sink_store_seconds.observe(seconds)
         for table, n in counts.items():
             if table == "replays dropped":
                 self.sink_replays_dropped.inc(n)
-            elif table in ("direct batches",):
+            elif table == "direct batches":
                 continue
             else:
                 self.sink_rows.labels(table).inc(n)
