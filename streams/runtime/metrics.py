@@ -273,9 +273,7 @@ def metrics_of(app: faust.App) -> Metrics:
 def metrics_handler(metrics: Metrics) -> Any:
     async def handle(request: web.Request) -> web.Response:
         await metrics.refresh()
-        # CONTENT_TYPE_LATEST carries a charset parameter, which aiohttp wants separately.
-        mime, _, params = CONTENT_TYPE_LATEST.partition(";")
-        charset = params.split("=", 1)[1].strip() if "=" in params else "utf-8"
-        return web.Response(body=metrics.exposition(), content_type=mime.strip(), charset=charset)
+        # The header verbatim: Prometheus reads the format version from it.
+        return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return handle

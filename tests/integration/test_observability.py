@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from sinks.client import close
@@ -62,6 +63,8 @@ def worker(settings: Settings, tmp_path: Path) -> Iterator[Worker]:
 def _get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=10) as resp:
+            if url.endswith("/metrics"):
+                assert resp.headers["Content-Type"] == CONTENT_TYPE_LATEST
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
