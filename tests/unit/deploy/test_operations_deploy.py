@@ -5,7 +5,10 @@ on the configured port, and the `cluster` compose profile is wired (Keeper, two 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -119,3 +122,14 @@ def test_cluster_profile_has_keeper_and_two_configured_replicas() -> None:
     assert macros.find("replica") is not None and macros.find("replica").get("from_env") == "REPLICA"  # type: ignore[union-attr]
     keeper = config.find("zookeeper/node/host")
     assert keeper is not None and keeper.text == services["clickhouse-keeper"]["hostname"]
+
+
+def test_alert_rules_pass_promtool() -> None:
+    """Syntax and the rule unit tests (deploy/prometheus/alerts_test.yml) with Prometheus' own tool.
+    Needs promtool on PATH (or PROMTOOL); skipped without it."""
+    promtool = os.environ.get("PROMTOOL") or shutil.which("promtool")
+    if not promtool:
+        pytest.skip("no promtool")
+    for args in (["check", "rules", str(RULES)], ["test", "rules", str(RULES.with_name("alerts_test.yml"))]):
+        result = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
