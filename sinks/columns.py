@@ -70,7 +70,7 @@ ALERT_REVIEWS_COLUMNS: tuple[str, ...] = (
 
 SINK_BATCHES_COLUMNS: tuple[str, ...] = (
     "consumer_group", "topic", "partition", "start_offset", "end_offset", "guard_before",
-    "guard_after", "rows", "planned_at", "store",
+    "guard_after", "rows", "planned_at", "store", "landed",
 )
 
 INSERT_COLUMNS: dict[str, tuple[str, ...]] = {

@@ -1,14 +1,12 @@
 """The ClickHouse sink: batched, idempotent inserts with offsets committed only after the batch is
 stored.
 
-Exactly once, by construction:
-1. Before inserting a batch of partition P covering offsets [s, e], the sink records that plan in
-   ``sink_batches`` (with the replay guard before and after it).
-2. Every table insert of that batch carries ``insert_deduplication_token`` = group:topic:P:s-e:table,
-   and dependent materialized views deduplicate too.
-3. Only then is offset e+1 committed.
-After a crash the consumer restarts at s; the sink finds the plan starting at s, re-forms exactly
-[s, e] and re-inserts with the same tokens, so ClickHouse drops whatever had already landed.
+This module is the I/O: it arms assigned partitions from Kafka's committed offsets and the plans
+recorded in ``sink_batches``, buffers fetched records, and executes the stores that
+``sinks.store_plan.StorePlanner`` decides (record the plans, insert every table under its
+``insert_deduplication_token``, then commit). Why that is exactly once under crashes, stalls and
+rebalances, and how a member that lost its partitions is fenced, is written down in
+``sinks/store_plan.py`` and ``docs/exactly-once.md``.
 
 It is a plain aiokafka consumer run as a Faust service rather than an agent because it needs what
 agents hide: per-partition offset ranges, manual commits and pausing while ClickHouse is away.
@@ -17,7 +15,6 @@ agents hide: per-partition offset ranges, manual commits and pausing while Click
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import shutil
@@ -38,6 +35,7 @@ from sinks.client import connect, is_unavailable
 from sinks.cluster_ddl import session_settings
 from sinks.columns import CREDIT_LEDGER_COLUMNS, EVENTS_COLUMNS, INSERT_COLUMNS, dedup_settings
 from sinks.routing import ROUTES, Route, dead_letter_rows
+from sinks.store_plan import TP, Piece, RecordedBatch, Store, StorePlanner, Unit
 from streams.runtime.metrics import Metrics
 from streams.settings import Settings
 from streams.wire.codec import DecodeError, Decoder
@@ -46,6 +44,9 @@ from streams.wire.dead_letters import build_dead_letter
 log = logging.getLogger("creditflow.sink")
 
 _RETRY_MAX_S = 30.0
+_SESSION_TIMEOUT_MS = 10_000
+# After a stall, long enough for a heartbeat (every second) to learn whether the session survived.
+_STALL_SETTLE_S = 3.0
 # (table, column names, column-oriented data, deduplication token)
 _Insert = tuple[str, list[str], list[list[Any]], str]
 
@@ -60,42 +61,18 @@ _LEDGER_FROM_FILE = (
 
 
 @dataclass
-class _Partition:
-    tp: TopicPartition
-    route: Route
-    records: list[Any] = field(default_factory=list)
-    guard: int = -1
-    # Set after a restart: the first batch must end exactly here to reproduce the recorded plan...
-    replay_end: int | None = None
-    # ... and be stored together with the other batches of its recorded store ('' = on its own).
-    replay_store: str = ""
-    first_at: float = 0.0
-
-
-@dataclass
-class _Piece:
-    """One partition's share of a store: its records, and the replay guard before them."""
-
-    part: _Partition
-    records: Sequence[Any]
-    guard_before: int
-
-
-@dataclass
 class _AvroInsert:
     """The usage-enriched batches of one store handed to ClickHouse as one Avro container file."""
 
-    pieces: list[_Piece]
+    pieces: list[Piece]
     token_prefix: str
     blob: bytes
     rows: int
     dropped: int
 
 
-def store_id(batches: Sequence[tuple[str, int, int, int]]) -> str:
-    """Name of a store of (topic, partition, start, end) batches: the same batches, the same name,
-    whatever order they were gathered in."""
-    return hashlib.sha256(repr(sorted(batches)).encode()).hexdigest()[:24]
+class _Fenced(Exception):
+    """The store's partitions were revoked (or this member stalled past its session): stop."""
 
 
 @dataclass
@@ -107,6 +84,8 @@ class SinkStats:
     retries: int = 0
     # Partition batches that went to ClickHouse as an Avro file, undecoded.
     direct_batches: int = 0
+    # Stores abandoned, or not committed, because their partitions were revoked meanwhile.
+    fenced_stores: int = 0
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -114,17 +93,15 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.sink = sink
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        # Uncommitted buffers are dropped: whoever gets the partition re-reads them from Kafka.
-        for tp in revoked:
-            self.sink.parts.pop(tp, None)
-        gone = set(revoked)
-        for store in [s for s, members in self.sink.replay_stores.items() if gone & members.keys()]:
-            del self.sink.replay_stores[store]
+        # Uncommitted buffers are dropped and in-flight stores fenced: whoever gets the partition
+        # re-reads them from Kafka and re-forms what was recorded.
+        self.sink.planner.revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self.sink.metrics.assigned(self.sink.group, assigned)
+        self.sink.planner.assign(assigned)
         try:
-            await self.sink.restore(assigned)
+            await self.sink.restore([TopicPartition(*tp) for tp in self.sink.planner.unarmed()])
         except Exception as exc:
             # aiokafka would swallow this; the run loop re-arms any partition left unarmed.
             log.warning("restoring sink progress on assignment failed (%r); will retry lazily", exc)
@@ -143,12 +120,12 @@ class ClickHouseSink(Service):
         self.routes: dict[str, Route] = {names[r.topic_key]: r for r in ROUTES}
         self.decoders: dict[str, Decoder] = {}
         self.columns: dict[str, list[str]] = {}
-        self.parts: dict[TopicPartition, _Partition] = {}
         self.stats = SinkStats()
         # The app's metrics once registered (streams/runtime/health.py watch_service); a private set before.
         self.metrics = Metrics()
         # One thread owns the ClickHouse client: chDB is one engine per process, and a blocking
-        # insert must not stall the processor agents sharing this event loop.
+        # insert must not stall the processor agents sharing this event loop. Restores query on
+        # it too, so they see every plan of a store still in flight.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self.consumer: AIOKafkaConsumer | None = None
         self._client: Any = None
@@ -158,11 +135,18 @@ class ClickHouseSink(Service):
         # With chDB this is the only sink, so a store may span every partition: one insert per table
         # per flush. Sinks of a ClickHouse server share partitions, and a store split by a rebalance
         # could not be re-formed, so there each partition batch is a store of its own.
-        self.combine = self.avro_direct
-        # Recorded stores being replayed after a restart: store -> {partition: end of its batch}.
-        self.replay_stores: dict[str, dict[TopicPartition, int]] = {}
+        self.planner = StorePlanner(self.group, combine=self.avro_direct, batch_rows=settings.sink_batch_rows,
+                                    flush_seconds=settings.sink_flush_seconds)
         self.containers = ContainerBuilder()
         self.spool_dir = ""
+        # Last time the event loop ran; the ClickHouse thread reads it to notice a stall (SIGSTOP,
+        # a VM freeze) longer than the session before it inserts anything more.
+        self._loop_alive_at = time.monotonic()
+        self._restoring = asyncio.Lock()
+
+    @property
+    def combine(self) -> bool:
+        return self.planner.combine
 
     async def ch(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -203,7 +187,7 @@ class ClickHouseSink(Service):
             fetch_max_bytes=64 * 1024 * 1024,
             # While ClickHouse is away the loop stops polling on purpose; do not leave the group.
             max_poll_interval_ms=24 * 3600 * 1000,
-            session_timeout_ms=10_000,
+            session_timeout_ms=_SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=1_000,
         )
         await self.consumer.start()
@@ -220,40 +204,60 @@ class ClickHouseSink(Service):
         if self.spool_dir:
             shutil.rmtree(self.spool_dir, ignore_errors=True)
 
-    async def restore(self, assigned: Sequence[TopicPartition]) -> None:
-        """Re-arm newly assigned partitions from the recorded plans: a batch planned at the committed
-        offset is replayed exactly; otherwise the guard continues from the last stored batch."""
+    # -- arming partitions from Kafka's committed offsets and the recorded plans -------------------
+
+    async def restore(self, tps: Sequence[TopicPartition]) -> None:
+        """Arm assigned partitions: committed offset, the guard of the last recorded batch before
+        it, and the chain of recorded batches at or after it (see sinks/store_plan.py)."""
+        # One restore at a time (the rebalance callback and the run loop may both ask), and a
+        # partition armed already is left alone: re-arming it would drop what it has buffered,
+        # records the consumer will not fetch again.
+        async with self._restoring:
+            await self._restore([tp for tp in tps if (tp.topic, tp.partition) not in self.planner.parts])
+
+    async def _restore(self, tps: Sequence[TopicPartition]) -> None:
         assert self.consumer is not None
-        if not assigned:
+        if not tps:
             return
-        committed: dict[TopicPartition, int] = {}
+        epoch = self.planner.epoch
+        committed = {(tp.topic, tp.partition): offset for tp, offset in (await self._committed(tps)).items()}
+        # Few queries for the whole assignment: a rebalance callback that dawdles gets the member
+        # evicted from the group.
+        before, pending = await self._plans(committed)
+        stores = {b.store for batches in pending.values() for b in batches if b.store}
+        if stores:
+            members = await self._store_members(stores)
+            others = {b.tp for batches in members.values() for b in batches} - committed.keys()
+            member_committed = dict(committed)
+            if others:
+                member_committed.update({(tp.topic, tp.partition): offset for tp, offset in (
+                    await self._committed([TopicPartition(*tp) for tp in sorted(others)])).items()})
+            self.planner.learn_stores(members, member_committed)
+        if self.planner.epoch != epoch:
+            log.info("sink restore of %d partitions superseded by another rebalance", len(tps))
+            return  # another rebalance meanwhile: its assignment arms afresh
+        log.info("sink arming %d partitions (epoch %d); %d recorded stores pending, %d landed",
+                 len(committed), epoch, len(stores), len(stores & self.planner.landed))
+        for tp in sorted(committed):
+            if tp in self.planner.parts or tp not in self.planner.assigned:
+                continue
+            if not self.planner.arm(tp, committed[tp], before.get(tp), pending.get(tp, [])):
+                log.warning("recorded sink batches of %s[%d] do not start at its committed offset %d "
+                            "(offsets moved by hand?): they are not replayed", tp[0], tp[1], committed[tp])
+
+    async def _committed(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        assert self.consumer is not None
+        out: dict[TopicPartition, int] = {}
         missing = []
-        for tp in assigned:
+        for tp in tps:
             offset = await self.consumer.committed(tp)
             if offset is None:
                 missing.append(tp)
             else:
-                committed[tp] = offset
+                out[tp] = offset
         if missing:
-            committed.update(await self.consumer.beginning_offsets(missing))
-        # One query for the whole assignment: a rebalance callback that dawdles gets the member
-        # evicted from the group.
-        rows = await self._plans(assigned, committed)
-        stores: set[str] = set()
-        for tp in assigned:
-            part = _Partition(tp, self.routes[tp.topic])
-            plan = rows.get(tp)
-            if plan is not None:
-                start, end, before, after, store = plan
-                if start == committed[tp]:
-                    part.replay_end, part.guard, part.replay_store = end, before, store
-                    if store:
-                        stores.add(store)
-                else:
-                    part.guard = after
-            self.parts[tp] = part
-        if stores:
-            self.replay_stores.update(await self._store_members(stores))
+            out.update(await self.consumer.beginning_offsets(missing))
+        return out
 
     async def _restore_with_retry(self, tps: Sequence[TopicPartition]) -> None:
         delay = 0.2
@@ -270,35 +274,51 @@ class ClickHouseSink(Service):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_S)
 
-    async def _plans(self, assigned: Sequence[TopicPartition], committed: Mapping[TopicPartition, int]
-                     ) -> dict[TopicPartition, tuple[int, int, int, int, str]]:
-        """The last recorded plan at or before the committed offset, per partition."""
-        keys = [(tp.topic, tp.partition, committed[tp]) for tp in assigned]
-        rows = await self.query(
+    async def _plans(self, committed: Mapping[TP, int]
+                     ) -> tuple[dict[TP, RecordedBatch], dict[TP, list[RecordedBatch]]]:
+        """Per partition: the last recorded batch ending before the committed offset, and every
+        recorded batch ending at or after it."""
+        keys = [(t, p, c) for (t, p), c in committed.items()]
+        join = ("FROM sink_batches AS b FINAL "
+                "INNER JOIN (SELECT k.1 AS topic, k.2 AS partition, k.3 AS committed "
+                "            FROM (SELECT arrayJoin({keys:Array(Tuple(String, Int32, Int64))}) AS k)) AS c "
+                "ON b.topic = c.topic AND b.partition = c.partition WHERE b.consumer_group = {g:String} ")
+        params = {"g": self.group, "keys": keys}
+        last = await self.query(
             "SELECT b.topic, b.partition, argMax(b.start_offset, b.start_offset), "
             "argMax(b.end_offset, b.start_offset), argMax(b.guard_before, b.start_offset), "
-            "argMax(b.guard_after, b.start_offset), argMax(b.store, b.start_offset) "
-            "FROM sink_batches AS b FINAL "
-            "INNER JOIN (SELECT k.1 AS topic, k.2 AS partition, k.3 AS committed "
-            "            FROM (SELECT arrayJoin({keys:Array(Tuple(String, Int32, Int64))}) AS k)) AS c "
-            "ON b.topic = c.topic AND b.partition = c.partition "
-            "WHERE b.consumer_group = {g:String} AND b.start_offset <= c.committed "
-            "GROUP BY b.topic, b.partition",
-            {"g": self.group, "keys": keys},
-        )
-        return {TopicPartition(t, p): (s, e, b, a, st) for t, p, s, e, b, a, st in rows}
+            "argMax(b.guard_after, b.start_offset), argMax(b.store, b.start_offset), "
+            "argMax(b.landed, b.start_offset) "
+            + join + "AND b.end_offset < c.committed GROUP BY b.topic, b.partition", params)
+        chained = await self.query(
+            "SELECT b.topic, b.partition, b.start_offset, b.end_offset, b.guard_before, b.guard_after, b.store, "
+            "b.landed " + join + "AND b.end_offset >= c.committed ORDER BY b.topic, b.partition, b.start_offset",
+            params)
+        before = {(t, p): RecordedBatch(t, p, s, e, gb, ga, st, bool(ld)) for t, p, s, e, gb, ga, st, ld in last}
+        pending: dict[TP, list[RecordedBatch]] = {}
+        for t, p, s, e, gb, ga, st, ld in chained:
+            pending.setdefault((t, p), []).append(RecordedBatch(t, p, s, e, gb, ga, st, bool(ld)))
+        return before, pending
 
-    async def _store_members(self, stores: set[str]) -> dict[str, dict[TopicPartition, int]]:
-        """Every batch of the given recorded stores: store -> {partition: end offset}."""
+    async def _store_members(self, stores: set[str]) -> dict[str, list[RecordedBatch]]:
+        """Every recorded batch of the given stores."""
         rows = await self.query(
-            "SELECT store, topic, partition, end_offset FROM sink_batches FINAL "
-            "WHERE consumer_group = {g:String} AND store IN {stores:Array(String)}",
+            "SELECT store, topic, partition, start_offset, end_offset, guard_before, guard_after, landed "
+            "FROM sink_batches FINAL WHERE consumer_group = {g:String} AND store IN {stores:Array(String)}",
             {"g": self.group, "stores": sorted(stores)},
         )
-        out: dict[str, dict[TopicPartition, int]] = {}
-        for store, topic, partition, end in rows:
-            out.setdefault(store, {})[TopicPartition(topic, partition)] = end
+        out: dict[str, list[RecordedBatch]] = {}
+        for store, t, p, s, e, gb, ga, ld in rows:
+            out.setdefault(store, []).append(RecordedBatch(t, p, s, e, gb, ga, store, bool(ld)))
         return out
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    @Service.task
+    async def _tick(self) -> None:
+        while not self.should_stop:
+            self._loop_alive_at = time.monotonic()
+            await asyncio.sleep(0.25)
 
     @Service.task
     async def _run(self) -> None:
@@ -311,136 +331,115 @@ class ClickHouseSink(Service):
             self.metrics.consumed(self.group, batches)
             now = time.monotonic()
             for tp, records in batches.items():
-                part = self.parts.get(tp)
-                if part is None:
-                    # Never drop fetched records: that would skip them for good. Arm the partition
-                    # now from its committed offset and recorded plan.
-                    await self._restore_with_retry([tp])
-                    part = self.parts[tp]
-                if not part.records:
-                    part.first_at = now
-                part.records.extend(records)
+                if self.planner.add(tp, records, now):
+                    continue
+                if tp in consumer.assignment():
+                    # Assigned but not armed (its restore failed): arm every such partition now.
+                    await self._restore_with_retry([TopicPartition(*t) for t in self.planner.unarmed()] or [tp])
+                    if self.planner.add(tp, records, time.monotonic()):
+                        continue
+                    if tp in consumer.assignment():
+                        # Never skip fetched records of a partition we still own: read them again.
+                        log.info("records of %s[%d] arrived before it was armed: fetching them again",
+                                 tp.topic, tp.partition)
+                        consumer.seek(tp, records[0].offset)
+                # Otherwise revoked meanwhile: its owner reads them from the committed offset.
             await self._flush(force=False)
-
-    def _due(self, force: bool) -> list[_Partition]:
-        """The partitions of the next store."""
-        # A batch being replayed goes first, and only with exactly the batches it was stored with.
-        for store, members in list(self.replay_stores.items()):
-            parts = [self.parts.get(tp) for tp in members]
-            if any(p is not None and p.replay_store != store for p in parts):
-                # Only if offsets were moved by hand: the store cannot be re-formed.
-                log.warning("recorded store %s cannot be re-formed; its batches are stored one by one", store)
-                del self.replay_stores[store]
-                for p in parts:
-                    if p is not None and p.replay_store == store:
-                        p.replay_store = ""
-                continue
-            if all(p is not None and p.records and p.records[-1].offset >= end
-                   for p, end in zip(parts, members.values(), strict=True)):
-                return [p for p in parts if p is not None]
-        now = time.monotonic()
-        waiting = [p for p in self.parts.values() if p.records and not p.replay_store]
-        # A replayed batch whose plan was recorded on its own is stored on its own, under its token.
-        replays = [p for p in waiting if p.replay_end is not None]
-        ready = [p for p in replays if p.records[-1].offset >= p.replay_end]  # type: ignore[operator]
-        if replays and self.combine:
-            return ready[:1]
-        normal = [p for p in waiting if p.replay_end is None]
-        # When one partition is due, every partition with rows goes in the same store: a store's
-        # cost is mostly per insert (parts, views), and partitions that come due a moment apart
-        # would otherwise each pay it and queue behind each other.
-        if force or sum(len(p.records) for p in normal) >= self.settings.sink_batch_rows or any(
-                now - p.first_at >= self.settings.sink_flush_seconds for p in normal):
-            return ready + normal
-        return ready
 
     async def _flush(self, force: bool) -> None:
         # Each store takes records out of the buffers and nothing is fetched meanwhile, so this ends.
-        while due := self._due(force):
-            await self._store_due(due)
+        while (store := self.planner.next_store(time.monotonic(), force)) is not None:
+            await self._execute(store)
+        if self.planner.skipped:
+            await self._commit_skipped()
 
-    async def _store_due(self, due: list[_Partition]) -> None:
-        batches: list[tuple[_Partition, list[Any], list[Any]]] = []
-        for part in due:
-            if part.replay_end is not None:
-                take = [r for r in part.records if r.offset <= part.replay_end]
-                rest = [r for r in part.records if r.offset > part.replay_end]
-            else:
-                take, rest = part.records, []
-            batches.append((part, take, rest))
-        members = [(p.tp.topic, p.tp.partition, take[0].offset, take[-1].offset) for p, take, _ in batches]
-        if self.combine and (len(due) > 1 or due[0].replay_store or due[0].replay_end is None):
-            store = store_id(members)
-            units = [[_Piece(p, take, p.guard) for p, take, _ in batches]]
-            prefixes = [f"{self.group}:store:{store}"]
-        else:
-            store = ""
-            units = [[_Piece(p, take, p.guard)] for p, take, _ in batches]
-            prefixes = [f"{self.group}:{t}:{pt}:{s}-{e}" for t, pt, s, e in members]
-        after_guard: dict[TopicPartition, int] = {}
+    async def _commit_skipped(self) -> None:
+        """Commit past landed batches skipped on arming (stores that landed but whose own commit
+        was fenced): our partitions, this epoch, nothing to insert."""
+        assert self.consumer is not None
+        epoch, member = self.planner.epoch, self._membership()
+        owed = self.planner.take_skipped()
+        try:
+            self._fence(epoch, member)
+            if not member[2]:
+                raise _Fenced("coordinator unknown")
+            offsets = {TopicPartition(*tp): OffsetAndMetadata(o, "") for tp, o in owed.items()}
+            await self.consumer.commit(offsets)
+            self.metrics.committed(self.group, offsets)
+        except Exception as exc:  # the next owner skips them again
+            log.warning("committing past %d landed sink batches failed: %r", len(owed), exc)
+
+    async def _execute(self, store: Store) -> None:
+        """Build the store's rows, record its plans, insert, and commit: unless fenced."""
+        member = self._membership()
+        after_guard: dict[TP, int] = {}
+        rows_per_piece: dict[TP, int] = {}
         inserts: list[_Insert] = []
         direct: list[_AvroInsert] = []
-        rows_per_piece: dict[TopicPartition, int] = {}
-        for unit, prefix in zip(units, prefixes, strict=True):
-            avro = self._avro_unit(unit, prefix)
+        for unit in store.units:
+            avro = self._avro_unit(unit)
             rows_by_table: dict[str, list[Mapping[str, Any]]] = {}
-            for piece in unit:
-                if avro is not None and piece.part.route.guarded:
-                    block = avro[1][piece.part.tp]
-                    after_guard[piece.part.tp], rows_per_piece[piece.part.tp] = block.guard_after, block.rows
+            for piece in unit.pieces:
+                if avro is not None and self.routes[piece.tp[0]].guarded:
+                    block = avro[1][piece.tp]
+                    after_guard[piece.tp], rows_per_piece[piece.tp] = block.guard_after, block.rows
                     continue
-                rows, after_guard[piece.part.tp] = self._rows(piece.part, piece.records, piece.guard_before)
-                rows_per_piece[piece.part.tp] = sum(len(v) for v in rows.values())
+                rows, after_guard[piece.tp] = self._rows(piece.tp[0], piece.records, piece.guard_before)
+                rows_per_piece[piece.tp] = sum(len(v) for v in rows.values())
                 for table, table_rows in rows.items():
                     rows_by_table.setdefault(table, []).extend(table_rows)
             if avro is not None:
                 direct.append(avro[0])
-            inserts.extend(self._column_inserts(rows_by_table, prefix))
+            inserts.extend(self._column_inserts(rows_by_table, unit.token_prefix))
         planned_at = time.time_ns() // 1_000_000
-        plans = [(self.group, t, pt, s, e, p.guard, after_guard[p.tp], rows_per_piece[p.tp], planned_at, store)
-                 for (t, pt, s, e), (p, _take, _rest) in zip(members, batches, strict=True)]
-        commits = {p.tp: OffsetAndMetadata(e + 1, "") for (_t, _pt, _s, e), (p, _, _) in zip(members, batches,
-                                                                                            strict=True)}
-        for p, _take, rest in batches:
-            p.records = rest
-            p.first_at = time.monotonic()
+        plans = store.plan_rows(self.group, after_guard, rows_per_piece, planned_at)
+        landed = store.plan_rows(self.group, after_guard, rows_per_piece, planned_at, landed=True)
 
         t0 = time.monotonic()
-        await self._store(plans, inserts, direct)
-        log.debug("stored %d partition batches, %d rows in %.3fs", len(due), sum(p[7] for p in plans),
+        if not await self._store(store.epoch, member, plans, landed, inserts, direct):
+            self.stats.fenced_stores += 1
+            log.warning("sink store of %d batches abandoned: its partitions were revoked", len(plans))
+            return
+        log.debug("stored %d partition batches, %d rows in %.3fs", len(plans), sum(p[7] for p in plans),
                   time.monotonic() - t0)
-        for part in due:
-            part.guard = after_guard[part.tp]
-            part.replay_end = None
-            if part.replay_store:
-                self.replay_stores.pop(part.replay_store, None)
-                part.replay_store = ""
+        self.planner.stored(store, after_guard)
+        self.stats.batches += len(plans)
         assert self.consumer is not None
+        try:
+            # Checked in the same loop step as the commit reads the generation it sends: a commit
+            # of a fenced store could land after the new owner read the committed offset.
+            self._fence(store.epoch, member)
+            if not self._membership()[2]:
+                raise _Fenced("coordinator unknown")
+        except _Fenced as exc:
+            # The partitions' next owner (perhaps this sink, re-armed) skips or re-forms this store.
+            self.stats.fenced_stores += 1
+            log.warning("sink store of %d batches stored but not committed (%s)", len(plans), exc)
+            return
+        commits = {TopicPartition(*tp): OffsetAndMetadata(offset, "") for tp, offset in store.commits().items()}
         try:
             await self.consumer.commit(commits)
             self.metrics.committed(self.group, commits)
         except Exception as exc:  # a rebalance took the partition: its new owner replays the same plan
             log.warning("offset commit failed after a stored batch (will be deduplicated): %r", exc)
-        self.stats.batches += len(due)
 
-    def _avro_unit(self, unit: Sequence[_Piece],
-                   prefix: str) -> tuple[_AvroInsert, dict[TopicPartition, GuardedBlock]] | None:
+    def _avro_unit(self, unit: Unit) -> tuple[_AvroInsert, dict[TP, GuardedBlock]] | None:
         """The unit's usage-enriched pieces as one container file, or None when they must be decoded."""
         if not self.avro_direct:
             return None
-        pieces = [piece for piece in unit if piece.part.route.guarded]
+        pieces = [piece for piece in unit.pieces if self.routes[piece.tp[0]].guarded]
         if not pieces:
             return None
-        blocks: dict[TopicPartition, GuardedBlock] = {}
+        blocks: dict[TP, GuardedBlock] = {}
         for piece in pieces:
             block = self.containers.guarded(piece.records, piece.guard_before)
             if block is None:
                 return None
-            blocks[piece.part.tp] = block
+            blocks[piece.tp] = block
         blob = merged_container(list(blocks.values()))
         if blob is None:
             return None
-        return (_AvroInsert(pieces, prefix, blob, sum(b.rows for b in blocks.values()),
+        return (_AvroInsert(pieces, unit.token_prefix, blob, sum(b.rows for b in blocks.values()),
                             sum(b.dropped for b in blocks.values())), blocks)
 
     def _column_inserts(self, rows_by_table: Mapping[str, list[Mapping[str, Any]]], token_prefix: str) -> list[_Insert]:
@@ -453,10 +452,9 @@ class ClickHouseSink(Service):
             inserts.append((table, cols, data, f"{token_prefix}:{table}"))
         return inserts
 
-    def _rows(self, part: _Partition, records: Sequence[Any],
-              guard: int) -> tuple[dict[str, list[Mapping[str, Any]]], int]:
-        decoder = self.decoders[part.tp.topic]
-        route = part.route
+    def _rows(self, topic: str, records: Sequence[Any], guard: int) -> tuple[dict[str, list[Mapping[str, Any]]], int]:
+        decoder = self.decoders[topic]
+        route = self.routes[topic]
         out: dict[str, list[Mapping[str, Any]]] = {t: [] for t, _ in route.tables}
         for rec in records:
             try:
@@ -481,6 +479,28 @@ class ClickHouseSink(Service):
                 out[table].extend(make(value))
         return out, guard
 
+    def _membership(self) -> tuple[int, str, bool]:
+        """(generation, member id, coordinator known) of the sink's group membership as the consumer
+        holds it right now. aiokafka does not publish these; its group coordinator keeps them, and
+        a commit sends exactly these values, read in the same loop step as this check."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        return (getattr(coordinator, "generation", -1), getattr(coordinator, "member_id", ""),
+                getattr(coordinator, "coordinator_id", None) is not None)
+
+    def _fence(self, epoch: int, member: tuple[int, str, bool]) -> None:
+        """Raise _Fenced unless this sink still owns what it planned in ``epoch`` as ``member``:
+        no revocation since, the same generation (a lost session resets it before the revocation
+        callback runs) and no stall past the session timeout that the heartbeat has not judged yet.
+        Called on the ClickHouse thread before a store's plans are recorded and after its inserts,
+        and on the loop before the commit."""
+        if self.planner.epoch != epoch:
+            raise _Fenced("partitions revoked")
+        generation, member_id, _ = self._membership()
+        if generation < 0 or (generation, member_id) != member[:2]:
+            raise _Fenced("group membership lost")
+        if time.monotonic() - self._loop_alive_at > _SESSION_TIMEOUT_MS / 1000:
+            raise _Fenced("stalled past the session timeout")
+
     def _insert_direct(self, client: Any, item: _AvroInsert, counts: dict[str, int],
                        took: list[str]) -> list[_Insert]:
         """Insert one container file into events and credit_ledger. On a data error (ClickHouse
@@ -490,7 +510,7 @@ class ClickHouseSink(Service):
             counts["replays dropped"] = counts.get("replays dropped", 0) + item.dropped
             return []
         first = item.pieces[0]
-        path = write_spool(self.spool_dir, f"{first.part.tp.partition}-{first.records[0].offset}.avro", item.blob)
+        path = write_spool(self.spool_dir, f"{first.tp[1]}-{first.start}.avro", item.blob)
         try:
             for sql, table in ((_EVENTS_FROM_FILE, "events"), (_LEDGER_FROM_FILE, "credit_ledger")):
                 t = time.perf_counter()
@@ -504,7 +524,7 @@ class ClickHouseSink(Service):
                         item.token_prefix, exc)
             rows_by_table: dict[str, list[Mapping[str, Any]]] = {}
             for piece in item.pieces:
-                rows, _ = self._rows(piece.part, piece.records, piece.guard_before)
+                rows, _ = self._rows(piece.tp[0], piece.records, piece.guard_before)
                 for table, table_rows in rows.items():
                     rows_by_table.setdefault(table, []).extend(table_rows)
             return self._column_inserts(rows_by_table, item.token_prefix)
@@ -515,15 +535,29 @@ class ClickHouseSink(Service):
         counts["replays dropped"] = counts.get("replays dropped", 0) + item.dropped
         return []
 
-    async def _store(self, plans: list[tuple[Any, ...]], inserts: list[_Insert],
-                     direct: Sequence[_AvroInsert] = ()) -> None:
+    async def _store(self, epoch: int, member: tuple[int, str, bool], plans: list[tuple[Any, ...]],
+                     landed: list[tuple[Any, ...]], inserts: list[_Insert],
+                     direct: Sequence[_AvroInsert] = ()) -> bool:
+        """Record the plans, then insert; retried until ClickHouse takes it. False when fenced
+        before the plans were recorded. Once they are, the store is completed even if fenced
+        meanwhile (the same blocks under the same tokens: idempotent), and then marked landed, so
+        whoever re-arms its partitions skips it rather than re-forming it."""
+        recorded = False
+
+        def fence() -> None:
+            self._fence(epoch, member)
+
         def store() -> dict[str, int]:
             counts: dict[str, int] = {}
             client = self._client_sync()
             # Per-insert timings at debug: a store's cost is mostly per insert, and it sets latency.
             took: list[str] = []
+            nonlocal recorded
+            if not recorded:
+                fence()
             t = time.perf_counter()
             client.insert("sink_batches", plans, column_names=list(INSERT_COLUMNS["sink_batches"]))
+            recorded = True
             took.append(f"plans {1e3 * (time.perf_counter() - t):.0f} ms")
             fallback = [ins for item in direct for ins in self._insert_direct(client, item, counts, took)]
             for table, cols, data, token in [*inserts, *fallback]:
@@ -535,6 +569,11 @@ class ClickHouseSink(Service):
                 rows = len(data[0]) if data else 0
                 took.append(f"{table} {rows} rows {1e3 * (time.perf_counter() - t):.0f} ms")
                 counts[table] = counts.get(table, 0) + rows
+            try:
+                fence()
+            except _Fenced:
+                client.insert("sink_batches", landed, column_names=list(INSERT_COLUMNS["sink_batches"]))
+                counts["landed marks"] = 1
             log.debug("store: %s", ", ".join(took))
             return counts
 
@@ -544,7 +583,17 @@ class ClickHouseSink(Service):
             try:
                 counts = await self.ch(store)
                 break
+            except _Fenced as exc:
+                if self.planner.epoch != epoch or self.should_stop:
+                    return False
+                # A stall or a lost session: let the consumer's heartbeat find out whether the
+                # session survived (a lost one revokes the partitions, changing the epoch).
+                log.warning("sink store paused (%s); re-checking the group membership", exc)
+                await asyncio.sleep(_STALL_SETTLE_S)
+                continue
             except Exception as exc:
+                if not recorded and self.planner.epoch != epoch:
+                    return False
                 # ClickHouse is away or refused the batch: keep the batch, do not commit, do not poll
                 # (so memory stays bounded), and try again with backoff until it comes back.
                 self.stats.retries += 1
@@ -555,11 +604,13 @@ class ClickHouseSink(Service):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_S)
                 self._client = None
+        counts.pop("landed marks", None)  # counted with the fenced commit
         self.metrics.sink_stored(counts, time.perf_counter() - started)
         self.stats.dropped_replays += counts.pop("replays dropped", 0)
         self.stats.direct_batches += counts.pop("direct batches", 0)
         for table, n in counts.items():
             self.stats.rows[table] = self.stats.rows.get(table, 0) + n
+        return True
 
 
 def register_sink(app: faust.App, settings: Settings, bootstrap: str, names: Mapping[str, str]) -> ClickHouseSink:

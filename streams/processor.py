@@ -82,6 +82,7 @@ class Processor(PartitionedService):
         self.fp_topic = detection.fp_topic
         self.flush_every = settings.detector_flush_seconds
         self.metered = 0
+        self.unpriced: dict[str, int] = {}  # model -> events metered at the fallback price
         # Fingerprint partitions: observations for one of ours are folded without the round trip
         # through Kafka only once everything already published to it has been consumed (else an
         # older observation still in the topic would arrive after a newer one and be dropped as a
@@ -148,6 +149,7 @@ class Processor(PartitionedService):
         for account, (_partition, state) in granted.grant_updates.items():
             self.grants.set(account, state)
         metered = self.meter.meter(event_records, self.usage.get, self.grants.get, now)
+        self._count_unpriced(metered.unpriced)
         t1 = time.perf_counter()
         detection, found = self.detection, DetectionBatch()
         fp_here = await self._fp_partitions_here()
@@ -180,6 +182,15 @@ class Processor(PartitionedService):
                len(observations), metered.skipped_replays, len(metered.dead_letters) + len(granted.dead_letters),
                len(found.alerts), found.folded_here, sum(len(v) for v in found.fingerprints.values()),
                (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, (time.perf_counter() - t3) * 1e3)
+
+    def _count_unpriced(self, unpriced: Mapping[str, int]) -> None:
+        """Events metered at the policy's fallback price, by model (``self.unpriced``); a model's
+        first sighting is logged, so a launch missing from the price table is noticed."""
+        for model, n in unpriced.items():
+            if model not in self.unpriced:
+                log.warning("model %r is not in policy %s's price table: metered at the '*' fallback price",
+                            model, self.meter.policy.version)
+            self.unpriced[model] = self.unpriced.get(model, 0) + n
 
     async def _publish(self, granted: MeterResult, metered: MeterResult, found: DetectionBatch) -> None:
         producer = self.producer
@@ -223,12 +234,12 @@ class Processor(PartitionedService):
                 # Nothing to replay here (no input offsets), but state may be half-written: restart.
                 self.die("detector flush", exc)
 
-    async def flush(self, limit: int | None = None) -> int:
+    async def flush(self, limit: int | None = None, *, force: bool = False) -> int:
         """Evaluate quiet entities (see ``Detection.evaluate_quiet``), publish what fires, write their
         state. Caller holds ``self.lock``. Returns entities evaluated."""
         assert self.producer is not None
         found = DetectionBatch()
-        n = self.detection.evaluate_quiet(found, limit)
+        n = self.detection.evaluate_quiet(found, limit, force=force)
         if n:
             pending = await self.detection.publish(self.producer, found)
             if pending:

@@ -203,7 +203,8 @@ def _alert_from_clickhouse(client: Any, alert_id: str) -> dict[str, Any] | None:
 
 
 def _alert_from_topic(settings: Any, alert_id: str) -> dict[str, Any] | None:
-    from streams.cli.evaluate import latest_alerts, read_topic
+    from streams.cli.evaluate import read_topic
+    from streams.synthetic.in_process import latest_alerts
 
     bootstrap = _bootstrap(settings)
     emitted = asyncio.run(read_topic(bootstrap, settings.topic(GAMING_ALERTS), "GamingAlert"))

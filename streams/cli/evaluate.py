@@ -1,9 +1,11 @@
-"""``creditflow evaluate``: detection quality on a labelled scenario set, through the real pipeline.
+"""``creditflow evaluate``: detection quality on labelled traffic, through the real pipeline.
 
-By default the set is produced to Kafka (own topic prefix and app id, so nothing mixes with other
-runs), metered and watched by the processor in this process, and the alerts are read
-back from ``gaming-alerts``. ``--offline`` runs the same detectors in memory instead (seconds, no
-broker). Exit 0 only when the issue's targets hold.
+Two kinds of traffic: the fixed scenario set (``--set``), or randomised patterns (``--seeds``, see
+``streams.synthetic.patterns``; tune on its training seeds, report on its test seeds). By default the
+traffic is produced to Kafka (own topic prefix and app id, so nothing mixes with other runs),
+metered and watched by the processor in this process, and the alerts are read back from
+``gaming-alerts``. ``--offline`` runs the processor's own meter and detection in this process with
+no broker (``streams.synthetic.in_process``). Exit 0 only when the targets hold.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import secrets
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable
 from typing import Any
 
 import click
@@ -27,11 +28,14 @@ from streams.runtime.topics import (
     USAGE_ENRICHED,
     group_lag,
 )
-from streams.synthetic.evaluation import EvaluationResult, score
+from streams.synthetic.evaluation import EvaluationResult, PatternsResult, score
+from streams.synthetic.in_process import latest_alerts
 from streams.synthetic.scenarios import ScenarioSet
 
 PRECISION_TARGET = 0.95
 RECALL_TARGET = 0.90
+PATTERN_RECALL_TARGET = 0.80
+EARLY_TARGET = 0.80  # share of gamers alerted before 20% of their eventual credits were spent
 
 
 def targets_met(result: EvaluationResult) -> list[str]:
@@ -47,6 +51,39 @@ def targets_met(result: EvaluationResult) -> list[str]:
     if missed:
         failed.append(f"detectors missed their own scenario: {', '.join(missed)}")
     return failed
+
+
+def pattern_targets_met(result: PatternsResult) -> list[str]:
+    """The randomised-pattern targets that failed (empty = all hold)."""
+    failed = []
+    if result.precision < PRECISION_TARGET:
+        failed.append(f"precision {result.precision:.3f} < {PRECISION_TARGET}")
+    if result.recall < RECALL_TARGET:
+        failed.append(f"recall {result.recall:.3f} < {RECALL_TARGET}")
+    low = [f"{s.pattern} {s.recall:.2f}" for s in result.patterns if s.recall < PATTERN_RECALL_TARGET]
+    if low:
+        failed.append(f"pattern recall < {PATTERN_RECALL_TARGET}: {', '.join(low)}")
+    if result.decoy_high:
+        failed.append(f"{result.decoy_high} decoy(s) flagged at HIGH or above")
+    if result.early_share < EARLY_TARGET:
+        failed.append(f"alerted before 20% of credits {result.early_share:.3f} < {EARLY_TARGET}")
+    return failed
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``101,102`` or ``101-105`` or ``test`` / ``training`` (the generator's two disjoint sets)."""
+    from streams.synthetic.patterns import TEST_SEEDS, TRAINING_SEEDS
+
+    named = {"test": TEST_SEEDS, "training": TRAINING_SEEDS}
+    if text in named:
+        return list(named[text])
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise click.BadParameter(f"{part.strip()!r} is not a seed, a range like 101-105, 'test' or 'training'")
+        seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    return seeds
 
 
 async def read_topic(bootstrap: str, topic: str, schema: str) -> list[dict[str, Any]]:
@@ -77,16 +114,6 @@ async def read_topic(bootstrap: str, topic: str, schema: str) -> list[dict[str, 
     finally:
         await consumer.stop()
     return out
-
-
-def latest_alerts(emitted: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One alert per alert id: its newest emission (most firings, then latest last_seen_at)."""
-    best: dict[str, dict[str, Any]] = {}
-    for a in emitted:
-        cur = best.get(a["alert_id"])
-        if cur is None or (a["firings"], a["last_seen_at"]) >= (cur["firings"], cur["last_seen_at"]):
-            best[a["alert_id"]] = a
-    return list(best.values())
 
 
 async def _run_pipeline(settings: Any, bootstrap: str, scenarios: ScenarioSet, timeout: float,
@@ -127,7 +154,7 @@ async def _run_pipeline(settings: Any, bootstrap: str, scenarios: ScenarioSet, t
             await asyncio.sleep(0.5)
         # Quiet entities' last findings: what the timer would emit within a flush interval.
         async with processor.lock:
-            await processor.flush()
+            await processor.flush(force=True)
         emitted = await read_topic(bootstrap, settings.topic(GAMING_ALERTS), "GamingAlert")
         usage: dict[str, list[tuple[int, int]]] = defaultdict(list)
         for rec in await read_topic(bootstrap, settings.topic(USAGE_ENRICHED), "UsageEnriched"):
@@ -159,7 +186,8 @@ def run_evaluation(size: str, seed: int, offline: bool, timeout: float) -> int:
         alerts, firings, usage, emissions = _pipeline(scenarios, timeout, console)
         result = score(scenarios.labels, alerts, firings=firings, usage=usage, scenario_rules=SCENARIO_RULE)
     console.print(render_table(result))
-    mode = "offline (in memory)" if offline else f"real pipeline, {emissions} alert emissions on the topic"
+    mode = ("in process (the processor's meter and detection, no broker)" if offline
+            else f"real pipeline, {emissions} alert emissions on the topic")
     console.print(f"{mode}; {time.monotonic() - started:.1f}s")
     failed = targets_met(result)
     if failed:
@@ -167,6 +195,45 @@ def run_evaluation(size: str, seed: int, offline: bool, timeout: float) -> int:
         return 1
     console.print("[green]targets met[/green] (precision >= 0.95, recall >= 0.90, no decoy at HIGH+, "
                   "every detector caught its own scenario)")
+    return 0
+
+
+def run_pattern_evaluation(seeds: list[int], offline: bool, timeout: float) -> int:
+    from rich.console import Console
+
+    from streams.credits.policy import load_policy
+    from streams.synthetic.evaluation import merge_patterns, render_patterns, score_patterns
+    from streams.synthetic.in_process import run_in_process
+    from streams.synthetic.patterns import PATTERNS, build_randomised
+
+    console = Console(width=None if sys.stdout.isatty() else 220)
+    started = time.monotonic()
+    rules = {name: rule for name, (rule, _gamer, _decoy) in PATTERNS.items()}
+    priced = set(load_policy().prices)
+    results = []
+    for seed in seeds:
+        scenarios = build_randomised(seed)
+        if offline:
+            run = run_in_process(scenarios)
+            alerts, usage, unknown = run.latest, run.usage, run.unknown_model_events
+        else:
+            alerts, _firings, usage, _emitted = _pipeline(scenarios, timeout, console)
+            unknown = sum(1 for ev in scenarios.events if ev["model"] not in priced)
+        result = score_patterns(scenarios.labels, alerts, usage, rules, unknown_model_events=unknown)
+        results.append(result)
+        console.print(f"seed {seed}: {len(scenarios.events)} events, {len(scenarios.labels)} accounts, "
+                      f"precision {result.precision:.3f}, recall {result.recall:.3f}, "
+                      f"early {result.early_share:.3f}")
+    merged = merge_patterns(results)
+    mode = "in process (the processor's meter and detection, no broker)" if offline else "real pipeline"
+    console.print(render_patterns(merged, f"Detection on randomised patterns, seeds {','.join(map(str, seeds))}"))
+    console.print(f"{mode}; {time.monotonic() - started:.1f}s")
+    failed = pattern_targets_met(merged)
+    if failed:
+        console.print("[red]targets not met:[/red] " + "; ".join(failed))
+        return 1
+    console.print("[green]targets met[/green] (precision >= 0.95, recall >= 0.90 overall and >= 0.80 per pattern, "
+                  "no decoy at HIGH+, >= 80% of gamers alerted before 20% of their credits)")
     return 0
 
 
@@ -201,13 +268,20 @@ def _pipeline(scenarios: ScenarioSet, timeout: float, console: Any
 @click.option("--set", "size", type=click.Choice(["small", "default"]), default="default", show_default=True,
               help="which labelled scenario set")
 @click.option("--seed", type=int, default=11, show_default=True)
-@click.option("--offline", is_flag=True, help="run the detectors in memory instead of through Kafka")
+@click.option("--seeds", default=None, metavar="SEEDS",
+              help="randomised patterns instead of the fixed set: seeds like 101,102 or 101-105, or "
+                   "'training' / 'test' (the generator's disjoint seed sets)")
+@click.option("--offline", is_flag=True,
+              help="run the processor's meter and detection in this process instead of through Kafka")
 @click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
               help="seconds to wait for the pipeline to consume the set")
-def evaluate(size: str, seed: int, offline: bool, timeout: float) -> None:
-    """Score the detectors on a labelled scenario set; exit 0 only if the quality targets hold."""
+def evaluate(size: str, seed: int, seeds: str | None, offline: bool, timeout: float) -> None:
+    """Score the detectors on labelled traffic; exit 0 only if the quality targets hold."""
     try:
-        code = run_evaluation(size, seed, offline, timeout)
+        if seeds is not None:
+            code = run_pattern_evaluation(parse_seeds(seeds), offline, timeout)
+        else:
+            code = run_evaluation(size, seed, offline, timeout)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         code = 130

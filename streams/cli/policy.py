@@ -123,6 +123,10 @@ def explain(event: str | None, file_: click.utils.LazyFile | None, path: Path | 
     if price is None:
         raise click.ClickException(f"no list price for model {model!r} and no '*' fallback in the policy")
     lp = list_price_micro(price, tin, tout, tcached, thinking)
+    if not p.is_priced(model):
+        # Said out loud: a model missing from the price table is metered at the fallback price.
+        steps_t.add_row("5. price table", f"[yellow]{model!r} is not in policy {p.version}'s price table: "
+                        f"priced at the '*' fallback[/yellow]")
     steps_t.add_row("5. list price", f"{model}: {tin:,} in x {_credits(price.input)} + {tout:,} out x "
                     f"{_credits(price.output)} + {tcached:,} cached x {_credits(price.cached)} + {thinking:,} "
                     f"thinking x {_credits(price.thinking)} per 1K = {_credits(lp)} credits")

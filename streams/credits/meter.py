@@ -70,6 +70,9 @@ class MeterResult:
     # Decoded, valid grant events with their partition, in input order (detection reads them too).
     accepted_grants: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     skipped_replays: int = 0
+    # Events metered at the policy's '*' fallback price because their model is not in the price
+    # table, by model: counted so an unpriced model is seen, not silently priced.
+    unpriced: dict[str, int] = field(default_factory=dict)
 
 
 UsageLookup = Callable[[str], Mapping[str, Any] | None]
@@ -115,6 +118,7 @@ class Meter:
         policy = self.policy
         decode = self.event_decoder.decode
         updates = out.usage_updates
+        prices = policy.prices
         for rec in records:
             try:
                 ev = decode(rec.value or b"")  # a tombstone is dead-lettered as empty
@@ -130,6 +134,8 @@ class Meter:
                 self._dead(out, rec, "VALIDATION", f"model: no list price for {ev['model']!r} in policy "
                            f"{policy.version} and no '*' fallback", now_ms)
                 continue
+            if ev["model"] not in prices:
+                out.unpriced[ev["model"]] = out.unpriced.get(ev["model"], 0) + 1
             account = ev["account_id"]
             pending = updates.get(account)
             state = _copy_usage(usage(account)) if pending is None else pending[1]

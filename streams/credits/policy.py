@@ -119,6 +119,10 @@ class CompiledPolicy:
     def price_for(self, model: str) -> Price | None:
         return self.prices.get(model) or self.prices.get(FALLBACK_MODEL)
 
+    def is_priced(self, model: str) -> bool:
+        """Whether the price table names ``model`` (otherwise it is priced at the '*' fallback)."""
+        return model in self.prices and model != FALLBACK_MODEL
+
 
 def _plain(d: Decimal) -> str:
     text = format(d.normalize(), "f")

@@ -20,7 +20,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from streams.detection.rules.base import DAY_MS, SEVERITY_RANK, Firing
+from streams.detection.rules.base import DAY_MS, SEVERITY_RANK, Firing, decimal_text
 
 DEFAULTS: dict[str, int] = {
     "reemit_every": 10,  # re-publish an open alert every K firings even without a severity rise
@@ -103,6 +103,8 @@ def _finding_fields(f: Firing) -> dict[str, Any]:
         "score": f.score,
         "observed": f.observed,
         "limit": f.limit,
+        "observed_value": f.observed_value,
+        "limit_value": f.limit_value,
         "counter_signals": list(f.counter_signals),
         "evidence": {
             "counts": dict(f.evidence.get("counts", {})),
@@ -147,9 +149,16 @@ def _prune(state: dict[str, Any], max_open: int) -> None:
         del latest[re_key]
 
 
+_STATE_ONLY = frozenset({"sample_event_ids", "observed_value", "limit_value"})
+
+
 def to_avro(alert: Mapping[str, Any]) -> dict[str, Any]:
-    """The GamingAlert record as the Avro schema names it (``sample_event_ids`` lives in evidence)."""
-    out = {k: v for k, v in alert.items() if k != "sample_event_ids"}
+    """The GamingAlert record as the Avro schema names it: ``observed`` and ``limit`` are the rule's
+    measure and threshold as exact decimal strings, from the numbers the rule gave (the state also
+    keeps the rule's display labels); ``sample_event_ids`` lives in evidence."""
+    out = {k: v for k, v in alert.items() if k not in _STATE_ONLY}
+    out["observed"] = decimal_text(alert.get("observed_value", 0.0))
+    out["limit"] = decimal_text(alert.get("limit_value", 0.0))
     return out
 
 

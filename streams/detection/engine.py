@@ -33,15 +33,18 @@ not counted twice: one source partition's observations reach a fingerprint in of
 way); alert ids are deterministic in their dedup key, so an alert re-emitted by a replay replaces
 itself at the sink.
 
-A wall-clock timer (``CREDITFLOW_DETECTOR_FLUSH_SECONDS``, 30 s) evaluates entities with events
-their rules have not seen yet (at most ``FLUSH_MAX`` per tick) at their last event time: a quiet
-account's findings would otherwise wait for its next event.
+Evaluation happens in event time (see ``streams/detection/rulebook.py``): an entity's events not
+evaluated yet (its "tail") are evaluated at its last event time either by its next event, or by the
+processor's timer (``CREDITFLOW_DETECTOR_FLUSH_SECONDS``, 30 s, at most ``FLUSH_MAX`` entities per
+tick) once the entity's partition has moved ``eval_every_ms`` of event time past it. Both evaluate
+the same state at the same time, so a backlog and paced traffic give the same alerts. When nothing
+at all arrived since the previous tick (the input is caught up and quiet), every tail is evaluated:
+a quiet account's findings would otherwise wait for traffic.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from typing import Any
@@ -51,8 +54,8 @@ from aiokafka import AIOKafkaProducer
 
 from streams.credits.policy import load_policy
 from streams.detection.alerts import apply_review, new_alert_state, process_firing, to_avro
-from streams.detection.rules.base import Firing
-from streams.detection.runner import FINGERPRINT_FIELDS, DetectorEngine
+from streams.detection.rulebook import FINGERPRINT_FIELDS, DetectorEngine
+from streams.detection.rules.base import Firing, is_new_account
 from streams.runtime.batch_send import KeyPartitions, Outgoing, send_partitioned
 from streams.runtime.changelog import ChangelogTable
 from streams.runtime.topics import DETECTOR_FINGERPRINTS, GAMING_ALERTS, GAMING_REVIEWS
@@ -66,7 +69,8 @@ _RECENT_MAX = 50_000  # touched entities remembered for the timer; the oldest ar
 _OBS_FIELDS = ("event_id", "account_id", "occurred_at", "plan", "category", "model", "outcome", "error_code",
                "input_tokens", "output_tokens", "context_window_tokens", "context_uniqueness",
                "reasoning_steps", "thinking_tokens", "tool_calls", "list_micro", "charged_micro",
-               "grant_funded_micro", "ip_hash", "device_hash", "payment_hash", "prompt_fingerprint")
+               "grant_funded_micro", "ip_hash", "device_hash", "payment_hash", "prompt_fingerprint",
+               "new_account")
 
 
 def observation(rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -89,7 +93,7 @@ def wire_observation(obs: Mapping[str, Any]) -> dict[str, Any]:
 # farming, CF-005 trial cycling, CF-008 replayed prompts). A fingerprint seen once keeps just these
 # (see ``Detection._observe_fingerprint``); ``test_detection_fold`` checks the rules agree.
 _FP_OBS_FIELDS = ("event_id", "account_id", "occurred_at", "plan", "category", "list_micro", "charged_micro",
-                  "grant_funded_micro", "debits")
+                  "grant_funded_micro", "debits", "new_account")
 
 
 def pending_observation(obs: Mapping[str, Any], kind: str) -> list[Any]:
@@ -102,18 +106,9 @@ def observation_from_pending(pending: Sequence[Any], kind: str) -> dict[str, Any
     return obs
 
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
 def wire_alert(alert: Mapping[str, Any]) -> dict[str, Any]:
-    """The GamingAlert as the schema promises it: ``observed`` and ``limit`` are exact decimal strings
-    (the sink stores them as numbers). Rules phrase them for humans ("22 active hours of 24", "CV <=
-    0.25"); the rule's measure is the first number of the phrase."""
-    out = to_avro(alert)
-    for field in ("observed", "limit"):
-        m = _NUMBER.search(str(out.get(field, "")))
-        out[field] = m.group(0) if m else "0"
-    return out
+    """The GamingAlert as the schema promises it (see ``streams.detection.alerts.to_avro``)."""
+    return to_avro(alert)
 
 
 def alert_state_key(entity_type: str, entity_id: str) -> str:
@@ -153,9 +148,15 @@ class Detection:
         self.fp_topic = settings.topic(DETECTOR_FINGERPRINTS)
         # Where the default partitioner puts a fingerprint; set by the processor from the topic's metadata.
         self.fp_partitions: KeyPartitions | None = None
-        # Entities with events not evaluated yet (see ``_remember``): key -> partition, oldest first.
-        self.recent_accounts: OrderedDict[str, int] = OrderedDict()
-        self.recent_fps: OrderedDict[str, int] = OrderedDict()
+        # Entities with events not evaluated yet (see ``_remember``): key -> (partition, last event
+        # time), oldest first.
+        self.recent_accounts: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self.recent_fps: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        # Event-time watermarks: the latest event time folded per interaction-events partition and
+        # per fingerprint partition; and whether anything was folded since the timer's last tick.
+        self.watermarks: dict[int, int] = {}
+        self.fp_watermarks: dict[int, int] = {}
+        self.active_since_tick = False
         self.events = 0
         self.alerts_emitted = 0
         self.firings = 0
@@ -242,7 +243,13 @@ class Detection:
             wrapper["o"] = offset
             obs = observation(rec)
             self.events += 1
+            self.active_since_tick = True
+            t = obs["occurred_at"]
+            if t > self.watermarks.get(partition, t - 1):
+                self.watermarks[partition] = t
             self._fold(batch, partition, self.engine.observe_account(wrapper["d"], obs))
+            # Fingerprint rules tell a fresh sign-up from an old account by this (grant dates live here).
+            obs["new_account"] = is_new_account(wrapper["d"]["_"])
             self._remember(self.recent_accounts, account_id, partition, wrapper["d"])
             obs_json: bytes | None = None
             for kind, field in kinds:
@@ -285,6 +292,9 @@ class Detection:
             return
         wrapper["o"][src] = source_offset
         batch.fps[fkey] = partition
+        t = int(obs["occurred_at"])
+        if t > self.fp_watermarks.get(partition, t - 1):
+            self.fp_watermarks[partition] = t
         self._fold(batch, partition, self.engine.observe_fingerprint(kind, self._expanded(kind, wrapper), obs))
         self._remember(self.recent_fps, fkey, partition, wrapper["d"])
 
@@ -298,7 +308,8 @@ class Detection:
         return wrapper["d"]  # type: ignore[no-any-return]
 
     @staticmethod
-    def _remember(recent: OrderedDict[str, int], key: str, partition: int, state: Mapping[str, Any]) -> None:
+    def _remember(recent: OrderedDict[str, tuple[int, int]], key: str, partition: int,
+                  state: Mapping[str, Any]) -> None:
         """After an entity's event: keep it for the timer while it has events its rules have not seen."""
         # An entity evaluated with its event has nothing for the timer. Remembering it anyway made
         # every tick decode up to 2 x _RECENT_MAX states only to skip them, all held in the tables'
@@ -307,7 +318,7 @@ class Detection:
         if not common or not common["ne"]:
             recent.pop(key, None)
             return
-        recent[key] = partition
+        recent[key] = (partition, int(common["last"]))
         recent.move_to_end(key)
         if len(recent) > _RECENT_MAX:
             recent.popitem(last=False)
@@ -325,16 +336,24 @@ class Detection:
 
     # -- timer flush ------------------------------------------------------------------------------
 
-    def evaluate_quiet(self, batch: DetectionBatch, limit: int | None = None) -> int:
-        """Evaluate entities with events not evaluated yet, at their last event time. Returns
-        entities evaluated."""
+    def evaluate_quiet(self, batch: DetectionBatch, limit: int | None = None, *, force: bool = False) -> int:
+        """Evaluate the tails that are due (see the module docstring), at their last event time:
+        those whose partition's event time moved ``eval_every_ms`` past them, or all of them when
+        ``force`` is given or nothing arrived since the previous call. Returns entities evaluated."""
+        force = force or not self.active_since_tick
+        self.active_since_tick = False
+        wait = self.engine.eval_every_ms
         n = 0
-        for recent, table, evaluate, target in (
-            (self.recent_accounts, self.accounts, self.engine.evaluate_account, batch.accounts),
-            (self.recent_fps, self.fingerprints, self.engine.evaluate_fingerprint, batch.fps),
+        for recent, table, evaluate, target, marks in (
+            (self.recent_accounts, self.accounts, self.engine.evaluate_account, batch.accounts, self.watermarks),
+            (self.recent_fps, self.fingerprints, self.engine.evaluate_fingerprint, batch.fps, self.fp_watermarks),
         ):
-            while recent and (limit is None or n < limit):
-                key, partition = recent.popitem(last=False)
+            due = [key for key, (partition, last) in recent.items()
+                   if force or marks.get(partition, last) - last >= wait]
+            for key in due:
+                if limit is not None and n >= limit:
+                    break
+                partition, _last = recent.pop(key)
                 wrapper = table.get(key)
                 common = (wrapper or {}).get("d", {}).get("_")
                 if not common or not common.get("ne") or common.get("last") is None:

@@ -13,8 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.detection.alerts import new_alert_state, process_firing
-from streams.detection.rules.base import SEVERITY_RANK, Firing
+from streams.detection.rules.base import SEVERITIES, SEVERITY_RANK, Firing
 from streams.synthetic.scenarios import ADVERSARIAL, DECOY, GAMER, GENUINE, Label, ScenarioSet
 
 HIGH = SEVERITY_RANK["HIGH"]
@@ -58,23 +57,6 @@ def flagged_accounts(entity_type: str, entity_id: str, related: Iterable[str]) -
     if entity_type == "account":
         return [entity_id]
     return [r.split(":", 1)[1] for r in related if r.startswith("account:")]
-
-
-def alerts_from_firings(firings: Sequence[Firing]) -> tuple[list[dict[str, Any]], int]:
-    """Run firings through the alert builder in order; returns the distinct alerts (latest version of
-    each alert id) and how many emissions were published."""
-    state = new_alert_state()
-    latest: dict[str, dict[str, Any]] = {}
-    emitted = 0
-    for f in sorted(firings, key=lambda f: f.window_end):
-        out = process_firing(state, f)
-        if out is not None:
-            emitted += 1
-            latest[out["alert_id"]] = out
-    # Silent updates never reach the topic; the state holds the final view of every open alert.
-    for alert in state["open"].values():
-        latest[alert["alert_id"]] = dict(alert)
-    return list(latest.values()), emitted
 
 
 def score(
@@ -176,19 +158,14 @@ def score(
     )
 
 
-def evaluate_offline(scenarios: ScenarioSet, engine: Any = None) -> EvaluationResult:
-    """Run a scenario set through ``DetectorEngine.run_offline`` and the alert builder, then score."""
-    from streams.detection.runner import DetectorEngine
+def evaluate_offline(scenarios: ScenarioSet) -> EvaluationResult:
+    """Run a scenario set through the processor's meter and detection in this process
+    (``streams.synthetic.in_process``), then score its alerts."""
+    from streams.synthetic.in_process import run_in_process
     from streams.synthetic.scenarios import SCENARIO_RULE
 
-    eng = engine or DetectorEngine()
-    usage: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    firings = eng.run_offline(
-        scenarios.events, scenarios.grants,
-        on_observation=lambda o: usage[o["account_id"]].append((o["occurred_at"], o["charged_micro"])),
-    )
-    alerts, _ = alerts_from_firings(firings)
-    return score(scenarios.labels, alerts, firings=firings, usage=usage, scenario_rules=SCENARIO_RULE)
+    run = run_in_process(scenarios)
+    return score(scenarios.labels, run.latest, firings=run.firings, usage=run.usage, scenario_rules=SCENARIO_RULE)
 
 
 def _pct(x: float | None) -> str:
@@ -220,5 +197,159 @@ def render_table(result: EvaluationResult) -> Any:
         f"adversarial recall {_pct(result.adversarial_recall)}  "
         f"raw firings {result.raw_firings} -> alerts {result.alerts}\n"
         f"own scenario caught: {caught}"
+    )
+    return Group(t, summary)
+
+
+# -- randomised patterns (``streams.synthetic.patterns``) -----------------------------------------
+
+EARLY_SHARE = 0.2  # "alerted before 20% of its eventual credits were spent"
+
+
+@dataclass
+class PatternScore:
+    pattern: str
+    rule_id: str
+    gamers: int = 0
+    caught: int = 0  # gamers named by any alert
+    caught_by_rule: int = 0  # gamers named by an alert of the pattern's own rule
+    early: int = 0  # gamers alerted before EARLY_SHARE of their eventual credits were spent
+    spent_before_micro: int = 0  # gamers' charged credits up to their first alert (all of it if never)
+    spent_micro: int = 0
+    decoys: int = 0
+    decoys_by_severity: dict[str, int] = field(default_factory=dict)  # decoys flagged, by max severity
+
+    @property
+    def recall(self) -> float:
+        return self.caught / self.gamers if self.gamers else 1.0
+
+
+@dataclass
+class PatternsResult:
+    patterns: list[PatternScore]
+    precision: float
+    recall: float
+    early_share: float  # share of gamers alerted before EARLY_SHARE of their credits were spent
+    genuine: int
+    genuine_flagged: int
+    flagged: int
+    true_positives: int
+    decoy_high: int  # decoys flagged at HIGH or above
+    alerts: int
+    unknown_model_events: int = 0
+    rules_per_pattern: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def score_patterns(labels: Mapping[str, Label], alerts: Sequence[Mapping[str, Any]],
+                   usage: Mapping[str, Sequence[tuple[int, int]]], pattern_rules: Mapping[str, str],
+                   *, unknown_model_events: int = 0) -> PatternsResult:
+    """``alerts``: one GamingAlert per alert id; ``usage``: account -> [(occurred_at, charged_micro)]."""
+    first_alert: dict[str, int] = {}
+    max_sev: dict[str, int] = {}
+    rules: dict[str, set[str]] = defaultdict(set)
+    for alert in alerts:
+        for acct in flagged_accounts(alert["entity_type"], alert["entity_id"], alert.get("related_entities", ())):
+            first_alert[acct] = min(first_alert.get(acct, alert["first_seen_at"]), int(alert["first_seen_at"]))
+            max_sev[acct] = max(max_sev.get(acct, -1), SEVERITY_RANK[alert["severity"]])
+            rules[acct].add(alert["rule_id"])
+    scores = {p: PatternScore(p, r) for p, r in pattern_rules.items()}
+    per_rule: dict[str, dict[str, int]] = {p: defaultdict(int) for p in pattern_rules}
+    genuine = genuine_flagged = decoy_high = 0
+    for acct, lab in labels.items():
+        flagged = acct in first_alert
+        if lab.kind == GENUINE:
+            genuine += 1
+            genuine_flagged += flagged
+            continue
+        pattern = lab.scenario.removeprefix("decoy:")
+        s = scores[pattern]
+        if lab.kind == DECOY:
+            s.decoys += 1
+            if flagged:
+                sev = SEVERITIES[max_sev[acct]]
+                s.decoys_by_severity[sev] = s.decoys_by_severity.get(sev, 0) + 1
+                decoy_high += max_sev[acct] >= HIGH
+            continue
+        s.gamers += 1
+        spent = usage.get(acct, ())
+        total = sum(c for _, c in spent)
+        s.spent_micro += total
+        if not flagged:
+            s.spent_before_micro += total
+            continue
+        s.caught += 1
+        s.caught_by_rule += s.rule_id in rules[acct]
+        for r in rules[acct]:
+            per_rule[pattern][r] += 1
+        before = sum(c for t, c in spent if t <= first_alert[acct])
+        s.spent_before_micro += before
+        s.early += before <= total * EARLY_SHARE
+    flagged_all = [a for a in labels if a in first_alert]
+    tp = sum(1 for a in flagged_all if labels[a].is_gamer)
+    gamers = sum(s.gamers for s in scores.values())
+    return PatternsResult(
+        patterns=list(scores.values()),
+        precision=tp / len(flagged_all) if flagged_all else 1.0,
+        recall=sum(s.caught for s in scores.values()) / gamers if gamers else 1.0,
+        early_share=sum(s.early for s in scores.values()) / gamers if gamers else 1.0,
+        genuine=genuine, genuine_flagged=genuine_flagged, flagged=len(flagged_all), true_positives=tp,
+        decoy_high=decoy_high, alerts=len(alerts), unknown_model_events=unknown_model_events,
+        rules_per_pattern={p: dict(v) for p, v in per_rule.items()},
+    )
+
+
+def merge_patterns(results: Sequence[PatternsResult]) -> PatternsResult:
+    """Several seeds' results as one (sums of counts, ratios recomputed)."""
+    by: dict[str, PatternScore] = {}
+    rules: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in results:
+        for s in r.patterns:
+            m = by.setdefault(s.pattern, PatternScore(s.pattern, s.rule_id))
+            for f in ("gamers", "caught", "caught_by_rule", "early", "spent_before_micro", "spent_micro", "decoys"):
+                setattr(m, f, getattr(m, f) + getattr(s, f))
+            for sev, n in s.decoys_by_severity.items():
+                m.decoys_by_severity[sev] = m.decoys_by_severity.get(sev, 0) + n
+        for p, counts in r.rules_per_pattern.items():
+            for rule, n in counts.items():
+                rules[p][rule] += n
+    flagged = sum(r.flagged for r in results)
+    tp = sum(r.true_positives for r in results)
+    gamers = sum(s.gamers for s in by.values())
+    return PatternsResult(
+        patterns=list(by.values()),
+        precision=tp / flagged if flagged else 1.0,
+        recall=sum(s.caught for s in by.values()) / gamers if gamers else 1.0,
+        early_share=sum(s.early for s in by.values()) / gamers if gamers else 1.0,
+        genuine=sum(r.genuine for r in results), genuine_flagged=sum(r.genuine_flagged for r in results),
+        flagged=flagged, true_positives=tp, decoy_high=sum(r.decoy_high for r in results),
+        alerts=sum(r.alerts for r in results), unknown_model_events=sum(r.unknown_model_events for r in results),
+        rules_per_pattern={p: dict(v) for p, v in rules.items()},
+    )
+
+
+def render_patterns(result: PatternsResult, title: str) -> Any:
+    """A rich renderable: one row per pattern, then the overall numbers."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=title)
+    for col in ("pattern", "rule", "gamers", "caught", "recall", "by own rule", "alerted <20% spent",
+                "credits before 1st alert", "decoys", "decoys flagged (max severity)", "rules"):
+        t.add_column(col, justify="left" if col in ("pattern", "rule", "rules") or "decoys flagged" in col
+                     else "right")
+    for s in result.patterns:
+        flagged = ", ".join(f"{sev} {s.decoys_by_severity[sev]}" for sev in SEVERITIES
+                            if s.decoys_by_severity.get(sev)) or "none"
+        share = s.spent_before_micro / s.spent_micro if s.spent_micro else 0.0
+        t.add_row(s.pattern, s.rule_id, str(s.gamers), str(s.caught), _pct(s.recall),
+                  _pct(s.caught_by_rule / s.gamers if s.gamers else None),
+                  _pct(s.early / s.gamers if s.gamers else None), _pct(share), str(s.decoys), flagged,
+                  ", ".join(f"{r} {n}" for r, n in sorted(result.rules_per_pattern.get(s.pattern, {}).items())))
+    summary = Text(
+        f"precision {result.precision:.3f} ({result.true_positives} of {result.flagged} flagged accounts are gamers)  "
+        f"recall {result.recall:.3f}  alerted before 20% of credits: {result.early_share:.3f}  "
+        f"decoys at HIGH+: {result.decoy_high}  genuine flagged: {result.genuine_flagged} of {result.genuine}  "
+        f"alerts: {result.alerts}  events on unpriced models: {result.unknown_model_events}"
     )
     return Group(t, summary)

@@ -3,7 +3,7 @@
 are legitimate, and adversarial variants (jittered timing, rotating IPs) that are reported apart.
 
 Deterministic for a seed. Events and grants have the same shape as ``streams.synthetic.generator`` output, so
-the set can be produced to Kafka as-is or run through ``DetectorEngine.run_offline``.
+the set can be produced to Kafka as-is or run in process (``streams.synthetic.in_process``).
 """
 
 from __future__ import annotations

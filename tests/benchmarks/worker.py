@@ -84,10 +84,11 @@ def _instrument_sink_stores(durations: list[float]) -> None:
 
     original = ClickHouseSink._store
 
-    async def timed(self: ClickHouseSink, *args: Any, **kwargs: Any) -> None:
+    async def timed(self: ClickHouseSink, *args: Any, **kwargs: Any) -> bool:
         t0 = now()
-        await original(self, *args, **kwargs)
+        stored = await original(self, *args, **kwargs)
         durations.append(now() - t0)
+        return stored
 
     ClickHouseSink._store = timed  # type: ignore[method-assign]
 

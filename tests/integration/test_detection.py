@@ -14,10 +14,11 @@ import pytest
 
 from sinks.client import connect
 from streams.cli.alerts import build_decision, publish_decision
-from streams.cli.evaluate import latest_alerts, read_topic, targets_met
+from streams.cli.evaluate import read_topic, targets_met
 from streams.runtime.topics import DETECTOR_FINGERPRINTS as FINGERPRINTS_TOPIC
 from streams.settings import Settings
 from streams.synthetic.evaluation import score
+from streams.synthetic.in_process import latest_alerts
 from streams.synthetic.scenarios import SCENARIO_RULE, ScenarioSet, build
 from tests.integration.harness import Worker, group_lag
 from tests.integration.test_pipeline import _produce, _wait_grants_applied

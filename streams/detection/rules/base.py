@@ -28,6 +28,7 @@ MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
 MICRO = 1_000_000
+SIGNUP_MS = 2 * HOUR_MS  # a first request this soon after a grant was issued is a sign-up redeeming it
 
 SEVERITIES = SEVERITY_SYMBOLS
 SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
@@ -54,7 +55,7 @@ class Firing:
     entity_id: str
     score: float
     severity: str
-    observed: str
+    observed: str  # display labels for people: "22 active hours of 24", "CV <= 0.25"
     limit: str
     window_start: int
     window_end: int
@@ -66,6 +67,9 @@ class Firing:
     plan: str | None = None
     grant_id: str | None = None
     suggested_action: str = ""
+    # The rule's measure and the threshold it crossed, as numbers (the alert's ``observed``/``limit``).
+    observed_value: float = 0.0
+    limit_value: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -108,8 +112,11 @@ class Detector:
 
     def slot(self, state: State) -> State:
         s = state.get(self.id)
-        if s is None:
+        if s is None or s.get("_r", 1) != self.revision:
+            # A new revision may keep its state differently: it starts afresh rather than misread it.
             s = state[self.id] = self.initial()
+            if self.revision != 1:
+                s["_r"] = self.revision
         return s  # type: ignore[no-any-return]
 
     def initial(self) -> State:
@@ -132,6 +139,8 @@ class Detector:
         counters: list[tuple[str, float]],
         observed: str,
         limit: str,
+        value: float,
+        threshold: float,
         window_start: int,
         window_end: int,
         counts: Mapping[str, int],
@@ -179,6 +188,8 @@ class Detector:
             plan=common.get("plan") if entity_type == "account" else None,
             grant_id=grant_id,
             suggested_action=self.suggested_action,
+            observed_value=float(value),
+            limit_value=float(threshold),
         )
 
 
@@ -215,6 +226,14 @@ def ratio_text(value: float, places: int = 3) -> str:
     return str(Decimal(repr(round(value, places))).normalize()) if value == value else "0"
 
 
+def decimal_text(value: float) -> str:
+    """A measure as the exact decimal string the GamingAlert schema carries (6 places at most)."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return "0"
+    text = format(Decimal(repr(round(value, 6))).normalize(), "f")
+    return "0" if text in ("-0", "") else text
+
+
 def credits_text(micro: int) -> str:
     return str((Decimal(micro) / MICRO).normalize())
 
@@ -245,6 +264,8 @@ def observe_common(common: State, obs: Obs, with_grants: bool = True) -> None:
     common["plan"] = obs.get("plan") or common["plan"]
     if common["first"] is None or t < common["first"]:
         common["first"] = t
+        if with_grants:
+            _mark_new(common)
     if common["last"] is None or t > common["last"]:
         common["last"] = t
     common["n"] += 1
@@ -295,6 +316,41 @@ def observe_grant_common(common: State, grant: Mapping[str, Any]) -> None:
     g["exp"] = int(grant["expires_at"])
     g["camp"] = grant.get("campaign")
     cap_map(grants, 16, "first")
+    _mark_new(common)
+
+
+
+
+def is_new_account(common: State) -> bool:
+    """The account's first request came within ``SIGNUP_MS`` of one of its grants being issued: a
+    sign-up redeeming a welcome grant, not merely our first sight of an old account. Decided when
+    the first request or a grant is seen (``_mark_new``), so reading it costs one lookup."""
+    return bool(common.get("new"))
+
+
+def _mark_new(common: State) -> None:
+    first = common.get("first")
+    common["new"] = first is not None and any(
+        g.get("gat") is not None and 0 <= first - g["gat"] <= SIGNUP_MS for g in common["g"].values())
+
+
+def plan_counters(common: State, paid_factor: float, org_factor: float | None = None) -> list[tuple[str, float]]:
+    """Counter-signals of a paying account: automation, heavy use and shared seats are what paid
+    plans are for, and the programme's exposure is small when the subscription pays."""
+    plan = common.get("plan")
+    out: list[tuple[str, float]] = []
+    if plan in ORG_PLANS and org_factor is not None:
+        out.append((f"{plan} plan (an organisation's automation and shared seats)", org_factor))
+    elif plan in PAID_PLANS:
+        out.append((f"{plan} plan (a paying customer)", paid_factor))
+    if plan in PAID_PLANS and subscription_funded(common):
+        out.append(("mostly subscription-funded usage", 0.7))
+    return out
+
+
+def subscription_funded(common: State) -> bool:
+    charged = sum(window_total(common, c) for c in CATEGORIES)
+    return charged > 0 and window_total(common, "gf") * 2 < charged
 
 
 def window_credits(common: State) -> dict[str, int]:

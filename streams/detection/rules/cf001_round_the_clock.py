@@ -4,29 +4,27 @@ from __future__ import annotations
 
 from .base import (
     HOUR_MS,
-    ORG_PLANS,
-    PAID_PLANS,
     Cfg,
     Detector,
     Firing,
     Obs,
     State,
+    plan_counters,
     ramp,
     window_exposed,
-    window_total,
 )
 
 
 class RoundTheClock(Detector):
     id = "CF-001"
-    revision = 1
+    revision = 2
     name = "Round-the-clock bot"
     signal = ("Requests in at least `min_active_hours` of the last 24 hours (and at least `min_events` "
               "of them): people sleep, scripts do not.")
     window = "rolling 24 hours, hour buckets (ring of 24 slots)"
     counter_signal_doc = ("the six quietest hours under `rhythm_ratio` of the six busiest; a quiet gap of "
-                          "`quiet_gap_hours` or more inside the window; a team/enterprise "
-                          "plan (service integrations run all day); mostly subscription-funded usage")
+                          "`quiet_gap_hours` or more inside the window; a paid plan, above all a team/enterprise "
+                          "one (API keys run CI and integrations all day); mostly subscription-funded usage")
     suggested_action = "Rate-limit grant-funded usage and check for automation on a free grant."
     defaults = {"min_active_hours": 20, "min_events": 48, "quiet_gap_hours": 3, "min_history_hours": 20,
                 "rhythm_ratio": "0.25",
@@ -75,20 +73,15 @@ class RoundTheClock(Detector):
             counters.append((text, 0.45))
         if longest_quiet >= cfg["quiet_gap_hours"]:
             counters.append((f"quiet gap of {longest_quiet}h in the window", 0.5))
-        plan = common.get("plan")
-        if plan in ORG_PLANS:
-            counters.append((f"{plan} plan: service integrations legitimately run all day", 0.5))
-        gf = window_total(common, "gf")
-        charged = sum(window_total(common, c) for c in ("EXTENDED_CONTEXT", "COMPLEX_REASONING", "TOOL_USE",
-                                                         "STANDARD_CHAT"))
-        if plan in PAID_PLANS and charged > 0 and gf * 5 < charged:
-            counters.append(("mostly subscription-funded usage", 0.6))
+        # API keys on paid plans run CI and integrations all day: that is what they pay for.
+        counters += plan_counters(common, 0.45, 0.4)
         return self.fire(
             state, cfg,
             base=ramp(active, cfg["min_active_hours"], 24),
             counters=counters,
             observed=f"{active} active hours of 24",
             limit=str(cfg["min_active_hours"]),
+            value=active, threshold=cfg["min_active_hours"],
             window_start=(now_h - 23) * HOUR_MS,
             window_end=now_ms,
             counts={"events": events, "active_hours": active, "longest_quiet_hours": longest_quiet},

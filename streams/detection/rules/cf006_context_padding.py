@@ -62,6 +62,7 @@ class ContextPadding(Detector):
             counters=counters,
             observed=f"{ratio_text(near)} near-threshold share, {ratio_text(filler)} filler share",
             limit=f"{cfg['min_near_share']} and {cfg['min_filler_share']}",
+            value=near * filler, threshold=cfg["min_near_share"] * cfg["min_filler_share"],
             window_start=(win["b"] - 1) * DAY_MS, window_end=now_ms,
             counts={"extended_requests": ext, "near_threshold": both(win, "near"),
                     "small_outputs": both(win, "small"), "low_uniqueness": both(win, "lowu")},

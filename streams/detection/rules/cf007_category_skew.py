@@ -1,11 +1,11 @@
-"""CF-007 weighted-category skew: nearly every request steered into a multiplied category with the
-bare minimum that qualifies it (one tool call, exactly the minimum reasoning steps) and little output."""
+"""CF-007 weighted-category skew: nearly every request steered into a multiplied category, either
+with the bare minimum that qualifies it (one tool call, exactly the minimum reasoning steps) or with
+every dimension maxed out, and in both cases little output."""
 
 from __future__ import annotations
 
 from .base import (
     DAY_MS,
-    ORG_PLANS,
     Cfg,
     Detector,
     Firing,
@@ -13,6 +13,7 @@ from .base import (
     State,
     both,
     bucket,
+    plan_counters,
     ramp,
     ratio_text,
     window_exposed,
@@ -21,16 +22,19 @@ from .base import (
 
 class CategorySkew(Detector):
     id = "CF-007"
-    revision = 1
+    revision = 2
     name = "Weighted-category skew"
     signal = ("Share of requests in multiplied categories at least `cohort_ratio` x the plan cohort's share "
               "(`cohort_weighted_share`, overridable per plan as `cohort_weighted_share_<PLAN>`), with at "
-              "least `min_minimal_share` of them qualifying by the bare minimum (tool calls == "
-              "`min_tool_calls`, reasoning steps == `min_reasoning_steps`).")
+              "least `min_minimal_share` of them gamed: qualifying by the bare minimum (tool calls == "
+              "`min_tool_calls`, reasoning steps == `min_reasoning_steps`), or answered with at most "
+              "`small_output_tokens` output tokens (maxed tool calls, steps or context for a few words). "
+              "Shares of request counts: the same at any price.")
     window = "two day-buckets (24-48 hours)"
-    counter_signal_doc = "team/enterprise plan (automation); substantial outputs on most requests"
+    counter_signal_doc = ("a paid plan, above all a team/enterprise one (agents and automation); substantial "
+                          "outputs on most requests")
     suggested_action = "Compare with the plan cohort; consider capping the multiplier for this account."
-    defaults = {"cohort_weighted_share": "0.35", "cohort_ratio": "2.4", "min_requests": 30,
+    defaults = {"cohort_weighted_share": "0.35", "cohort_ratio": "2.2", "min_requests": 20,
                 "min_minimal_share": "0.6", "min_tool_calls": 1, "min_reasoning_steps": 3,
                 "small_output_tokens": 300, "min_score": "0.5"}
 
@@ -47,11 +51,12 @@ class CategorySkew(Detector):
         if cat == "STANDARD_CHAT":
             return
         cur["w"] = cur.get("w", 0) + 1
-        if (cat == "TOOL_USE" and int(obs["tool_calls"]) == cfg["min_tool_calls"]) or (
+        small = int(obs["output_tokens"]) <= cfg["small_output_tokens"]
+        if small or (cat == "TOOL_USE" and int(obs["tool_calls"]) == cfg["min_tool_calls"]) or (
             cat == "COMPLEX_REASONING" and int(obs["reasoning_steps"]) == cfg["min_reasoning_steps"]
         ):
             cur["min"] = cur.get("min", 0) + 1
-        if int(obs["output_tokens"]) <= cfg["small_output_tokens"]:
+        if small:
             cur["small"] = cur.get("small", 0) + 1
 
     def evaluate(self, state: State, now_ms: int, cfg: Cfg) -> Firing | None:
@@ -68,9 +73,7 @@ class CategorySkew(Detector):
         minimal = both(win, "min") / w
         if share < limit or minimal < cfg["min_minimal_share"]:
             return None
-        counters: list[tuple[str, float]] = []
-        if plan in ORG_PLANS:
-            counters.append((f"{plan} plan (automation is expected)", 0.6))
+        counters = plan_counters(state["_"], 0.6, 0.5)
         small = both(win, "small") / w
         if small < 0.3:
             counters.append(("substantial outputs on most weighted requests", 0.7))
@@ -82,6 +85,7 @@ class CategorySkew(Detector):
             counters=counters,
             observed=f"{ratio_text(share)} weighted share, {ratio_text(minimal)} bare-minimum qualifiers, "
                      f"charged/list {ratio_text(charged / lst if lst else 1.0)}",
+            value=minimal, threshold=cfg["min_minimal_share"],
             limit=f"weighted share {ratio_text(limit)} (cohort {cohort}), "
                   f"minimum share {cfg['min_minimal_share']}",
             window_start=(win["b"] - 1) * DAY_MS, window_end=now_ms,

@@ -63,11 +63,11 @@ class Probing(Detector):
         counters: list[tuple[str, float]] = []
         refused = both(win, "ref")
         if refused * 5 < bad and len(s["codes"]) <= 1:
-            counters.append(("one repeated error code (looks like a broken integration)", 0.5))
+            counters.append(("one repeated error code (looks like a broken integration)", 0.4))
         return self.fire(
             state, cfg, base=ramp(bad, cfg["min_bad"], cfg["full_bad"]), counters=counters,
             observed=f"{bad} refused/invalid of {n} requests ({ratio_text(bad / n)})",
-            limit=f"{cfg['min_bad']} and share {cfg['min_bad_share']}",
+            limit=f"{cfg['min_bad']} and share {cfg['min_bad_share']}", value=bad, threshold=cfg["min_bad"],
             window_start=(win["b"] - 1) * bucket_ms, window_end=now_ms,
             counts={"requests": n, "refused_or_invalid": bad, "refused": refused,
                     **{f"code:{k}": v for k, v in s["codes"].items()}},

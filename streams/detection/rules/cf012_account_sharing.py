@@ -57,6 +57,8 @@ class AccountSharing(Detector):
         return self.fire(
             state, cfg, base=base, counters=counters,
             observed=f"{nd} devices, {ni} IPs", limit=f"{cfg['min_devices']} devices or {cfg['min_ips']} IPs",
+            value=nd if nd >= cfg["min_devices"] else ni,
+            threshold=cfg["min_devices"] if nd >= cfg["min_devices"] else cfg["min_ips"],
             window_start=since, window_end=now_ms,
             counts={"devices": nd, "ips": ni},
             exposed_micro=window_exposed(state["_"]),

@@ -43,3 +43,16 @@ def test_policy_show_prints_the_published_table() -> None:
     assert result.returncode == 0, result.stderr
     for text in ("EXTENDED_CONTEXT", "3.5x", "COMPLEX_REASONING", "2.0x", "TOOL_USE", "1.5x", "2026.11-1"):
         assert text in result.stdout
+
+
+def test_policy_explain_says_when_a_model_is_priced_at_the_fallback() -> None:
+    unpriced = _run("policy", "explain", '{"model": "nova-preview", "input_tokens": 1000}')
+    assert unpriced.returncode == 0, unpriced.stderr
+    assert "not in policy" in unpriced.stdout and "fallback" in unpriced.stdout
+    priced = _run("policy", "explain", '{"model": "atlas-small", "input_tokens": 1000}')
+    assert priced.returncode == 0 and "fallback" not in priced.stdout
+
+
+def test_evaluate_rejects_a_bad_seed_in_one_line() -> None:
+    result = _run("evaluate", "--seeds", "1x", "--offline")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "1x" in result.stderr

@@ -62,3 +62,14 @@ def test_bad_input_becomes_dead_letters_and_the_batch_goes_on() -> None:
     assert kinds[11] == "VALIDATION" and 10 in kinds and kinds[12] == "TRUNCATED"
     dl = next(d for d in out.dead_letters if d["source_offset"] == 10)
     assert dl["original"] == b"\x00garbage" and dl["message"]
+
+
+def test_events_on_a_model_missing_from_the_price_table_are_counted() -> None:
+    events = list(Generator(accounts=3, seed=6).events(30))
+    for ev in events[:7]:
+        ev["model"] = "nova-preview"
+    result = _meter().meter(_records(events), {}.get, {}.get, NOW)
+    assert len(result.enriched) == 30 and result.unpriced == {"nova-preview": 7}
+    fallback = load_policy().price_for("*")
+    assert not load_policy().is_priced("nova-preview") and load_policy().is_priced("atlas-small")
+    assert load_policy().price_for("nova-preview") == fallback

@@ -28,7 +28,7 @@ def firing(t: int, severity: str = "MEDIUM", score: float = 0.65, entity: str = 
         evidence={"counts": {"events": 90}, "credits_by_category": {"STANDARD_CHAT": 1_000_000},
                   "sample_event_ids": ["e1", "e2"]},
         estimated_credits_exposed_micro=2_500_000, plan="FREE",
-        suggested_action="Rate-limit grant-funded usage.",
+        suggested_action="Rate-limit grant-funded usage.", observed_value=22, limit_value=20,
     )
 
 
@@ -141,3 +141,22 @@ def test_needs_info_changes_nothing_and_reviews_are_idempotent() -> None:
     snapshot = copy.deepcopy(state)
     assert not apply_review(state, review("BENIGN", T0 + 2 * HOUR_MS, decision_id="b1"))
     assert state == snapshot
+
+
+def test_the_wire_alert_carries_the_rules_numbers_not_parsed_text() -> None:
+    from streams.detection.alerts import to_avro
+    from streams.wire.codec import Decoder, encode_single_object
+
+    alert = process_firing(new_alert_state(), firing(T0 + HOUR_MS))
+    assert alert is not None
+    assert alert["observed"] == "22 active hours of 24" and alert["observed_value"] == 22
+    wire = to_avro(alert)
+    assert (wire["observed"], wire["limit"]) == ("22", "20")
+    assert "observed_value" not in wire and "sample_event_ids" not in wire
+    assert Decoder("GamingAlert").decode(encode_single_object(wire, "GamingAlert"))["observed"] == "22"
+    # A label whose first number is not the measure ("top 3 of ...") no longer decides the value.
+    labelled = firing(T0 + HOUR_MS)
+    odd = process_firing(new_alert_state(), Firing(**{**labelled.to_dict(), "observed": "top 3 prompts: 0.91",
+                                                      "observed_value": 0.91, "counter_signals": (),
+                                                      "related_entities": ()}))
+    assert odd is not None and to_avro(odd)["observed"] == "0.91"

@@ -149,7 +149,7 @@ def test_the_timer_remembers_only_entities_with_events_not_evaluated(tmp_path: P
 
     hydrated = d.accounts.hydrated + d.fingerprints.hydrated
     quiet = DetectionBatch()
-    assert d.evaluate_quiet(quiet) == len(waiting) + len(fps_waiting)
+    assert d.evaluate_quiet(quiet, force=True) == len(waiting) + len(fps_waiting)
     assert not d.recent_accounts and not d.recent_fps
     assert set(quiet.accounts) == waiting and set(quiet.fps) == fps_waiting
     assert all(pending(d.accounts, k) == 0 for k in waiting)

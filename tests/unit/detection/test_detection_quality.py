@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.detection.runner import DETECTORS
+from streams.detection.rulebook import DETECTORS
 from streams.synthetic.evaluation import EvaluationResult, evaluate_offline, render_table
 from streams.synthetic.scenarios import build
 

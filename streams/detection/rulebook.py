@@ -1,19 +1,31 @@
-"""The detector engine: routes each observation to the rules that watch its entity, keeps evaluation
-cheap (at most once per `eval_every_events` events or `eval_every_ms` of event time per entity), and
-offers an in-memory runner for tests and the evaluation harness.
+"""The rule book: the twelve rules, and the engine that routes each observation to the rules that
+watch its entity and decides when they are evaluated. It holds no I/O and no metering: the processor
+meters (``streams/credits/meter.py``) and ``streams/detection/engine.py`` hands the metered records
+here, and tests and the evaluation go through that same path (``streams/synthetic/in_process.py``).
 
-Wiring contract (see each method): per-account state lives in a table keyed by account id, per-
-fingerprint state in tables keyed by fingerprint after a ``group_by``; both are JSON-able dicts that
-the engine mutates in place (an empty dict is initialised on first use).
+When a rule is evaluated is a function of the entity's own events in event time, never of when they
+arrived, so a backlog and the same traffic sent paced give the same alerts:
+- after the entity's first event, and after every ``eval_every_events`` events not evaluated yet;
+- before an event that comes ``eval_every_ms`` or more after the entity's previous one, the events
+  not evaluated yet are evaluated at that previous event's time (the "tail"). The processor's timer
+  evaluates the same tail at the same time when the entity's partition has moved on by
+  ``eval_every_ms`` of event time (``Detection.evaluate_quiet``): whichever comes first, the tail is
+  evaluated once, at the same event time, over the same state.
+A rule evaluated at event time t is given t and reads its state: per-account state holds the
+account's events in order; per-fingerprint rules, whose observations come from several partitions,
+count only accounts first seen at or before t.
+
+State: per-account state lives in a table keyed by account id, per-fingerprint state in a table
+keyed by ``kind|fingerprint``; both are JSON-able dicts that the engine mutates in place (an empty
+dict is initialised on first use).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from streams.credits.ledger import apply_grant_event, debit
-from streams.credits.policy import CompiledPolicy, charge, classify, list_price_micro, load_policy
+from streams.credits.policy import CompiledPolicy
 from streams.detection.rules import (
     cf001_round_the_clock as round_the_clock,
 )
@@ -126,13 +138,14 @@ class DetectorEngine:
         if not account_state:
             account_state.update(self.new_account_state(obs["account_id"]))
         common = account_state["_"]
+        t = int(obs["occurred_at"])
+        out = self._tail(account_state, t, self._account)
         observe_common(common, obs)
         for det, cfg in self._account:
             det.observe(account_state, obs, cfg)
-        t = int(obs["occurred_at"])
         if self._due(common, t):
-            return self.evaluate_account(account_state, t)
-        return []
+            out += self.evaluate_account(account_state, t)
+        return out
 
     def observe_fingerprint(self, kind: str, fp_state: State, obs: Mapping[str, Any]) -> list[Firing]:
         """Per metered event that carries a ``kind`` fingerprint ("device", "payment", "prompt"), in
@@ -147,10 +160,11 @@ class DetectorEngine:
                 return []
             fp_state.update(self.new_fingerprint_state(kind, fp))
         common = fp_state["_"]
+        t = int(obs["occurred_at"])
+        out = [] if first else self._tail(fp_state, t, rules)
         observe_common(common, obs, with_grants=False)
         for det, cfg in rules:
             det.observe(fp_state, obs, cfg)
-        t = int(obs["occurred_at"])
         if first:
             # Every fingerprint rule needs several accounts or events behind one fingerprint; most
             # fingerprints (prompts above all) are seen once, and evaluating those was the bulk of
@@ -158,8 +172,8 @@ class DetectorEngine:
             common["ea"] = t
             return []
         if self._due(common, t):
-            return self.evaluate_fingerprint(fp_state, t)
-        return []
+            out += self.evaluate_fingerprint(fp_state, t)
+        return out
 
     def observe_grant(self, account_state: State, grant: Mapping[str, Any]) -> list[Firing]:
         """Per CreditGrant event (ISSUED/REVOKED) of the account. Burn-before-expiry and fast depletion
@@ -171,9 +185,21 @@ class DetectorEngine:
 
     # -- evaluation -------------------------------------------------------------------------------
 
+    def tail_due(self, common: State, t: int) -> bool:
+        """Whether the entity's events not evaluated yet are to be evaluated (at its last event) now
+        that event time ``t`` was reached, by its next event or by its partition."""
+        last = common["last"]
+        return bool(common["ne"]) and last is not None and t - last >= self.eval_every_ms
+
+    def _tail(self, state: State, t: int, rules: Sequence[tuple[Detector, dict[str, Any]]]) -> list[Firing]:
+        common = state["_"]
+        if self.tail_due(common, t):
+            return self._evaluate(state, int(common["last"]), rules)
+        return []
+
     def _due(self, common: State, t: int) -> bool:
-        ea = common["ea"]
-        return ea is None or common["ne"] >= self.eval_every_events or t - ea >= self.eval_every_ms
+        # Time alone never makes an event due: the tail rule evaluates the events before a pause.
+        return common["ea"] is None or common["ne"] >= self.eval_every_events
 
     def evaluate_account(self, account_state: State, now_ms: int) -> list[Firing]:
         """Run every account rule now (event time). Also callable from a timer to flush quiet accounts."""
@@ -185,6 +211,8 @@ class DetectorEngine:
     def _evaluate(self, state: State, now_ms: int, rules: Sequence[tuple[Detector, dict[str, Any]]]
                   ) -> list[Firing]:
         common = state["_"]
+        # Never evaluate before an earlier evaluation: alert times of an entity do not go backwards.
+        now_ms = max(now_ms, common["ea"] or now_ms)
         common["ne"] = 0
         common["ea"] = now_ms
         out: list[Firing] = []
@@ -200,97 +228,3 @@ class DetectorEngine:
     def mark_confirmed(account_state: State) -> None:
         """A reviewer confirmed gaming: keep this entity's traffic out of every baseline from now on."""
         account_state.setdefault("_", {})["flag"] = 1 << 62
-
-    # -- offline ----------------------------------------------------------------------------------
-
-    def run_offline(
-        self,
-        events: Iterable[Mapping[str, Any]],
-        grants: Iterable[Mapping[str, Any]] = (),
-        *,
-        on_observation: Callable[[dict[str, Any]], None] | None = None,
-        account_states: dict[str, State] | None = None,
-        fingerprint_states: dict[str, dict[str, State]] | None = None,
-    ) -> list[Firing]:
-        """Meter ``events`` against ``grants`` in event-time order (the same arithmetic as the real
-        meter), run every rule, and finally evaluate every entity once more at its last event (the
-        stream would do that on the entity's next event or a timer). Returns raw firings in order."""
-        policy = self.policy or load_policy()
-        self.policy = policy
-        accounts = account_states if account_states is not None else {}
-        fps = fingerprint_states if fingerprint_states is not None else {k: {} for k in FINGERPRINT_FIELDS}
-        ledger: dict[str, dict[str, dict[str, Any]]] = {}
-        spent: dict[str, dict[str, int]] = {}
-        items: list[tuple[int, int, int, Mapping[str, Any]]] = [
-            (int(g["occurred_at"]), 0, i, g) for i, g in enumerate(grants)
-        ]
-        items += [(int(e["occurred_at"]), 1, i, e) for i, e in enumerate(events)]
-        items.sort(key=lambda x: x[:3])
-        firings: list[Firing] = []
-        for _, kind, _, rec in items:
-            acct = rec["account_id"]
-            state = accounts.setdefault(acct, {})
-            if kind == 0:
-                apply_grant_event(ledger.setdefault(acct, {}), rec)
-                firings += self.observe_grant(state, rec)
-                continue
-            obs = meter_event(policy, rec, ledger.get(acct, {}), spent.setdefault(acct, {}))
-            if on_observation is not None:
-                on_observation(obs)
-            firings += self.observe_account(state, obs)
-            for fkind, field in FINGERPRINT_FIELDS.items():
-                fp = obs.get(field)
-                if fp and self._fingerprint[fkind]:
-                    fp_state = fps.setdefault(fkind, {}).setdefault(fp, {})
-                    firings += self.observe_fingerprint(fkind, fp_state, obs)
-        for state in accounts.values():
-            common = state.get("_")
-            if common and common["ne"] and common["last"] is not None:
-                firings += self.evaluate_account(state, common["last"])
-        for by_fp in fps.values():
-            for state in by_fp.values():
-                common = state["_"]
-                if common["ne"] and common["last"] is not None:
-                    firings += self.evaluate_fingerprint(state, common["last"])
-        return firings
-
-
-def meter_event(policy: CompiledPolicy, ev: Mapping[str, Any], grants: Mapping[str, Any],
-                spent: dict[str, int]) -> dict[str, Any]:
-    """InteractionEvent -> observation, with the policy's classification and pricing and the ledger's
-    burn-down: what the production meter hands to ``observe_account``."""
-    price = policy.price_for(ev["model"])
-    if price is None:
-        raise ValueError(f"no price for model {ev['model']!r}")
-    cls = classify(policy, ev["context_window_tokens"], ev["reasoning_steps"], ev["thinking_tokens"],
-                   ev["tool_calls"])
-    lp = list_price_micro(price, ev["input_tokens"], ev["output_tokens"], ev.get("cached_tokens", 0),
-                          ev["thinking_tokens"])
-    pr = charge(policy, cls.category, lp)
-    t = int(ev["occurred_at"])
-    debits, uncovered = debit(grants, spent, pr.charged_micro, t) if grants else ([], pr.charged_micro)
-    return {
-        "event_id": ev["event_id"],
-        "account_id": ev["account_id"],
-        "occurred_at": t,
-        "plan": ev["plan"],
-        "category": cls.category,
-        "model": ev["model"],
-        "outcome": ev["outcome"],
-        "error_code": ev.get("error_code"),
-        "input_tokens": ev["input_tokens"],
-        "output_tokens": ev["output_tokens"],
-        "context_window_tokens": ev["context_window_tokens"],
-        "context_uniqueness": ev.get("context_uniqueness"),
-        "reasoning_steps": ev["reasoning_steps"],
-        "thinking_tokens": ev["thinking_tokens"],
-        "tool_calls": ev["tool_calls"],
-        "list_micro": pr.list_micro,
-        "charged_micro": pr.charged_micro,
-        "grant_funded_micro": pr.charged_micro - uncovered,
-        "debits": [(d.grant_id, d.amount_micro, d.balance_after_micro) for d in debits],
-        "ip_hash": ev.get("ip_hash"),
-        "device_hash": ev.get("device_hash"),
-        "payment_hash": ev.get("payment_hash"),
-        "prompt_fingerprint": ev.get("prompt_fingerprint"),
-    }
