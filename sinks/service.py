@@ -36,6 +36,7 @@ from sinks.cluster_ddl import session_settings
 from sinks.columns import CREDIT_LEDGER_COLUMNS, EVENTS_COLUMNS, INSERT_COLUMNS, dedup_settings
 from sinks.routing import ROUTES, Route, dead_letter_rows
 from sinks.store_plan import TP, Piece, RecordedBatch, Store, StorePlanner, Unit
+from streams.runtime.kafka_clients import KafkaClients
 from streams.runtime.metrics import Metrics
 from streams.settings import Settings
 from streams.wire.codec import DecodeError, Decoder
@@ -44,7 +45,6 @@ from streams.wire.dead_letters import build_dead_letter
 log = logging.getLogger("creditflow.sink")
 
 _RETRY_MAX_S = 30.0
-_SESSION_TIMEOUT_MS = 10_000
 # After a stall, long enough for a heartbeat (every second) to learn whether the session survived.
 _STALL_SETTLE_S = 3.0
 # (table, column names, column-oriented data, deduplication token)
@@ -116,6 +116,7 @@ class ClickHouseSink(Service):
                                                                  **session_settings(settings.clickhouse_cluster)))
         self.settings = settings
         self.bootstrap = bootstrap
+        self.kafka = KafkaClients(settings, bootstrap)
         self.group = f"{settings.app_id}-sink"
         self.routes: dict[str, Route] = {names[r.topic_key]: r for r in ROUTES}
         self.decoders: dict[str, Decoder] = {}
@@ -178,7 +179,7 @@ class ClickHouseSink(Service):
         for topic, route in self.routes.items():
             self.decoders[topic] = Decoder(route.schema, None)
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **self.kafka.common(),
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -187,8 +188,7 @@ class ClickHouseSink(Service):
             fetch_max_bytes=64 * 1024 * 1024,
             # While ClickHouse is away the loop stops polling on purpose; do not leave the group.
             max_poll_interval_ms=24 * 3600 * 1000,
-            session_timeout_ms=_SESSION_TIMEOUT_MS,
-            heartbeat_interval_ms=1_000,
+            **self.kafka.group_member("sink"),
         )
         await self.consumer.start()
         self.consumer.subscribe(topics=list(self.routes), listener=_Listener(self))
@@ -498,7 +498,7 @@ class ClickHouseSink(Service):
         generation, member_id, _ = self._membership()
         if generation < 0 or (generation, member_id) != member[:2]:
             raise _Fenced("group membership lost")
-        if time.monotonic() - self._loop_alive_at > _SESSION_TIMEOUT_MS / 1000:
+        if time.monotonic() - self._loop_alive_at > self.settings.kafka_session_timeout_ms / 1000:
             raise _Fenced("stalled past the session timeout")
 
     def _insert_direct(self, client: Any, item: _AvroInsert, counts: dict[str, int],

@@ -13,6 +13,8 @@ from __future__ import annotations
 import faust
 
 from streams.runtime.gc_policy import tune_for_batches
+from streams.runtime.kafka_clients import faust_broker_settings
+from streams.runtime.kafka_log_limits import limit_kafka_logs
 from streams.settings import Role, Settings
 
 
@@ -21,9 +23,11 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     tune_for_batches()
+    limit_kafka_logs(settings.kafka_log_interval_seconds)
     app = faust.App(
         settings.app_id,
-        broker=f"kafka://{bootstrap}",
+        # Broker address, credentials and session timing, as every other client of the project has them.
+        **faust_broker_settings(settings, bootstrap),
         # Agents receive raw bytes: the Avro codec decodes in batches and dead-letters what it cannot read.
         key_serializer="raw",
         value_serializer="raw",
@@ -42,9 +46,6 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         web_enabled=True,
         web_bind=settings.web_host,
         web_port=pick_port(settings),
-        # A crashed worker's partitions move after this long; Faust's 60 s default stalls recovery.
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=1.0,
     )
     from streams.processor import register_processor
     from streams.runtime.topics import topic_names

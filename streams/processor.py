@@ -1,16 +1,12 @@
 """The processor role: meter interaction events, fold credit grants, detect credit-gaming, in batches.
 
-Order inside one batch is what makes a crash harmless (see ``streams/credits/meter.py``):
-1. grants, then events, are decoded, priced and debited against in-memory account state; reviews,
-   fingerprint observations from other workers, then the grants and metered events are folded
-   into detection state (``streams/detection/engine.py``) from the same decoded values;
-2. outputs (usage-enriched, refinement-feed, dead-letters, gaming-alerts, fingerprint
-   observations for other workers) are published and acknowledged;
-3. detection state, then account state, is published to its changelog and acknowledged;
-4. only then are the input offsets committed.
-A crash before 4 replays the batch: accounts whose state was written skip events they already
-applied (their outputs exist, and so does their detection state, written before), the rest
-recompute identical outputs, and the sink keeps one copy.
+Per batch, for each input partition it read: grants, then events, are decoded, priced and debited
+against in-memory account state (``streams/credits/meter.py``); reviews, fingerprint observations
+from other workers, then the grants and metered events are folded into detection state
+(``streams/detection/engine.py``) from the same decoded values. What that produced is written by
+``streams/runtime/checkpoint.py``, which owns exactly-once: the write order (outputs, detection
+state, account state, input offsets, one transaction per input partition), the fence against a
+worker that lost its partitions, and the list of replay guards.
 
 It is a plain aiokafka consumer run as a service of the Faust app, not a Faust agent. Measured here:
 Faust's per-message consumer path was about two thirds of the processor's CPU, and after some
@@ -20,7 +16,7 @@ flowing. Reading batches with ``getmany`` and committing explicitly avoids both.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import os
 import time
@@ -28,13 +24,15 @@ from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaProducer
 from mode import Service
 
-from streams.credits.meter import InputRecord, Meter, MeterResult
+from streams.credits.meter import DedupWindow, InputRecord, Meter, MeterResult
 from streams.credits.policy import load_policy
 from streams.detection.engine import FLUSH_MAX, Detection, DetectionBatch
 from streams.runtime.batch_send import KeyPartitions, Outgoing, send_partitioned
 from streams.runtime.changelog import ChangelogTable
+from streams.runtime.checkpoint import BatchWrites, Checkpoint, next_offsets
 from streams.runtime.partitioned import Fetched, PartitionedService
 from streams.runtime.topics import (
     CREDIT_GRANTS,
@@ -75,7 +73,12 @@ class Processor(PartitionedService):
         self.names = names
         policy = load_policy(settings.policy_path)
         registry = SchemaRegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
-        self.meter = Meter(policy, Decoder("InteractionEvent", registry), Decoder("CreditGrant", registry))
+        self.meter = Meter(policy, Decoder("InteractionEvent", registry), Decoder("CreditGrant", registry),
+                           DedupWindow(int(settings.dedup_window_days * 86_400), settings.dedup_max_ids))
+        self.checkpoint = Checkpoint(settings, bootstrap, self.group, self.tables)
+        # Partitions whose transaction was fenced: taken again only after a new assignment.
+        self.fenced: set[int] = set()
+        self.duplicates = 0
         self.events_topic = names[INTERACTION_EVENTS]
         self.grants_topic = names[CREDIT_GRANTS]
         self.reviews_topic = names[GAMING_REVIEWS]
@@ -97,18 +100,32 @@ class Processor(PartitionedService):
     async def prepare(self) -> None:
         # Same partition count as the inputs: reviews keyed by a fingerprint must land on the
         # partition number that holds the fingerprint's alert state.
-        await create_topic(self.bootstrap, self.fp_topic, self.settings.partitions,
+        await create_topic(self.kafka, self.fp_topic, self.settings.partitions,
                            self.settings.replication_factor, {"retention.ms": str(retention_ms(self.settings))})
+        await self.checkpoint.prepare()
+
+    async def on_assigned(self, partitions: set[int]) -> None:
+        self.fenced -= partitions  # a new generation: they are ours again
+        await self.recover(partitions)
 
     async def recover(self, partitions: set[int]) -> None:
-        if partitions - self.owned:
+        new = partitions - self.owned - self.fenced
+        if new:
             # A partition this worker gained may have fingerprint observations in flight from its
             # previous owner: fold directly only after they are consumed.
             self.fp_recheck_all = True
-        await super().recover(partitions)
+            await self.checkpoint.acquire(new)  # the fence comes before reading the state
+        await super().recover(new)
 
     def on_release(self, partitions: set[int]) -> None:
         self.detection.on_release(partitions)
+        self.checkpoint.release(partitions)
+
+    async def on_stop(self) -> None:
+        # The batch in flight commits through the checkpoint's producers: drain before closing them.
+        await self.drain()
+        await self.checkpoint.close()
+        await super().on_stop()
 
     async def _fp_partitions_here(self) -> set[int]:
         """Fingerprint partitions this worker holds and has consumed up to ``fp_required``."""
@@ -134,6 +151,7 @@ class Processor(PartitionedService):
         observations: list[InputRecord] = []
         by_topic = {self.grants_topic: grant_records, self.events_topic: event_records,
                     self.reviews_topic: reviews, self.fp_topic: observations}
+        fetched = {tp: records for tp, records in fetched.items() if tp.partition in self.owned}  # not fenced
         for tp, records in fetched.items():
             # aiokafka's records carry every field the meter reads; no copy into another type.
             by_topic[tp.topic].extend(records)
@@ -162,26 +180,45 @@ class Processor(PartitionedService):
             detection.on_fingerprint(found, r.partition, r.key, r.value)
         detection.on_metered(found, metered.enriched, fp_here)
         t2 = time.perf_counter()
-        await self._publish(granted, metered, found)
-        t3 = time.perf_counter()
-        await self.save(detection.changes(found))
-        await self.save([
-            *((self.grants, p, account, state) for account, (p, state) in granted.grant_updates.items()),
-            *((self.usage, p, account, state) for account, (p, state) in metered.usage_updates.items()),
-        ])
-        t4 = time.perf_counter()
-        await self.commit(fetched)
-        self.metered += len(metered.enriched)
-        self.metrics.processor_batch(
-            events=len(event_records), metered=len(metered.enriched), skipped=metered.skipped_replays,
-            dead=[*granted.dead_letters, *metered.dead_letters], alerts=found.alerts,
-            started=t0, published_from=t2, published_to=t3, state_written=t4)
-        _trace("batch: %d events, %d grants, %d reviews, %d observations in, %d replays skipped, %d dead, "
-               "%d alerts, %d observations folded here, %d sent: meter %.1f ms, detect %.1f ms, "
-               "publish %.1f ms, state+commit %.1f ms", len(event_records), len(grant_records), len(reviews),
-               len(observations), metered.skipped_replays, len(metered.dead_letters) + len(granted.dead_letters),
-               len(found.alerts), found.folded_here, sum(len(v) for v in found.fingerprints.values()),
-               (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, (time.perf_counter() - t3) * 1e3)
+        self.checkpoint.outputs = self.producer
+        lost = await self.checkpoint.write(BatchWrites(
+            functools.partial(self._publish, granted, metered, found),
+            detection.changes(found),
+            [*((self.grants, p, account, state) for account, (p, state) in granted.grant_updates.items()),
+             *((self.usage, p, account, state) for account, (p, state) in metered.usage_updates.items())],
+            next_offsets(fetched)))
+        if lost:
+            await self._lost(lost)
+        else:
+            self.fp_stale.update(found.fingerprints)
+            self.metered += len(metered.enriched)
+            self.duplicates += metered.duplicates
+            self.metrics.committed(self.group, {tp: r[-1].offset + 1 for tp, r in fetched.items() if r})
+            self.metrics.processor_batch(
+                events=len(event_records), metered=len(metered.enriched), skipped=metered.skipped_replays,
+                dead=[*granted.dead_letters, *metered.dead_letters], alerts=found.alerts,
+                started=t0, write_phases=self.checkpoint.last_phases)
+        _trace("batch: %d events, %d grants, %d reviews, %d observations in, %d replays skipped, %d duplicates, "
+               "%d dead, %d alerts, %d observations folded here, %d sent, %d partitions lost: meter %.1f ms, "
+               "detect %.1f ms, write %.1f ms", len(event_records), len(grant_records), len(reviews),
+               len(observations), metered.skipped_replays, metered.duplicates,
+               len(metered.dead_letters) + len(granted.dead_letters), len(found.alerts), found.folded_here,
+               sum(len(v) for v in found.fingerprints.values()), len(lost), (t1 - t0) * 1e3, (t2 - t1) * 1e3,
+               (time.perf_counter() - t2) * 1e3)
+
+    async def _lost(self, partitions: set[int]) -> None:
+        """Partitions whose transaction was fenced: another worker owns them now. Drop what this one
+        computed for them and read them again from the committed offsets if they come back."""
+        self.fenced |= partitions
+        self.release(partitions)
+        consumer = self.consumer
+        assert consumer is not None
+        for tp in [tp for tp in consumer.assignment() if tp.partition in partitions]:
+            committed = await consumer.committed(tp)
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
 
     def _count_unpriced(self, unpriced: Mapping[str, int]) -> None:
         """Events metered at the policy's fallback price, by model (``self.unpriced``); a model's
@@ -192,9 +229,8 @@ class Processor(PartitionedService):
                             model, self.meter.policy.version)
             self.unpriced[model] = self.unpriced.get(model, 0) + n
 
-    async def _publish(self, granted: MeterResult, metered: MeterResult, found: DetectionBatch) -> None:
-        producer = self.producer
-        assert producer is not None
+    async def _publish(self, granted: MeterResult, metered: MeterResult, found: DetectionBatch,
+                       producer: AIOKafkaProducer) -> list[Awaitable[Any]]:
         pending: list[Awaitable[Any]] = []
         # Metered records go to the same partition as their input: the sink's replay guard relies on
         # one input partition feeding exactly one output partition, in order.
@@ -213,9 +249,7 @@ class Processor(PartitionedService):
                 pending.append(await producer.send(
                     self.names[DEAD_LETTERS], encode_dead_letter(d), key=d["dead_letter_id"].encode()))
         pending.extend(await self.detection.publish(producer, found))
-        self.fp_stale.update(found.fingerprints)
-        if pending:
-            await asyncio.gather(*pending)
+        return pending
 
     # -- the detectors' timer ---------------------------------------------------------------------
 
@@ -236,16 +270,17 @@ class Processor(PartitionedService):
 
     async def flush(self, limit: int | None = None, *, force: bool = False) -> int:
         """Evaluate quiet entities (see ``Detection.evaluate_quiet``), publish what fires, write their
-        state. Caller holds ``self.lock``. Returns entities evaluated."""
-        assert self.producer is not None
+        state (no input offsets). Caller holds ``self.lock``. Returns entities evaluated."""
         found = DetectionBatch()
         n = self.detection.evaluate_quiet(found, limit, force=force)
         if n:
-            pending = await self.detection.publish(self.producer, found)
-            if pending:
-                await asyncio.gather(*pending)
-            await self.save(self.detection.changes(found))
-            self.metrics.alerts_flushed(found.alerts)
+            self.checkpoint.outputs = self.producer
+            lost = await self.checkpoint.write(BatchWrites(
+                functools.partial(self.detection.publish, batch=found), self.detection.changes(found)))
+            if lost:
+                await self._lost(lost)
+            else:
+                self.metrics.alerts_flushed(found.alerts)
         return n
 
 

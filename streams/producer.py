@@ -30,6 +30,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from schemas.catalogue import SchemaVersion, get_catalogue
+from streams.runtime.kafka_clients import KafkaClients, describe_failure
+from streams.runtime.kafka_log_limits import limit_kafka_logs, quiet_while_connecting
 from streams.runtime.topics import CREDIT_GRANTS, INTERACTION_EVENTS, SUBSCRIPTION_CHANGES
 from streams.settings import Settings, get_settings
 from streams.wire.codec import (
@@ -85,6 +87,7 @@ class CreditflowProducer:
     ) -> None:
         self.settings = settings or get_settings()
         self._bootstrap = bootstrap_servers or self.settings.kafka_bootstrap_servers
+        self._delivery_timeout = self.settings.kafka_delivery_timeout_ms / 1000
         self._linger_ms = linger_ms
         self._max_batch_size = max_batch_size
         self.compression_type = compression_type or DEFAULT_COMPRESSION
@@ -103,6 +106,8 @@ class CreditflowProducer:
         self._producer: Any = None
         self._pending: set[asyncio.Future[Any]] = set()
         self._failures: list[BaseException] = []
+        # Started once: after a delivery timeout the next emit reconnects with a fresh client.
+        self._started = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -113,9 +118,13 @@ class CreditflowProducer:
             raise ValueError(
                 "no Kafka bootstrap servers: pass bootstrap_servers or set KAFKA_BOOTSTRAP_SERVERS"
             )
+        clients = KafkaClients(self.settings, self._bootstrap)
+        limit_kafka_logs(self.settings.kafka_log_interval_seconds)
         producer = self._factory(
-            bootstrap_servers=self._bootstrap,
+            **clients.common(),
             client_id=self._client_id,
+            # aiokafka fails a batch not acknowledged within this long; flush() bounds the rest.
+            request_timeout_ms=min(40_000, self.settings.kafka_delivery_timeout_ms),
             acks="all",
             enable_idempotence=True,
             compression_type=self.compression_type,
@@ -123,31 +132,63 @@ class CreditflowProducer:
             max_batch_size=self._max_batch_size,
         )
         try:
-            await producer.start()
-        except KafkaError as exc:
+            with quiet_while_connecting():
+                async with asyncio.timeout(self._delivery_timeout):
+                    await producer.start()
+        except (KafkaError, OSError, TimeoutError) as exc:
             with contextlib.suppress(Exception):
-                await producer.stop()
-            raise DeliveryError(f"cannot connect to Kafka at {self._bootstrap}: {exc}", [exc]) from exc
+                await _abandon(producer)
+            reason = await describe_failure(exc, clients, from_kafka=True)
+            raise DeliveryError(reason, [exc]) from None
         self._producer = producer
+        self._started = True
 
     async def flush(self) -> None:
-        """Wait until every record emitted so far is acknowledged; DeliveryError if any was not."""
-        if self._producer is not None:
-            await self._producer.flush()
-        if self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        """Wait until every record emitted so far is acknowledged; DeliveryError if any was not, or
+        if some are still unacknowledged after ``KAFKA_DELIVERY_TIMEOUT_MS`` (broker unreachable).
+
+        Records that timed out are dropped with the client that held them (aiokafka never expires
+        an idempotent batch, it would resend it whenever the broker came back); the next emit
+        connects afresh. One in flight when the broker went away may still have landed, so a resend
+        may be a duplicate: the event id is the idempotency key."""
+        try:
+            async with asyncio.timeout(self._delivery_timeout):
+                if self._producer is not None:
+                    await self._producer.flush()
+                if self._pending:
+                    await asyncio.gather(*list(self._pending), return_exceptions=True)
+        except TimeoutError:
+            waiting = len(self._pending)
+            await self._discard()
+            raise DeliveryError(
+                f"{waiting} record(s) not acknowledged by Kafka at {self._bootstrap} within "
+                f"{self._delivery_timeout:g}s (KAFKA_DELIVERY_TIMEOUT_MS)"
+            ) from None
         if self._failures:
             failures, self._failures = self._failures, []
             raise DeliveryError(f"{len(failures)} record(s) not delivered: {failures[0]}", failures)
 
     async def close(self) -> None:
+        self._started = False
         if self._producer is None:
             return
         try:
             await self.flush()
         finally:
             producer, self._producer = self._producer, None
-            await producer.stop()
+            if producer is not None:
+                await producer.stop()
+
+    async def _discard(self) -> None:
+        """Drop the client and every record it still holds."""
+        producer, self._producer = self._producer, None
+        pending, self._pending = self._pending, set()
+        self._failures = []
+        for fut in pending:
+            fut.remove_done_callback(self._on_delivery)
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await _abandon(producer)
 
     async def __aenter__(self) -> CreditflowProducer:
         await self.start()
@@ -207,18 +248,30 @@ class CreditflowProducer:
         self, topic_name: str, schema_name: str, record: Mapping[str, Any], wait: bool
     ) -> asyncio.Future[Any]:
         value = await self.encode(topic_name, schema_name, record)
+        if self._producer is None and self._started:
+            await self.start()  # the client was dropped after a delivery timeout
         if self._producer is None:
             raise RuntimeError("producer is not started: use 'async with' or await start()")
         key = str(record["account_id"]).encode()
         try:
-            fut = await self._producer.send(self.settings.topic(topic_name), value=value, key=key)
-        except KafkaError as exc:
-            raise DeliveryError(f"cannot enqueue to {self.settings.topic(topic_name)}: {exc}", [exc]) from exc
+            # send() waits for metadata and buffer space; with the broker away that is unbounded.
+            # (asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation of the
+            # caller when the send completes at the same moment, and a Ctrl-C would then be lost.)
+            async with asyncio.timeout(self._delivery_timeout):
+                fut = await self._producer.send(self.settings.topic(topic_name), value=value, key=key)
+        except (KafkaError, TimeoutError) as exc:
+            raise DeliveryError(f"cannot enqueue to {self.settings.topic(topic_name)} at {self._bootstrap}: "
+                                f"{exc or 'no broker answered within KAFKA_DELIVERY_TIMEOUT_MS'}", [exc]) from exc
         self._pending.add(fut)
         fut.add_done_callback(self._on_delivery)
         if wait:
             try:
-                await fut
+                async with asyncio.timeout(self._delivery_timeout):
+                    await asyncio.shield(fut)
+            except TimeoutError:
+                await self._discard()  # as flush() does: the record is not sent later
+                raise DeliveryError(f"not acknowledged by Kafka at {self._bootstrap} within "
+                                    f"{self._delivery_timeout:g}s (KAFKA_DELIVERY_TIMEOUT_MS)") from None
             except Exception as exc:
                 raise DeliveryError(
                     f"not delivered to {self.settings.topic(topic_name)}: {exc}", [exc]
@@ -235,11 +288,22 @@ class CreditflowProducer:
             self._failures.append(exc)
 
 
+async def _abandon(producer: Any) -> None:
+    """Close a producer without waiting for the records it still holds (aiokafka's stop() waits for
+    every batch, and with idempotence it never expires one, so it would wait for the broker forever)."""
+    task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    if task is not None:
+        task.cancel()
+    await producer.stop()
+
+
 class SyncCreditflowProducer:
     """Blocking facade: the async producer runs on its own event loop in a daemon thread."""
 
-    def __init__(self, settings: Settings | None = None, *, timeout: float = 30.0, **kwargs: Any) -> None:
-        self._timeout = timeout
+    def __init__(self, settings: Settings | None = None, *, timeout: float | None = None, **kwargs: Any) -> None:
+        # Longer than the delivery timeout, so a slow delivery surfaces as DeliveryError, not as this.
+        delivery_s = (settings or get_settings()).kafka_delivery_timeout_ms / 1000
+        self._timeout = timeout if timeout is not None else delivery_s + 15.0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="creditflow-producer", daemon=True

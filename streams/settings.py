@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -95,6 +95,66 @@ class Settings(BaseSettings):
         if v and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
             raise ValueError("CLICKHOUSE_CLUSTER must be a plain identifier (letters, digits, '_')")
         return v or None
+
+    # Exactly-once in the processor (streams/runtime/checkpoint.py, streams/credits/dedup.py): idempotency
+    # by event id. An id already metered for its account within the window is dead-lettered as DUPLICATE.
+    dedup_window_days: float = Field(
+        default=7.0, ge=0,
+        description="how long (event time) an account remembers the event ids it was metered for; a resend "
+        "within it is not metered again",
+    )
+    dedup_max_ids: int = Field(
+        default=10_000, ge=1,
+        description="most event ids remembered per account (12 bytes each in its state); beyond it the oldest "
+        "are forgotten first",
+    )
+
+    # -- Kafka clients: security, delivery and group membership (streams/runtime/kafka_clients.py) --
+    # Named as Kafka users export them; every client the project makes takes them from here.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", validation_alias="KAFKA_SECURITY_PROTOCOL",
+        description="how clients talk to the brokers: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN", validation_alias="KAFKA_SASL_MECHANISM", description="SASL mechanism (SASL_* protocols)",
+    )
+    kafka_sasl_username: str | None = Field(default=None, validation_alias="KAFKA_SASL_USERNAME")
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, validation_alias="KAFKA_SASL_PASSWORD", description="never logged or printed",
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None, validation_alias="KAFKA_SSL_CAFILE",
+        description="PEM CA bundle the broker certificates are checked against; unset = the system's",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, validation_alias="KAFKA_SSL_CERTFILE", description="PEM client certificate (mutual TLS)",
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None, validation_alias="KAFKA_SSL_KEYFILE", description="PEM private key of the client certificate",
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(default=None, validation_alias="KAFKA_SSL_KEY_PASSWORD")
+    kafka_ssl_check_hostname: bool = Field(
+        default=True, validation_alias="KAFKA_SSL_CHECK_HOSTNAME",
+        description="verify that a broker's certificate names the host connected to (the certificate chain "
+        "is verified either way)",
+    )
+    kafka_delivery_timeout_ms: int = Field(
+        default=120_000, ge=1_000, validation_alias="KAFKA_DELIVERY_TIMEOUT_MS",
+        description="the producer API raises DeliveryError for records not acknowledged within this long",
+    )
+    kafka_session_timeout_ms: int = Field(
+        default=10_000, ge=6_000, validation_alias="KAFKA_SESSION_TIMEOUT_MS",
+        description="a silent worker's partitions move after this long (the broker's minimum is 6 s)",
+    )
+    group_instance_id: str | None = Field(
+        default=None,
+        description="static group membership (KIP-345): a name unique to this worker and stable across its "
+        "restarts (e.g. a StatefulSet pod name); a restarted worker then gets its partitions back at once",
+    )
+    kafka_log_interval_seconds: float = Field(
+        default=30.0, ge=0,
+        description="repeated Kafka client errors (broker unreachable ...) are logged once per kind per interval",
+    )
 
     @field_validator("topic_prefix")
     @classmethod

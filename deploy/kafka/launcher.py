@@ -25,8 +25,8 @@ import tempfile
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ POM = HERE / "pom.xml"
 LOG4J = HERE / "log4j.properties"
 MARKER = ".creditflow-complete"
 STATE_FILE = "broker.json"
+# The ports a broker was given, kept across restarts so clients find it where it was.
+PORTS_FILE = "ports.json"
 LOG_FILE = "broker.log"
 PROPERTIES_FILE = "server.properties"
 MAIN_CLASS = "kafka.Kafka"
@@ -56,6 +58,7 @@ class BrokerStatus:
     alive: bool
     log_file: str | None = None
     started_at: str | None = None
+    sasl_ssl_bootstrap: str | None = None
 
 
 def default_cache_dir() -> Path:
@@ -65,17 +68,69 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "creditflow" / f"kafka-{KAFKA_VERSION}" / "lib"
 
 
-def render_server_properties(broker_port: int, controller_port: int, log_dir: Path) -> str:
+@dataclass(frozen=True)
+class SaslSslListener:
+    """A SASL_SSL listener next to the plaintext one, as managed Kafka services offer it.
+
+    The broker's TLS identity is a PKCS#12 keystore; with ``client_ca`` set, clients must also present
+    a certificate signed by it (mutual TLS). PLAIN users live in the JAAS config, SCRAM users (both
+    SHA-256 and SHA-512) are written into the metadata log when the storage is formatted.
+    """
+
+    keystore: Path
+    keystore_password: str
+    client_ca: Path | None = None
+    plain_users: Mapping[str, str] = field(default_factory=dict)
+    scram_users: Mapping[str, str] = field(default_factory=dict)
+    # The name clients connect to; the broker certificate must carry it for hostname verification.
+    advertised_host: str = "localhost"
+
+    def properties(self, port: int) -> dict[str, str | int]:
+        prefix = "listener.name.sasl_ssl."
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        plain_users = " ".join(f'user_{name}="{password}"' for name, password in self.plain_users.items())
+        props: dict[str, str | int] = {
+            f"{prefix}sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+            f"{prefix}plain.sasl.jaas.config":
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};",
+            f"{prefix}scram-sha-256.sasl.jaas.config": scram,
+            f"{prefix}scram-sha-512.sasl.jaas.config": scram,
+            f"{prefix}ssl.keystore.type": "PKCS12",
+            f"{prefix}ssl.keystore.location": str(self.keystore),
+            f"{prefix}ssl.keystore.password": self.keystore_password,
+            f"{prefix}ssl.key.password": self.keystore_password,
+        }
+        if self.client_ca is not None:
+            props |= {f"{prefix}ssl.client.auth": "required", f"{prefix}ssl.truststore.type": "PEM",
+                      f"{prefix}ssl.truststore.location": str(self.client_ca)}
+        return props
+
+    def scram_arguments(self) -> list[str]:
+        """``kafka-storage format`` arguments that create the SCRAM users."""
+        return [arg for name, password in self.scram_users.items()
+                for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+                for arg in ("--add-scram", f"{mechanism}=[name={name},password={password}]")]
+
+
+def render_server_properties(broker_port: int, controller_port: int, log_dir: Path,
+                             sasl_ssl: SaslSslListener | None = None, sasl_ssl_port: int | None = None) -> str:
     """The KRaft config of a combined broker+controller node sized for one machine."""
+    listeners = f"PLAINTEXT://{_LOOPBACK}:{broker_port},CONTROLLER://{_LOOPBACK}:{controller_port}"
+    advertised = f"PLAINTEXT://{_LOOPBACK}:{broker_port}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if sasl_ssl is not None and sasl_ssl_port is not None:
+        listeners += f",SASL_SSL://{_LOOPBACK}:{sasl_ssl_port}"
+        advertised += f",SASL_SSL://{sasl_ssl.advertised_host}:{sasl_ssl_port}"
+        protocols += ",SASL_SSL:SASL_SSL"
     props: dict[str, str | int] = {
         "process.roles": "broker,controller",
         "node.id": 1,
         "controller.quorum.voters": f"1@{_LOOPBACK}:{controller_port}",
-        "listeners": f"PLAINTEXT://{_LOOPBACK}:{broker_port},CONTROLLER://{_LOOPBACK}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{_LOOPBACK}:{broker_port}",
+        "listeners": listeners,
+        "advertised.listeners": advertised,
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": protocols,
         "log.dirs": str(log_dir),
         # A single node cannot hold the default 3 replicas of the internal topics.
         "offsets.topic.replication.factor": 1,
@@ -93,6 +148,8 @@ def render_server_properties(broker_port: int, controller_port: int, log_dir: Pa
         "log.retention.hours": 168,
         "log.segment.bytes": 64 * 1024 * 1024,
     }
+    if sasl_ssl is not None and sasl_ssl_port is not None:
+        props |= sasl_ssl.properties(sasl_ssl_port)
     lines = ["# Written by deploy/kafka/launcher.py; regenerated on every start."]
     lines += [f"{key}={value}" for key, value in props.items()]
     return "\n".join(lines) + "\n"
@@ -122,7 +179,10 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether the broker can bind ``port``. With SO_REUSEADDR, as the JVM binds its server sockets:
+    a port whose last connections are still in TIME_WAIT (a broker just killed) is free for it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((_LOOPBACK, port))
         except OSError:
@@ -244,9 +304,10 @@ def find_java() -> str:
 class LocalKafka:
     """A single-node KRaft broker whose state lives under ``data_dir/kafka``."""
 
-    def __init__(self, data_dir: Path, cache_dir: Path | None = None) -> None:
+    def __init__(self, data_dir: Path, cache_dir: Path | None = None, sasl_ssl: SaslSslListener | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.sasl_ssl = sasl_ssl
         self.reused = False
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -258,6 +319,10 @@ class LocalKafka:
     @property
     def state_file(self) -> Path:
         return self.kafka_dir / STATE_FILE
+
+    @property
+    def ports_file(self) -> Path:
+        return self.kafka_dir / PORTS_FILE
 
     @property
     def log_file(self) -> Path:
@@ -343,7 +408,14 @@ class LocalKafka:
             return None
         pid, bootstrap = int(state["pid"]), str(state.get("bootstrap", ""))
         alive = is_kafka_process(pid, self.properties_file) and metadata_probe(bootstrap)
-        return BrokerStatus(pid, bootstrap, alive, state.get("log_file"), state.get("started_at"))
+        return BrokerStatus(pid, bootstrap, alive, state.get("log_file"), state.get("started_at"),
+                            state.get("sasl_ssl_bootstrap"))
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str | None:
+        """Address of the running broker's SASL_SSL listener, if it has one."""
+        state = self._read_state()
+        return str(state["sasl_ssl_bootstrap"]) if state and state.get("sasl_ssl_bootstrap") else None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self, timeout: float = 60) -> str:
@@ -364,25 +436,41 @@ class LocalKafka:
             deadline = time.monotonic() + timeout
             # Another process can grab a probed-free port before the JVM binds it; retry once.
             for attempt in range(2):
-                broker_port, controller_port = self._choose_ports(fresh=attempt > 0)
+                ports = self._choose_ports(fresh=attempt > 0)
                 try:
-                    return self._launch(java, lib, broker_port, controller_port, deadline)
+                    return self._launch(java, lib, ports, deadline)
                 except _PortTaken:
                     continue
             raise KafkaLaunchError(
                 "could not bind the broker to free loopback ports:\n" + _tail(self.log_file)
             )
 
-    def _choose_ports(self, fresh: bool) -> tuple[int, int]:
-        # Reusing the previous ports keeps a restarted broker at the address clients already know.
-        previous = None if fresh else read_ports(self.properties_file)
-        if previous and all(port_is_free(p) for p in previous):
-            return previous
-        broker_port = free_port()
-        controller_port = free_port()
-        while controller_port == broker_port:
-            controller_port = free_port()
-        return broker_port, controller_port
+    def _choose_ports(self, fresh: bool) -> dict[str, int]:
+        """broker, controller (and sasl_ssl) ports: the remembered ones, so a restarted broker is
+        where its clients already look, unless another process holds one of them now."""
+        wanted = ["broker", "controller"] + (["sasl_ssl"] if self.sasl_ssl is not None else [])
+        previous = None if fresh else self._remembered_ports()
+        if previous is not None and all(name in previous for name in wanted):
+            kept = {name: previous[name] for name in wanted}
+            if all(port_is_free(port) for port in kept.values()):
+                return kept
+        ports: dict[str, int] = {}
+        for name in wanted:
+            port = free_port()
+            while port in ports.values():
+                port = free_port()
+            ports[name] = port
+        return ports
+
+    def _remembered_ports(self) -> dict[str, int] | None:
+        try:
+            ports = json.loads(self.ports_file.read_text())
+        except (OSError, ValueError):
+            ports = None
+        if isinstance(ports, dict) and all(isinstance(v, int) for v in ports.values()):
+            return ports
+        legacy = read_ports(self.properties_file)
+        return {"broker": legacy[0], "controller": legacy[1]} if legacy else None
 
     def _java_cmd(self, java: str, lib: Path, main: str, *args: str) -> list[str]:
         return [
@@ -395,19 +483,24 @@ class LocalKafka:
     def _format_storage(self, java: str, lib: Path) -> None:
         if (self.log_dir / "meta.properties").exists():
             return
+        scram = self.sasl_ssl.scram_arguments() if self.sasl_ssl is not None else []
         cmd = self._java_cmd(java, lib, "kafka.tools.StorageTool", "format", "--ignore-formatted",
-                             "-t", new_cluster_id(), "-c", str(self.properties_file))
+                             "-t", new_cluster_id(), "-c", str(self.properties_file), *scram)
         result = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
         if result.returncode != 0:
             raise KafkaLaunchError(
                 "formatting KRaft storage failed:\n" + (result.stdout + result.stderr).strip()[-2000:]
             )
 
-    def _launch(self, java: str, lib: Path, broker_port: int, controller_port: int, deadline: float) -> str:
+    def _launch(self, java: str, lib: Path, ports: Mapping[str, int], deadline: float) -> str:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.properties_file.write_text(render_server_properties(broker_port, controller_port, self.log_dir))
+        broker_port, controller_port = ports["broker"], ports["controller"]
+        self.properties_file.write_text(render_server_properties(
+            broker_port, controller_port, self.log_dir, self.sasl_ssl, ports.get("sasl_ssl")))
         self._format_storage(java, lib)
         bootstrap = f"{_LOOPBACK}:{broker_port}"
+        sasl_ssl_bootstrap = (f"{self.sasl_ssl.advertised_host}:{ports['sasl_ssl']}"
+                              if self.sasl_ssl is not None else None)
         cmd = self._java_cmd(java, lib, MAIN_CLASS, str(self.properties_file))
         started_at = datetime.now(UTC).isoformat(timespec="seconds")
         with self.log_file.open("ab") as log:
@@ -420,7 +513,7 @@ class LocalKafka:
         self._proc = proc
         self._write_state({"pid": proc.pid, "bootstrap": bootstrap, "log_file": str(self.log_file.resolve()),
                            "started_at": started_at, "controller": f"{_LOOPBACK}:{controller_port}",
-                           "kafka_version": KAFKA_VERSION})
+                           "sasl_ssl_bootstrap": sasl_ssl_bootstrap, "kafka_version": KAFKA_VERSION})
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 tail = _tail(self.log_file)
@@ -429,6 +522,9 @@ class LocalKafka:
                     raise _PortTaken
                 raise KafkaLaunchError(f"Kafka exited with code {proc.returncode} during startup:\n{tail}")
             if metadata_probe(bootstrap, timeout=1.0):
+                tmp = self.ports_file.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(dict(ports)) + "\n")
+                tmp.replace(self.ports_file)
                 return bootstrap
             time.sleep(0.2)
         self.stop()

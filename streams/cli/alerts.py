@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from streams.detection.rules.base import DAY_MS, SEVERITIES, SEVERITY_RANK
+from streams.runtime.kafka_clients import KafkaClients, KafkaConfigError, clients_for
 from streams.runtime.topics import GAMING_ALERTS, GAMING_REVIEWS
 
 VERDICTS = ("confirmed", "false_positive", "benign", "needs_info")
@@ -68,18 +69,25 @@ def _settings() -> Any:
         raise click.ClickException(f"invalid configuration: {exc}") from None
 
 
-def _bootstrap(settings: Any) -> str:
+def _bootstrap(settings: Any) -> KafkaClients:
     """The configured cluster, else the local broker under the data dir (reused when running, as
     every other command does)."""
     if settings.kafka_bootstrap_servers:
-        return str(settings.kafka_bootstrap_servers)
+        return _clients(settings, None)
     from streams.runtime.topics import resolve_bootstrap
 
     try:
         bootstrap, _broker = resolve_bootstrap(settings, timeout=30)
     except Exception as exc:
         raise click.ClickException(f"no Kafka: set KAFKA_BOOTSTRAP_SERVERS or start a worker ({exc})") from None
-    return bootstrap
+    return _clients(settings, bootstrap)
+
+
+def _clients(settings: Any, bootstrap: str | None) -> KafkaClients:
+    try:
+        return KafkaClients(settings, bootstrap)
+    except KafkaConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group()
@@ -89,14 +97,14 @@ def alerts() -> None:
 
 # ---- tail --------------------------------------------------------------------------------------
 
-async def _tail(bootstrap: str, topic: str, from_beginning: bool, follow: bool,
+async def _tail(bootstrap: KafkaClients | str, topic: str, from_beginning: bool, follow: bool,
                 keep: Any, emit: Any) -> int:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
     from streams.wire.codec import DecodeError, Decoder
 
     decoder = Decoder("GamingAlert")
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = clients_for(bootstrap).consumer(group_id=None, enable_auto_commit=False)
     await consumer.start()
     shown = 0
     try:
@@ -316,12 +324,10 @@ def build_decision(alert: Mapping[str, Any], verdict: str, note: str, reviewer: 
     }
 
 
-async def publish_decision(bootstrap: str, topic: str, decision: Mapping[str, Any]) -> None:
-    from aiokafka import AIOKafkaProducer
-
+async def publish_decision(bootstrap: KafkaClients | str, topic: str, decision: Mapping[str, Any]) -> None:
     from streams.wire.codec import encode_single_object
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = clients_for(bootstrap).producer(acks="all", enable_idempotence=True)
     await producer.start()
     try:
         # Keyed by the entity id: see the module docstring.

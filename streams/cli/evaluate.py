@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from streams.runtime.kafka_clients import KafkaClients, clients_for
 from streams.runtime.topics import (
     CREDIT_GRANTS,
     DETECTOR_FINGERPRINTS,
@@ -86,15 +87,15 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-async def read_topic(bootstrap: str, topic: str, schema: str) -> list[dict[str, Any]]:
+async def read_topic(bootstrap: KafkaClients | str, topic: str, schema: str) -> list[dict[str, Any]]:
     """Every record of ``topic`` from the beginning to its current end, decoded."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
     from streams.wire.codec import Decoder
 
     decoder = Decoder(schema)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                auto_offset_reset="earliest")
+    consumer = clients_for(bootstrap).consumer(enable_auto_commit=False, group_id=None,
+                                               auto_offset_reset="earliest")
     await consumer.start()
     out: list[dict[str, Any]] = []
     try:
@@ -123,6 +124,7 @@ async def _run_pipeline(settings: Any, bootstrap: str, scenarios: ScenarioSet, t
     from streams.runtime.pipeline import build
 
     app = build(settings, bootstrap).app
+    kafka = KafkaClients(settings, bootstrap)
     processor: Processor = app.creditflow_processor  # type: ignore[attr-defined]
     detection = processor.detection
     detection.record_firings = []
@@ -135,7 +137,7 @@ async def _run_pipeline(settings: Any, bootstrap: str, scenarios: ScenarioSet, t
             say(f"produced {len(scenarios.grants)} grants; waiting for the processor to apply them")
             deadline = time.monotonic() + timeout
             # Grants first, as a platform would issue them before use: debits are then deterministic.
-            while await group_lag(bootstrap, f"{settings.app_id}-processor", [settings.topic(CREDIT_GRANTS)]):
+            while await group_lag(kafka, f"{settings.app_id}-processor", [settings.topic(CREDIT_GRANTS)]):
                 if time.monotonic() > deadline:
                     raise click.ClickException("the processor did not apply the grants in time")
                 await asyncio.sleep(0.5)
@@ -150,14 +152,14 @@ async def _run_pipeline(settings: Any, bootstrap: str, scenarios: ScenarioSet, t
         while clean < 2:
             if time.monotonic() > deadline:
                 raise click.ClickException(f"the pipeline did not drain within {timeout:.0f}s")
-            clean = clean + 1 if await group_lag(bootstrap, processor.group, topics) == 0 else 0
+            clean = clean + 1 if await group_lag(kafka, processor.group, topics) == 0 else 0
             await asyncio.sleep(0.5)
         # Quiet entities' last findings: what the timer would emit within a flush interval.
         async with processor.lock:
             await processor.flush(force=True)
-        emitted = await read_topic(bootstrap, settings.topic(GAMING_ALERTS), "GamingAlert")
+        emitted = await read_topic(kafka, settings.topic(GAMING_ALERTS), "GamingAlert")
         usage: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for rec in await read_topic(bootstrap, settings.topic(USAGE_ENRICHED), "UsageEnriched"):
+        for rec in await read_topic(kafka, settings.topic(USAGE_ENRICHED), "UsageEnriched"):
             usage[rec["account_id"]].append((rec["occurred_at"], rec["charged_micro"]))
         for v in usage.values():
             v.sort()

@@ -6,6 +6,7 @@ exit non-zero; tracebacks are for bugs.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -68,18 +69,35 @@ def worker(role: str | None, loglevel: str | None) -> None:
     """Run a pipeline worker (processor, sink, or both) until interrupted."""
     import faust
 
+    from streams.runtime.kafka_clients import describe_failure
+    from streams.runtime.kafka_log_limits import quiet_while_connecting
     from streams.runtime.pipeline import build, prepare
 
     settings = _settings(role=role, log_level=loglevel)
     try:
-        bootstrap, broker = prepare(settings)
+        # ClickHouse's HTTP client logs its retries too; the error below says what failed.
+        with quiet_while_connecting("urllib3", "clickhouse_connect"):
+            bootstrap, broker = prepare(settings)
+        pipeline = build(settings, bootstrap, broker)
     except Exception as exc:
-        raise click.ClickException(str(exc)) from None
-    pipeline = build(settings, bootstrap, broker)
+        # A broken configuration (credentials, TLS files, an unreachable broker) is one line, not a trace.
+        where = _kafka_or(settings, settings.kafka_bootstrap_servers) if settings.kafka_bootstrap_servers \
+            else "the local broker"
+        raise click.ClickException(asyncio.run(describe_failure(exc, where))) from None
     click.echo(f"creditflow worker: role={settings.role.value} kafka={bootstrap} "
-               f"clickhouse={_redact(settings.resolved_clickhouse_url)} "
+               f"({settings.kafka_security_protocol}) clickhouse={_redact(settings.resolved_clickhouse_url)} "
                f"http=http://{settings.web_host}:{pipeline.app.conf.web_port}", err=True)
     faust.Worker(pipeline.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+
+
+def _kafka_or(settings: Settings, where: str) -> Any:
+    """The clients ``describe_failure`` probes with, or the bare address when they cannot be made."""
+    from streams.runtime.kafka_clients import KafkaClients
+
+    try:
+        return KafkaClients(settings, where)
+    except ValueError:
+        return where
 
 
 def _redact(url: str) -> str:

@@ -11,6 +11,7 @@ import click
 from rich.progress import Progress
 
 from streams.producer import CreditflowProducer, DeliveryError, InvalidEventError
+from streams.runtime.kafka_clients import KafkaConfigError
 from streams.settings import get_settings
 from streams.synthetic.generator import Generator
 
@@ -40,6 +41,8 @@ def produce(count: int, rate: float | None, accounts: int, seed: int, grants: bo
         raise click.ClickException(f"invalid event: {exc}") from None
     except DeliveryError as exc:
         raise click.ClickException(f"delivery failed: {exc}") from None
+    except KafkaConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"sent {sent:,} events to {settings.topic('interaction-events')} at {bootstrap}")
 
 

@@ -1,10 +1,12 @@
 """The meter: classify, price, debit grants and tag priority for a batch of raw input records.
 
-Pure apart from reading state through the lookups it is given: the Faust agent does the I/O.
-Replay safety lives here. Each account's usage state remembers the input partition and offset of
-the last event folded into it; an event at or below that offset was already applied (and, because
-the agent writes state only after the outputs are acknowledged, already published), so it is
-skipped instead of being debited twice.
+Pure apart from reading state through the lookups it is given: the processor does the I/O.
+Two guards live here (``streams/runtime/checkpoint.py`` lists every guard and why each holds):
+- replays: each account's usage state remembers the input partition and offset of the last event
+  folded into it; an event at or below that offset was already applied (its outputs were acknowledged
+  before the transaction that wrote the state committed), so it is skipped, not debited twice;
+- resends: the state also remembers the event ids it was metered for (``streams/credits/dedup.py``);
+  an id seen again within the window is dead-lettered as DUPLICATE, not metered.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from streams.credits.dedup import SeenIds, id_hash
 from streams.credits.ledger import apply_grant_event, debit
 from streams.credits.policy import CompiledPolicy, price_event, should_sample
 from streams.wire.codec import DecodeError, Decoder
@@ -70,6 +73,8 @@ class MeterResult:
     # Decoded, valid grant events with their partition, in input order (detection reads them too).
     accepted_grants: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     skipped_replays: int = 0
+    # Events whose event_id the account was already metered for (dead-lettered as DUPLICATE).
+    duplicates: int = 0
     # Events metered at the policy's '*' fallback price because their model is not in the price
     # table, by model: counted so an unpriced model is seen, not silently priced.
     unpriced: dict[str, int] = field(default_factory=dict)
@@ -79,11 +84,21 @@ UsageLookup = Callable[[str], Mapping[str, Any] | None]
 GrantsLookup = Callable[[str], Mapping[str, Any] | None]
 
 
+@dataclass(frozen=True, slots=True)
+class DedupWindow:
+    """How long, and how many, event ids an account remembers (see ``streams/credits/dedup.py``)."""
+
+    seconds: int = 7 * 24 * 3600
+    max_ids: int = 10_000
+
+
 class Meter:
-    def __init__(self, policy: CompiledPolicy, event_decoder: Decoder, grant_decoder: Decoder) -> None:
+    def __init__(self, policy: CompiledPolicy, event_decoder: Decoder, grant_decoder: Decoder,
+                 dedup: DedupWindow = DedupWindow()) -> None:
         self.policy = policy
         self.event_decoder = event_decoder
         self.grant_decoder = grant_decoder
+        self.dedup = dedup
 
     def _dead(self, out: MeterResult, rec: InputRecord, kind: str, message: str, now_ms: int) -> None:
         out.dead_letters.append(
@@ -118,6 +133,8 @@ class Meter:
         policy = self.policy
         decode = self.event_decoder.decode
         updates = out.usage_updates
+        seen: dict[str, SeenIds] = {}
+        window_s, max_ids = self.dedup.seconds, self.dedup.max_ids
         prices = policy.prices
         for rec in records:
             try:
@@ -142,8 +159,22 @@ class Meter:
             if state["p"] == rec.partition and rec.offset <= state["o"]:
                 out.skipped_replays += 1
                 continue
-
             occurred = epoch_ms(ev["occurred_at"])
+            ids = seen.get(account)
+            if ids is None:
+                ids = seen[account] = SeenIds.load(state.get("ids"))
+            digest = id_hash(ev["event_id"])
+            if digest in ids:
+                # A client's resend: kept visible, never debited again. The offset advances so a
+                # replay of this batch skips it like any other applied record.
+                out.duplicates += 1
+                self._dead(out, rec, "DUPLICATE", f"event_id {ev['event_id']!r} was already metered for "
+                           f"account {account!r} within the last {window_s} s", now_ms)
+                state["p"], state["o"] = rec.partition, rec.offset
+                updates[account] = (rec.partition, state)
+                continue
+            ids.add(digest, occurred, window_s, max_ids)
+
             cls, pr = price_event(policy, price, ev)
             category = cls.category
             account_grants = grants(account)
@@ -206,14 +237,18 @@ class Meter:
             out.enriched.append(enriched)
             if sampled:
                 out.samples.append(_sample(enriched, ev, sample_reason))
+        for account, ids in seen.items():
+            pending = updates.get(account)
+            if pending is not None:
+                pending[1]["ids"] = ids.dump()
         return out
 
 
 def _copy_usage(state: Mapping[str, Any] | None) -> dict[str, Any]:
     # Copy so a batch that fails half-way never leaves a half-updated object in the table's store.
     if state is None:
-        return {"p": -1, "o": -1, "spent": {}}
-    return {"p": state["p"], "o": state["o"], "spent": dict(state["spent"])}
+        return {"p": -1, "o": -1, "spent": {}, "ids": ""}
+    return {"p": state["p"], "o": state["o"], "spent": dict(state["spent"]), "ids": state.get("ids", "")}
 
 
 def _copy_grants(state: Mapping[str, Any] | None) -> dict[str, Any]:

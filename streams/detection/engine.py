@@ -379,7 +379,7 @@ class Detection:
         return pending
 
     def changes(self, batch: DetectionBatch) -> list[tuple[ChangelogTable, int, str, Any]]:
-        """(table, partition, key, value) of every state the batch touched, for ``PartitionedService.save``."""
+        """(table, partition, key, value) of every state the batch touched."""
         return [(table, partition, key, table.get(key))
                 for table, touched in ((self.accounts, batch.accounts), (self.fingerprints, batch.fps),
                                        (self.alert_states, batch.alert_states))

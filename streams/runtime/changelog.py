@@ -18,7 +18,7 @@ the next table created in the same directory removes those whose process is gone
 
 Callers may change an object returned by ``get`` in place, but must write it with ``put_many``
 before the batch ends: a key leaves the hot set only at a safe point (``evict``, run by
-``put_many`` and at the end of ``PartitionedService.save``), where its stored bytes equal its last
+``put_many`` and at the end of ``Checkpoint.write``), where its stored bytes equal its last
 write. A new key that is not written yet is added with ``set`` and is never evicted before its write.
 """
 
@@ -52,6 +52,7 @@ from rocksdict import (
 )
 
 from streams.runtime.batch_send import Outgoing, send_partitioned
+from streams.runtime.kafka_clients import KafkaClients, clients_for
 from streams.runtime.topics import create_topic
 from streams.settings import Settings
 
@@ -458,17 +459,18 @@ class ChangelogTable:
                 "stored_keys_estimate": self._db.property_int_value("rocksdb.estimate-num-keys") or 0,
                 "disk_bytes": disk}
 
-    async def ensure_topic(self, bootstrap: str, replication: int) -> None:
+    async def ensure_topic(self, bootstrap: KafkaClients | str, replication: int) -> None:
         await create_topic(bootstrap, self.topic, self.partitions, replication, {"cleanup.policy": "compact"})
 
-    async def recover(self, bootstrap: str, partitions: Iterable[int]) -> int:
+    async def recover(self, bootstrap: KafkaClients | str, partitions: Iterable[int]) -> int:
         """Read the changelog of ``partitions`` from the start to its end; returns records read."""
         tps = [TopicPartition(self.topic, p) for p in partitions]
         if not tps:
             return 0
         self.drop(p.partition for p in tps)
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                    auto_offset_reset="earliest")
+        # read_committed: a batch whose transaction was aborted (a fenced owner's) never becomes state.
+        consumer = AIOKafkaConsumer(**clients_for(bootstrap).common(), enable_auto_commit=False, group_id=None,
+                                    auto_offset_reset="earliest", isolation_level="read_committed")
         await consumer.start()
         started = time.monotonic()
         n = 0

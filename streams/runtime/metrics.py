@@ -80,11 +80,13 @@ class Metrics:
         self.batch_seconds = Histogram("creditflow_batch_duration_seconds", "Wall time of one processor batch, "
                                        "from fetched records to committed offsets", registry=r,
                                        buckets=LATENCY_BUCKETS)
-        self.publish_seconds = Histogram("creditflow_publish_duration_seconds", "Time to publish a batch's "
-                                         "outputs until every send is acknowledged", registry=r,
+        self.publish_seconds = Histogram("creditflow_publish_duration_seconds", "Time to begin a batch's "
+                                         "transactions and hand its outputs and state records to the producers",
+                                         registry=r,
                                          buckets=LATENCY_BUCKETS)
-        self.state_write_seconds = Histogram("creditflow_state_write_duration_seconds", "Time to write a "
-                                             "batch's state to its changelogs, acknowledged", registry=r,
+        self.state_write_seconds = Histogram("creditflow_state_write_duration_seconds", "Time until a batch's "
+                                             "outputs and state are acknowledged and its transactions committed",
+                                             registry=r,
                                              buckets=LATENCY_BUCKETS)
         self.batch_events = Histogram("creditflow_batch_events", "Interaction events per processor batch",
                                       registry=r, buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 20000, 50000))
@@ -160,9 +162,10 @@ class Metrics:
             self.events_consumed.labels(group, topic).inc(n)
 
     def processor_batch(self, *, events: int, metered: int, skipped: int, dead: Iterable[Mapping[str, Any]],
-                        alerts: Iterable[tuple[str, Mapping[str, Any]]], started: float, published_from: float,
-                        published_to: float, state_written: float) -> None:
-        """One processor batch: counts, and ``time.perf_counter()`` marks of its phases."""
+                        alerts: Iterable[tuple[str, Mapping[str, Any]]], started: float,
+                        write_phases: Sequence[float]) -> None:
+        """One processor batch: counts, its ``time.perf_counter()`` start, and the seconds of the
+        checkpoint's phases (begin, send, acknowledged, commit; ``Checkpoint.last_phases``)."""
         self.events_metered.inc(metered)
         if skipped:
             self.duplicates.inc(skipped)
@@ -171,8 +174,10 @@ class Metrics:
         for (rule, severity), n in Tally((a["rule_id"], a["severity"]) for _, a in alerts).items():
             self.alerts.labels(rule, severity).inc(n)
         self.batch_events.observe(events)
-        self.publish_seconds.observe(published_to - published_from)
-        self.state_write_seconds.observe(state_written - published_to)
+        if len(write_phases) == 4:
+            begin, send, acknowledged, commit = write_phases
+            self.publish_seconds.observe(begin + send)
+            self.state_write_seconds.observe(acknowledged + commit)
         self.batch_seconds.observe(time.perf_counter() - started)
 
     def alerts_flushed(self, alerts: Iterable[tuple[str, Mapping[str, Any]]]) -> None:

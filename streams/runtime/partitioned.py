@@ -1,8 +1,8 @@
 """A service that consumes partitioned topics in batches, with per-partition state that moves with
-its partitions: the skeleton shared by the processor and the detector.
+its partitions: the skeleton of the processor.
 
-Per batch the subclass publishes its outputs and writes its state (both acknowledged), and only then
-are the input offsets committed, so a crash at any point replays the batch. aiokafka runs the
+It consumes; what a batch writes and in which order (outputs, state, offsets), and the fence against
+a worker that lost its partitions, are ``streams/runtime/checkpoint.py``'s. aiokafka runs the
 rebalance callbacks on its coordinator task, concurrently with ``getmany`` and a batch in flight,
 so batches and callbacks share one lock, and a batch first recovers any partition whose state the
 assignment callback has not loaded yet.
@@ -18,17 +18,18 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError
-from aiokafka.structs import OffsetAndMetadata
 from mode import Service
 
 from streams.runtime import gc_policy
 from streams.runtime.changelog import ChangelogTable
+from streams.runtime.kafka_clients import KafkaClients
 from streams.runtime.metrics import Metrics
 from streams.settings import Settings
 
 # An unexpected error inside a batch must not let its offsets be committed: exit and replay.
 CRASH_EXIT_CODE = 70
+# How long a stopping worker waits for its batch in flight before leaving it to be replayed.
+DRAIN_TIMEOUT_S = 30.0
 
 Fetched = Mapping[TopicPartition, Sequence[Any]]
 
@@ -44,7 +45,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self.service.metrics.assigned(self.service.group, assigned)
         async with self.service.lock:
-            await self.service.recover({tp.partition for tp in assigned})
+            await self.service.on_assigned({tp.partition for tp in assigned})
 
 
 class PartitionedService(Service):
@@ -55,6 +56,7 @@ class PartitionedService(Service):
         super().__init__(**kwargs)
         self.settings = settings
         self.bootstrap = bootstrap
+        self.kafka = KafkaClients(settings, bootstrap)
         self.group = group
         self.tables = tuple(tables)
         for table in self.tables:
@@ -73,7 +75,7 @@ class PartitionedService(Service):
         raise NotImplementedError
 
     async def process(self, fetched: Fetched) -> None:
-        """Handle one batch: publish outputs and write state, both acknowledged, then ``commit``."""
+        """Handle one batch: its outputs, state and input offsets (``streams/runtime/checkpoint.py``)."""
         raise NotImplementedError
 
     async def prepare(self) -> None:
@@ -82,19 +84,22 @@ class PartitionedService(Service):
     def on_release(self, partitions: set[int]) -> None:
         """Forget in-memory extras of partitions that moved away."""
 
+    async def on_assigned(self, partitions: set[int]) -> None:
+        """The group assigned ``partitions`` (a new generation): recover their state."""
+        await self.recover(partitions)
+
     # -- the skeleton -----------------------------------------------------------------------------------
 
     async def on_start(self) -> None:
         for table in self.tables:
-            await table.ensure_topic(self.bootstrap, self.settings.replication_factor)
+            await table.ensure_topic(self.kafka, self.settings.replication_factor)
         await self.prepare()
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
+        self.producer = self.kafka.producer(
+            acks="all", enable_idempotence=True,
             compression_type=self.settings.compression_type, linger_ms=5, max_batch_size=1024 * 1024,
         )
         await self.producer.start()
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+        self.consumer = self.kafka.consumer(
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -103,9 +108,8 @@ class PartitionedService(Service):
             # Range assignment hands partition i of every input to the same worker, so everything
             # keyed by one account (grants, events, reviews) meets that account's state.
             partition_assignment_strategy=(RangePartitionAssignor,),
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
             max_poll_interval_ms=300_000,
+            **self.kafka.group_member(self.group.removeprefix(f"{self.settings.app_id}-")),
         )
         await self.consumer.start()
         await self._await_topics(self.consumer, self.input_topics())
@@ -127,7 +131,19 @@ class PartitionedService(Service):
                 return
             await asyncio.sleep(0.2)
 
+    async def drain(self) -> None:
+        """Wait for the batch in flight (it holds the lock) to publish, write its state and commit;
+        no new batch starts once stopping."""
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S), self.lock:
+                pass
+        except TimeoutError:
+            self.logger.warning("the batch in flight did not finish within %.0fs of shutdown; it will be replayed",
+                                DRAIN_TIMEOUT_S)
+
     async def on_stop(self) -> None:
+        # SIGTERM drains before the consumer leaves the group.
+        await self.drain()
         if self.consumer is not None:
             await self.consumer.stop()
         if self.producer is not None:
@@ -145,7 +161,7 @@ class PartitionedService(Service):
     async def recover(self, partitions: set[int]) -> None:
         new = partitions - self.owned
         for table in self.tables:
-            await table.recover(self.bootstrap, new)
+            await table.recover(self.kafka, new)
         self.owned |= new
 
     async def save(self, changes: Iterable[tuple[ChangelogTable, int, str, Any]]) -> None:
@@ -163,17 +179,6 @@ class PartitionedService(Service):
         if writes:
             await asyncio.gather(*writes)
 
-    async def commit(self, fetched: Fetched) -> None:
-        assert self.consumer is not None
-        offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in fetched.items() if records}
-        try:
-            await self.consumer.commit(offsets)
-            self.metrics.committed(self.group, offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The group rebalanced under this batch; its next owner replays it, and the replay is
-            # harmless (state records what was applied, outputs are deduplicated downstream).
-            self.logger.warning("commit after a rebalance failed, the batch will be replayed: %r", exc)
-
     def die(self, what: str, exc: BaseException) -> None:
         self.logger.critical("%s failed; exiting without committing so the batch is replayed: %r", what, exc,
                           exc_info=exc)
@@ -189,7 +194,7 @@ class PartitionedService(Service):
         while not self.should_stop:
             fetched = await self.consumer.getmany(timeout_ms=within_ms, max_records=self.settings.process_batch)
             self.metrics.consumed(self.group, fetched)
-            if not fetched:
+            if not fetched or self.should_stop:
                 continue
             try:
                 async with self.lock:

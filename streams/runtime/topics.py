@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import TopicPartition
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from deploy.kafka.launcher import LocalKafka
+from streams.runtime.kafka_clients import KafkaClients, clients_for
 
 if TYPE_CHECKING:
     from streams.settings import Settings
@@ -69,14 +70,14 @@ def retention_ms(settings: Settings) -> int:
     return settings.retention_hours * 3600 * 1000
 
 
-async def ensure_topics(bootstrap: str, settings: Settings, timeout: float = 30) -> list[str]:
+async def ensure_topics(bootstrap: KafkaClients | str, settings: Settings, timeout: float = 30) -> list[str]:
     """Create the project's topics that do not exist yet; return the names created.
 
     Idempotent: existing topics are left as they are (their partitions are never changed here,
     because adding partitions would move keys and break per-account state), and a topic created
     concurrently by another worker counts as existing.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    admin = clients_for(bootstrap, settings).admin(request_timeout_ms=int(timeout * 1000))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -100,11 +101,11 @@ async def ensure_topics(bootstrap: str, settings: Settings, timeout: float = 30)
         await admin.close()
 
 
-async def create_topic(bootstrap: str, name: str, partitions: int, replication: int,
+async def create_topic(bootstrap: KafkaClients | str, name: str, partitions: int, replication: int,
                        configs: dict[str, str]) -> None:
     """Create one topic the project owns besides ``TOPICS`` (changelogs, the fingerprint repartition);
     a topic that exists already is left as it is."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = clients_for(bootstrap).admin()
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, partitions, replication, topic_configs=configs)])
@@ -114,12 +115,12 @@ async def create_topic(bootstrap: str, name: str, partitions: int, replication: 
         await admin.close()
 
 
-async def wait_for_broker(bootstrap: str, timeout: float = 30) -> dict[str, object]:
+async def wait_for_broker(bootstrap: KafkaClients | str, timeout: float = 30) -> dict[str, object]:
     """Wait until the cluster answers a DescribeCluster/Metadata request; return its description."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        admin = clients_for(bootstrap).admin(request_timeout_ms=5000)
         try:
             await admin.start()
             description = await admin.describe_cluster()
@@ -142,10 +143,11 @@ def resolve_bootstrap(settings: Settings, timeout: float = 60) -> tuple[str, Loc
     return kafka.start(timeout=timeout), kafka
 
 
-async def group_lag(bootstrap: str, group: str, topics: Iterable[str]) -> int:
+async def group_lag(bootstrap: KafkaClients | str, group: str, topics: Iterable[str]) -> int:
     """Records of ``topics`` not yet committed by ``group`` (every record when nothing is)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    clients = clients_for(bootstrap)
+    admin = clients.admin()
+    consumer = clients.consumer()
     await admin.start()
     await consumer.start()
     try:

@@ -44,7 +44,7 @@ CONFLUENT_HEADER_LEN = 5  # 1 magic + 4 schema id
 
 
 class ErrorKind(StrEnum):
-    """Mirror of the DeadLetterErrorKind enum in DeadLetter.v1.avsc."""
+    """Mirror of the DeadLetterErrorKind enum of the latest DeadLetter schema."""
 
     BAD_MAGIC = "BAD_MAGIC"
     UNKNOWN_SCHEMA = "UNKNOWN_SCHEMA"
@@ -53,6 +53,7 @@ class ErrorKind(StrEnum):
     DECODE_ERROR = "DECODE_ERROR"
     REGISTRY_UNAVAILABLE = "REGISTRY_UNAVAILABLE"
     VALIDATION = "VALIDATION"
+    DUPLICATE = "DUPLICATE"
 
 
 class DecodeError(Exception):

@@ -140,6 +140,16 @@ class MemoryProducer:
     async def partitions_for(self, topic: str) -> set[int]:
         return set(range(PARTITIONS))
 
+    # The transaction of each partition's batch (``streams/runtime/checkpoint.py``) is a no-op here.
+    async def begin_transaction(self) -> None:
+        return None
+
+    async def send_offsets_to_transaction(self, offsets: Any, group_id: str) -> None:
+        return None
+
+    async def commit_transaction(self) -> None:
+        return None
+
 
 class MemoryConsumer:
     async def commit(self, offsets: Any) -> None:
@@ -201,6 +211,7 @@ async def simulate(path: Path, settings_kw: dict[str, Any], keep_changelog: bool
     processor.producer = producer
     processor.consumer = MemoryConsumer()
     processor.owned = set(range(PARTITIONS))
+    processor.checkpoint.producers = {p: producer for p in range(PARTITIONS)}  # type: ignore[misc]
     processor.detection.fp_partitions = KeyPartitions(PARTITIONS)
     if "account" in without:
         processor.detection.engine._account = ()

@@ -28,6 +28,8 @@ class Expected:
     by_account_category: dict[tuple[str, str], Totals] = field(default_factory=lambda: defaultdict(Totals))
     grant_used: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
     grant_funded_by_event: dict[str, Decimal] = field(default_factory=dict)
+    # A grant's balance right after each debit of it: (event id, grant id) -> credits left.
+    balance_after: dict[tuple[str, str], Decimal] = field(default_factory=dict)
 
 
 def _policy() -> dict[str, Any]:
@@ -91,5 +93,6 @@ def expected(events: Iterable[Mapping[str, Any]], grants: Iterable[Mapping[str, 
             need -= take
             funded += take
             out.grant_used[g["grant_id"]] += take
+            out.balance_after[(ev["event_id"], g["grant_id"])] = g["left"]
         out.grant_funded_by_event[ev["event_id"]] = funded
     return out

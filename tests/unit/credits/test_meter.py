@@ -64,6 +64,33 @@ def test_bad_input_becomes_dead_letters_and_the_batch_goes_on() -> None:
     assert dl["original"] == b"\x00garbage" and dl["message"]
 
 
+def test_a_resent_event_id_is_a_duplicate_dead_letter_and_is_debited_once() -> None:
+    gen = Generator(accounts=4, seed=9)
+    events = list(gen.events(100))
+    meter = _meter()
+    grant_state: dict[str, Any] = {}
+    grants = meter.grants([RawRecord("g", 0, i, None, encode_single_object(g, "CreditGrant"))
+                           for i, g in enumerate(gen.grants())], grant_state.get, NOW)
+    grant_state.update({a: s for a, (_p, s) in grants.grant_updates.items()})
+    usage: dict[str, Any] = {}
+    first = meter.meter(_records(events[:60]), usage.get, grant_state.get, NOW)
+    usage.update({a: s for a, (_p, s) in first.usage_updates.items()})
+    # Later offsets: 40 new events and 20 resends of events metered in the first batch (a later batch
+    # reads them from the persisted state), then a resend of a resend within one batch.
+    resent = events[60:] + events[10:30] + [events[70]]
+    raws = [RawRecord("in", 0, 100 + i, ev["account_id"].encode(), encode_single_object(ev, "InteractionEvent"))
+            for i, ev in enumerate(resent)]
+    second = meter.meter(raws, usage.get, grant_state.get, NOW)
+    assert len(second.enriched) == 40 and second.duplicates == 21
+    assert {d["error_kind"] for d in second.dead_letters} == {"DUPLICATE"}
+    assert sorted(d["source_offset"] for d in second.dead_letters) == list(range(140, 161))
+    assert {r["event_id"] for r in second.enriched} == {ev["event_id"] for ev in events[60:]}
+    usage.update({a: s for a, (_p, s) in second.usage_updates.items()})
+    # Replaying the second batch (a crash before its commit) is a replay, not 21 more duplicates.
+    replay = meter.meter(raws, usage.get, grant_state.get, NOW)
+    assert replay.skipped_replays == len(raws) and replay.duplicates == 0 and not replay.dead_letters
+
+
 def test_events_on_a_model_missing_from_the_price_table_are_counted() -> None:
     events = list(Generator(accounts=3, seed=6).events(30))
     for ev in events[:7]:

@@ -49,8 +49,8 @@ def test_a_processor_batch_counts_by_kind_rule_and_severity() -> None:
     dead: list[dict[str, Any]] = [{"error_kind": k} for k in ("BAD_MAGIC", "BAD_MAGIC", "VALIDATION")]
     alerts = [("a", {"rule_id": "CF-002", "severity": "HIGH"}), ("b", {"rule_id": "CF-002", "severity": "HIGH"}),
               ("c", {"rule_id": "CF-011", "severity": "LOW"})]
-    m.processor_batch(events=4, metered=1, skipped=2, dead=dead, alerts=alerts, started=0.0, published_from=1.0,
-                      published_to=1.5, state_written=1.75)
+    m.processor_batch(events=4, metered=1, skipped=2, dead=dead, alerts=alerts, started=0.0,
+                      write_phases=(0.125, 0.375, 0.125, 0.125))
     s = _samples(m)
     assert s[("creditflow_events_consumed_total", frozenset({("group", "g"), ("topic", "events")}))] == 4
     assert s[("creditflow_dead_letters_total", frozenset({("kind", "BAD_MAGIC")}))] == 2

@@ -138,14 +138,33 @@ def test_raw_content_check_catches_what_it_should() -> None:
     assert flagged == ["prompt_text", "client_ip"]
 
 
+def _latest_files() -> list[Path]:
+    latest: dict[str, Path] = {}
+    for path in SCHEMA_FILES:  # sorted: v1 before v2 (no record has ten versions)
+        latest[path.name.split(".v")[0]] = path
+    return sorted(latest.values())
+
+
 def test_shared_enums_have_identical_symbols_everywhere() -> None:
     found: dict[str, list[str]] = {}
-    for path in SCHEMA_FILES:
+    for path in _latest_files():
         _enum_symbols(json.loads(path.read_text()), found)
     assert found["Plan"] == ["FREE", "PRO", "MAX", "TEAM", "ENTERPRISE"]
     assert found["Priority"] == ["VERY_HIGH", "HIGH", "MEDIUM", "LOW"]
     assert found["FeatureCategory"] == ["EXTENDED_CONTEXT", "COMPLEX_REASONING", "TOOL_USE", "STANDARD_CHAT"]
     assert found["DeadLetterErrorKind"] == [k.value for k in ErrorKind]
+
+
+def test_enums_only_grow_at_the_end_across_versions() -> None:
+    """A new version may append symbols (old data still reads); it never renames or reorders."""
+    latest: dict[str, list[str]] = {}
+    for path in _latest_files():
+        _enum_symbols(json.loads(path.read_text()), latest)
+    for path in SCHEMA_FILES:
+        older: dict[str, list[str]] = {}
+        _enum_symbols(json.loads(path.read_text()), older)
+        for name, symbols in older.items():
+            assert latest[name][: len(symbols)] == symbols, f"{path.name}: enum {name}"
 
 
 def test_money_fields_are_integer_micro_credits() -> None:

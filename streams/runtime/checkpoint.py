@@ -1,0 +1,289 @@
+"""Exactly-once in the processor: the one module that orders a batch's writes and fences a worker
+that lost its partitions. Read this first; ``docs/exactly-once.md`` has the whole picture.
+
+Each *input partition* p (partition p of every input topic: interaction-events, credit-grants,
+gaming-reviews, detector-fingerprints, which the Range assignor hands to one worker together, and
+partition p of every state table) has its own transactional producer, ``transactional.id`` =
+``<group>-p<p>``. ``Checkpoint.write`` writes a batch in this order:
+
+0. begin a transaction for every partition the batch writes and add each one's input offsets
+   (``send_offsets_to_transaction``): the batch's first requests, each checked by the broker;
+1. publish the outputs: usage-enriched (to the input's partition), refinement-feed, dead-letters
+   (DUPLICATE ones too), gaming-alerts, fingerprint observations for other workers;
+2. write detection state (detector accounts, fingerprints, alert states), each change in its
+   partition's transaction;
+3. write account state (grants; usage: debits, last offset applied, event ids metered), likewise;
+4. once every record of 1-3 is acknowledged, commit each transaction: a partition's state and
+   input offsets become visible together.
+
+State is read back only read_committed (``ChangelogTable.recover``): a crash anywhere leaves all of
+a partition's batch state and offsets or none of them, and every output of a committed batch exists.
+Outputs stay outside the transactions: the sink and other readers of the output topics read them as
+plain records (transaction markers take offsets, which the sink's store plans and every lag figure
+count), and each output carries what makes a repeat of it recognisable (the guards below).
+
+The fence. When a worker is assigned p it first starts p's transactional producer (``acquire``):
+the broker bumps that id's epoch and aborts any transaction still open under the old epoch, and
+only then is p's state read back and p consumed. A worker that lost p (paused past its session
+timeout, partitioned away) still holds the producer of the old epoch: the broker rejects every
+request of it for p (``ProducerFenced``), and whatever it had added to its open transaction was
+aborted. Step 0 comes before any output, so a worker resuming before a batch learns it is fenced
+before publishing anything of it; the batch is then dropped whole (fenced on one partition means it
+left the group: a member still in it gives partitions back only between batches, under the batch
+lock), and the worker takes those partitions again only from a new assignment.
+
+    Invariant: for each input partition, the state and committed offsets that any later owner
+    reads were written by one owner at a time, in epoch order, a batch at a time, with the
+    outputs of that batch published before. A worker that lost the partition can neither commit
+    offsets nor make state visible for it. The only thing it may still append is outputs of the
+    batch it was already past step 0 with when it was paused; those repeat, record for record,
+    what the next owner publishes for the same input offsets from the same committed state, and
+    the guards below keep one copy.
+
+Guards: the fence and the transaction make a batch land once; these make a *replay* land once (a
+batch re-read after a crash, a rebalance, or records fetched from a committed offset read just
+before a fenced owner's last commit completed) and a *resend* count once:
+
+- usage state ``p``/``o``, the last input offset applied to the account (streams/credits/meter.py):
+  a replayed event is skipped, not debited again;
+- usage state ``ids``, the event ids metered within the window (streams/credits/dedup.py): a client's
+  resend is dead-lettered as DUPLICATE, not debited again;
+- grant folding is idempotent per ISSUED/REVOKED event (streams/credits/ledger.py): grant state;
+- detector account state ``o``, the last offset folded (streams/detection/engine.py): detector state
+  and the alerts it fires;
+- fingerprint state ``o``, the last offset per source partition (streams/detection/engine.py): an
+  observation arriving twice (replayed, or re-published by a replay);
+- reviews are idempotent on ``decision_id`` and alert ids deterministic (streams/detection/alerts.py):
+  alert state; an alert re-emitted replaces itself downstream;
+- dead letter id = topic:partition:offset (streams/wire/dead_letters.py): one dead letter per input
+  record (ReplacingMergeTree);
+- the sink's running maximum of ``source_offset`` per usage-enriched partition (sinks/, the sink's
+  replay guard): events, rollups and ledger rows re-published by a replay, or appended by an
+  aborted batch and read by the sink before the abort (it reads read_uncommitted).
+
+The guards rely on one thing the fence provides: the state a replay starts from is the state the
+last committed batch wrote, so a replayed event either was applied (its offset is at or below the
+account's mark, its outputs exist) or was not (it is metered now, from the same state, to the same
+outputs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.structs import OffsetAndMetadata
+
+from streams.runtime.changelog import ChangelogTable
+from streams.runtime.kafka_clients import KafkaClients
+from streams.settings import Settings
+
+log = logging.getLogger("creditflow.checkpoint")
+
+Change = tuple[ChangelogTable, int, str, Any]  # table, partition, key, value
+Publish = Callable[[AIOKafkaProducer], Awaitable[list[Awaitable[Any]]]]
+
+
+def transactional_id(group: str, partition: int) -> str:
+    """One id per input partition: the next owner of the partition reuses it, which is the fence."""
+    return f"{group}-p{partition}"
+
+
+@dataclass
+class BatchWrites:
+    """What one batch writes, in the order it is written."""
+
+    publish: Publish | None = None
+    detection_state: list[Change] = field(default_factory=list)
+    account_state: list[Change] = field(default_factory=list)
+    # Next offset to read per input topic-partition, by input partition (none for the detector timer).
+    offsets: dict[int, dict[TopicPartition, int]] = field(default_factory=dict)
+
+    def partitions(self) -> set[int]:
+        return {p for _t, p, _k, _v in (*self.detection_state, *self.account_state)} | self.offsets.keys()
+
+
+def next_offsets(fetched: Mapping[TopicPartition, Sequence[Any]]) -> dict[int, dict[TopicPartition, int]]:
+    """The offsets a batch commits, by input partition."""
+    out: dict[int, dict[TopicPartition, int]] = {}
+    for tp, records in fetched.items():
+        if records:
+            out.setdefault(tp.partition, {})[tp] = records[-1].offset + 1
+    return out
+
+
+class Checkpoint:
+    def __init__(self, settings: Settings, bootstrap: str, group: str, tables: Iterable[ChangelogTable]) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.kafka = KafkaClients(settings, bootstrap)
+        self.group = group
+        self.tables = tuple(tables)
+        self.producers: dict[int, AIOKafkaProducer] = {}
+        # Outputs go through the worker's idempotent producer, outside the transactions (see above).
+        self.outputs: AIOKafkaProducer | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self.transactions = 0
+        # Seconds of the last committed write's steps: begin, send, acknowledged, commit.
+        self.last_phases: tuple[float, ...] = ()
+
+    def _producer(self, partition: int) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            **self.kafka.common(), transactional_id=transactional_id(self.group, partition),
+            acks="all", enable_idempotence=True, compression_type=self.settings.compression_type,
+            linger_ms=5, max_batch_size=1024 * 1024,
+            # A batch's first request follows the previous commit at once and is often told to retry
+            # while that commit's markers are written (CONCURRENT_TRANSACTIONS): 100 ms is too long.
+            retry_backoff_ms=10,
+        )
+
+    async def prepare(self) -> None:
+        """Before joining the group: a first transactional producer makes the broker create its
+        transaction log (50 partitions by default) and find this worker a coordinator, seconds on a
+        fresh cluster that would otherwise pass inside the assignment callback, where they count
+        against the session timeout. Its id fences nothing (no partition's)."""
+        producer = AIOKafkaProducer(**self.kafka.common(), transactional_id=f"{self.group}-start",
+                                    acks="all", enable_idempotence=True)
+        await producer.start()
+        await producer.stop()
+
+    async def acquire(self, partitions: Iterable[int]) -> None:
+        """Fence every earlier owner of ``partitions``: start their transactional producers (the broker
+        bumps each id's epoch and aborts its open transaction). Call before reading their state."""
+        new = [p for p in partitions if p not in self.producers]
+        if not new:
+            return
+        started = {p: self._producer(p) for p in new}
+        results = await asyncio.gather(*(pr.start() for pr in started.values()), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            for pr in started.values():
+                await pr.stop()
+            raise failed[0]
+        self.producers.update(started)
+        log.info("fenced earlier owners of partitions %s", sorted(new))
+
+    def release(self, partitions: Iterable[int]) -> None:
+        """Forget the producers of partitions that moved away (their next owner fences them anyway)."""
+        for p in partitions:
+            producer = self.producers.pop(p, None)
+            if producer is not None:
+                task = asyncio.ensure_future(self._stop(producer))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _stop(producer: AIOKafkaProducer) -> None:
+        try:
+            await producer.stop()
+        except KafkaError as exc:  # a fenced producer may refuse to flush; nothing of it is wanted
+            log.debug("closing a released producer: %r", exc)
+        # A fenced producer's transaction manager fails a future nobody awaits (aiokafka); asyncio would
+        # log it at ERROR as "never retrieved" though the fence is expected and already handled.
+        waiter = getattr(getattr(producer, "_txn_manager", None), "_transaction_waiter", None)
+        if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled():
+            waiter.exception()
+
+    async def close(self) -> None:
+        self.release(list(self.producers))
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def write(self, batch: BatchWrites) -> set[int]:
+        """Write ``batch`` (the order above); returns the partitions lost to another worker (fenced),
+        for which nothing of the batch was committed. Any other failure raises, and nothing not yet
+        committed may be committed after it."""
+        parts = sorted(batch.partitions())
+        missing = {p for p in parts if p not in self.producers}  # released under the batch
+        if missing:
+            return set(parts)
+        producers = {p: self.producers[p] for p in parts}
+        t0 = time.perf_counter()
+        # 0. Every transaction begins with the input offsets: the broker checks each epoch.
+        fenced = {p for p, ok in zip(parts, await asyncio.gather(
+            *(self._begin(producers[p], batch.offsets.get(p)) for p in parts)), strict=True) if not ok}
+        if fenced:
+            # Fenced on one partition means this worker left the group (a member still in it gives its
+            # partitions back only between batches): the others are going, or gone, too.
+            await asyncio.gather(*(self._abort(producers[p]) for p in parts if p not in fenced))
+            return self._lost(parts)
+        t1 = time.perf_counter()
+        # 1-3. Sent in this order; all acknowledged before the commit (state is invisible until then,
+        # so it need not wait for the outputs' acknowledgements, only the commit does).
+        pending: list[Awaitable[Any]] = []
+        if batch.publish is not None:  # 1. outputs
+            assert self.outputs is not None, "set outputs, the producer of the outputs, before writing"
+            pending.extend(await batch.publish(self.outputs))
+        for changes in (batch.detection_state, batch.account_state):  # 2. detection, 3. account state
+            by_partition: dict[int, list[tuple[ChangelogTable, int, str, Any]]] = {}
+            for change in changes:
+                by_partition.setdefault(change[1], []).append(change)
+            for p, items in by_partition.items():
+                pending.extend(await _put(producers[p], items))
+        t2 = time.perf_counter()
+        # Every future is awaited (a fenced producer fails them all; none is left unretrieved).
+        errors = [r for r in await asyncio.gather(*pending, return_exceptions=True) if isinstance(r, BaseException)]
+        if any(isinstance(e, ProducerFenced) for e in errors):
+            await asyncio.gather(*(self._abort(pr) for pr in producers.values()))
+            return self._lost(parts)
+        if errors:
+            raise errors[0]
+        t3 = time.perf_counter()
+        # 4. State and input offsets become visible together, partition by partition.
+        committed = await asyncio.gather(*(self._commit(producers[p]) for p in parts))
+        self.last_phases = (t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)  # read by the metrics
+        log.debug("%d transactions: begin %.1f ms, send %.1f ms, acknowledged %.1f ms, commit %.1f ms", len(parts),
+                  *(s * 1e3 for s in self.last_phases))
+        self.transactions += sum(committed)
+        # Every change is written: values the batch only read may go back to bytes.
+        for table in self.tables:
+            table.evict()
+        return self._lost([p for p, ok in zip(parts, committed, strict=True) if not ok])
+
+    def _lost(self, partitions: Sequence[int]) -> set[int]:
+        if partitions:
+            log.warning("partitions %s were taken over by another worker; this batch of them is dropped",
+                        sorted(partitions))
+            self.release(partitions)
+        return set(partitions)
+
+    async def _begin(self, producer: AIOKafkaProducer, offsets: Mapping[TopicPartition, int] | None) -> bool:
+        try:
+            await producer.begin_transaction()
+            if offsets:
+                await producer.send_offsets_to_transaction(
+                    {tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()}, self.group)
+        except ProducerFenced:
+            return False
+        return True
+
+    @staticmethod
+    async def _commit(producer: AIOKafkaProducer) -> bool:
+        try:
+            await producer.commit_transaction()
+        except ProducerFenced:
+            return False
+        return True
+
+    @staticmethod
+    async def _abort(producer: AIOKafkaProducer) -> None:
+        txn = getattr(producer, "_txn_manager", None)
+        if txn is not None and txn.is_fatal_error():
+            return  # fenced: nothing to abort from here (the broker aborted it); aiokafka would assert
+        try:
+            await producer.abort_transaction()
+        except KafkaError as exc:  # fenced: the broker aborted it already, or will
+            log.debug("abort: %r", exc)
+
+
+async def _put(producer: AIOKafkaProducer, changes: Sequence[Change]) -> list[Awaitable[Any]]:
+    by_table: dict[ChangelogTable, list[tuple[int, str, Any]]] = {}
+    for table, partition, key, value in changes:
+        by_table.setdefault(table, []).append((partition, key, value))
+    return [f for table, items in by_table.items() for f in await table.put_many(producer, items)]
