@@ -8,9 +8,9 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 EVENTS ?= 20000
 QUICK  ?=
 
-.PHONY: setup demo test lint typecheck unit integration bench kafka-assemble clean
+.PHONY: setup demo test lint typecheck unit integration bench kafka-assemble chromium clean
 
-setup: $(STAMP) kafka-assemble
+setup: $(STAMP) kafka-assemble chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,13 @@ $(STAMP): pyproject.toml
 
 kafka-assemble: $(STAMP)
 	$(PY) -c 'from deploy.kafka.launcher import LocalKafka; print("kafka classpath:", LocalKafka(".creditflow").assemble())'
+
+# Headless Chromium renders the HTML report in its test (Debian's package; needs root or sudo once).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo sudo ); \
+	  $$SUDO apt-get install -y --no-install-recommends chromium || \
+	  { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }; }
 
 demo: setup
 	$(VENV)/bin/creditflow demo --events $(EVENTS)

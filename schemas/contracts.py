@@ -201,6 +201,9 @@ class RefinementSample(TypedDict):
     tool_calls: int
     policy_version: str
     prompt_fingerprint: str | None
+    surface: str
+    tool_names: list[str]
+    latency_ms: int
 
 
 class ReviewDecision(TypedDict):
@@ -301,7 +304,8 @@ INTERACTION_EVENT_FIELDS: tuple[str, ...] = ("event_id", "occurred_at", "account
     "context_uniqueness", "attributes",)
 REFINEMENT_SAMPLE_FIELDS: tuple[str, ...] = ("event_id", "account_id", "occurred_at", "model", "category", "priority",
     "outcome", "error_code", "reason", "input_tokens", "output_tokens", "cached_tokens", "thinking_tokens",
-    "context_window_tokens", "reasoning_steps", "tool_calls", "policy_version", "prompt_fingerprint",)
+    "context_window_tokens", "reasoning_steps", "tool_calls", "policy_version", "prompt_fingerprint", "surface",
+    "tool_names", "latency_ms",)
 REVIEW_DECISION_FIELDS: tuple[str, ...] = ("decision_id", "alert_id", "dedup_key", "entity_type", "entity_id",
     "rule_id", "verdict", "reviewer", "note", "decided_at", "allow_until",)
 SUBSCRIPTION_CHANGE_FIELDS: tuple[str, ...] = ("change_id", "account_id", "change", "from_plan", "to_plan",

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sinks.cluster_ddl import render_cluster, rendered_by_version
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "schemas" / "clickhouse"
 MIGRATIONS_TABLE = "schema_migrations"
 TTL_PLACEHOLDER = "{ttl_days}"
@@ -172,12 +174,19 @@ def discover(directory: Path | None = None) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-def ensure_migrations_table(client: Any) -> None:
-    client.command(_CREATE_MIGRATIONS_TABLE)
+def migrations_table_ddl(cluster: str | None = None) -> list[str]:
+    if not cluster:
+        return [_CREATE_MIGRATIONS_TABLE.strip()]
+    return render_cluster([_CREATE_MIGRATIONS_TABLE], cluster, {MIGRATIONS_TABLE})
 
 
-def applied(client: Any) -> dict[int, AppliedMigration]:
-    ensure_migrations_table(client)
+def ensure_migrations_table(client: Any, cluster: str | None = None) -> None:
+    for stmt in migrations_table_ddl(cluster):
+        client.command(stmt)
+
+
+def applied(client: Any, cluster: str | None = None) -> dict[int, AppliedMigration]:
+    ensure_migrations_table(client, cluster)
     rows = client.query(
         f"SELECT version, name, checksum, applied_at FROM {MIGRATIONS_TABLE} FINAL ORDER BY version"
     ).result_rows
@@ -194,19 +203,23 @@ def verify(migrations: list[Migration], done: dict[int, AppliedMigration]) -> No
             )
 
 
-def pending(client: Any, directory: Path | None = None) -> list[Migration]:
+def pending(client: Any, directory: Path | None = None, cluster: str | None = None) -> list[Migration]:
     migrations = discover(directory)
-    done = applied(client)
+    done = applied(client, cluster)
     verify(migrations, done)
     return [m for m in migrations if m.version not in done]
 
 
-def apply_migrations(client: Any, ttl_days: int, directory: Path | None = None) -> list[str]:
-    """Apply every pending migration in order; returns the ids applied (empty when up to date)."""
-    todo = pending(client, directory)
+def apply_migrations(client: Any, ttl_days: int, directory: Path | None = None,
+                     cluster: str | None = None) -> list[str]:
+    """Apply every pending migration in order; returns the ids applied (empty when up to date).
+    With ``cluster`` the statements are rendered for it (``sinks/cluster_ddl.py``); the recorded
+    checksum is the file's either way."""
+    todo = pending(client, directory, cluster)
+    rendered = rendered_by_version(discover(directory), ttl_days, cluster)
     done: list[str] = []
     for m in todo:
-        for n, stmt in enumerate(m.statements(ttl_days), start=1):
+        for n, stmt in enumerate(rendered[m.version], start=1):
             try:
                 client.command(stmt)
             except Exception as ex:
@@ -218,9 +231,10 @@ def apply_migrations(client: Any, ttl_days: int, directory: Path | None = None) 
     return done
 
 
-def status(client: Any, directory: Path | None = None) -> list[tuple[Migration, AppliedMigration | None]]:
+def status(client: Any, directory: Path | None = None,
+           cluster: str | None = None) -> list[tuple[Migration, AppliedMigration | None]]:
     """Each migration file with its applied record (None when pending); verifies checksums."""
     migrations = discover(directory)
-    done = applied(client)
+    done = applied(client, cluster)
     verify(migrations, done)
     return [(m, done.get(m.version)) for m in migrations]

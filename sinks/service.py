@@ -32,10 +32,12 @@ from mode import Service
 
 from sinks.avro_container import LEDGER_FILE_STRUCTURE, ContainerBuilder, GuardedBlock, merged_container, write_spool
 from sinks.client import connect, is_unavailable
+from sinks.cluster_ddl import session_settings
 from sinks.columns import CREDIT_LEDGER_COLUMNS, EVENTS_COLUMNS, INSERT_COLUMNS, dedup_settings
 from sinks.routing import ROUTES, Route, dead_letter_rows
 from sinks.store_plan import TP, Piece, RecordedBatch, Store, StorePlanner, Unit
 from streams.runtime.kafka_clients import KafkaClients
+from streams.runtime.metrics import Metrics
 from streams.settings import Settings
 from streams.wire.codec import DecodeError, Decoder
 from streams.wire.dead_letters import build_dead_letter
@@ -96,6 +98,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.sink.planner.revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.sink.metrics.assigned(self.sink.group, assigned)
         self.sink.planner.assign(assigned)
         try:
             await self.sink.restore([TopicPartition(*tp) for tp in self.sink.planner.unarmed()])
@@ -109,7 +112,8 @@ class ClickHouseSink(Service):
                  client_factory: Callable[[], Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # Injectable so a test can take ClickHouse away and bring it back.
-        self.client_factory = client_factory or (lambda: connect(settings.resolved_clickhouse_url))
+        self.client_factory = client_factory or (lambda: connect(settings.resolved_clickhouse_url,
+                                                                 **session_settings(settings.clickhouse_cluster)))
         self.settings = settings
         self.bootstrap = bootstrap
         self.kafka = KafkaClients(settings, bootstrap)
@@ -118,6 +122,8 @@ class ClickHouseSink(Service):
         self.decoders: dict[str, Decoder] = {}
         self.columns: dict[str, list[str]] = {}
         self.stats = SinkStats()
+        # The app's metrics once registered (streams/runtime/health.py watch_service); a private set before.
+        self.metrics = Metrics()
         # One thread owns the ClickHouse client: chDB is one engine per process, and a blocking
         # insert must not stall the processor agents sharing this event loop. Restores query on
         # it too, so they see every plan of a store still in flight.
@@ -160,6 +166,10 @@ class ClickHouseSink(Service):
 
         result: list[tuple[Any, ...]] = await self.ch(run)
         return result
+
+    async def ping(self) -> bool:
+        """Whether ClickHouse answers, asked on the sink's own client (readiness)."""
+        return bool(await self.ch(lambda: self._client_sync().ping()))
 
     async def on_start(self) -> None:
         self.columns = {table: list(cols) for table, cols in INSERT_COLUMNS.items()}
@@ -254,10 +264,12 @@ class ClickHouseSink(Service):
         while True:
             try:
                 await self.restore(tps)
+                self.metrics.sink_recovered()
                 return
             except Exception as exc:
                 if self.should_stop:
                     raise
+                self.metrics.sink_failed(exc)
                 log.warning("restoring sink progress failed (%r); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_S)
@@ -316,6 +328,7 @@ class ClickHouseSink(Service):
         consumer = self.consumer
         while not self.should_stop:
             batches = await consumer.getmany(timeout_ms=200, max_records=self.settings.sink_batch_rows)
+            self.metrics.consumed(self.group, batches)
             now = time.monotonic()
             for tp, records in batches.items():
                 if self.planner.add(tp, records, now):
@@ -350,7 +363,9 @@ class ClickHouseSink(Service):
             self._fence(epoch, member)
             if not member[2]:
                 raise _Fenced("coordinator unknown")
-            await self.consumer.commit({TopicPartition(*tp): OffsetAndMetadata(o, "") for tp, o in owed.items()})
+            offsets = {TopicPartition(*tp): OffsetAndMetadata(o, "") for tp, o in owed.items()}
+            await self.consumer.commit(offsets)
+            self.metrics.committed(self.group, offsets)
         except Exception as exc:  # the next owner skips them again
             log.warning("committing past %d landed sink batches failed: %r", len(owed), exc)
 
@@ -404,6 +419,7 @@ class ClickHouseSink(Service):
         commits = {TopicPartition(*tp): OffsetAndMetadata(offset, "") for tp, offset in store.commits().items()}
         try:
             await self.consumer.commit(commits)
+            self.metrics.committed(self.group, commits)
         except Exception as exc:  # a rebalance took the partition: its new owner replays the same plan
             log.warning("offset commit failed after a stored batch (will be deduplicated): %r", exc)
 
@@ -562,6 +578,7 @@ class ClickHouseSink(Service):
             return counts
 
         delay = 0.5
+        started = time.perf_counter()
         while True:
             try:
                 counts = await self.ch(store)
@@ -580,6 +597,7 @@ class ClickHouseSink(Service):
                 # ClickHouse is away or refused the batch: keep the batch, do not commit, do not poll
                 # (so memory stays bounded), and try again with backoff until it comes back.
                 self.stats.retries += 1
+                self.metrics.sink_failed(exc)
                 log.warning("ClickHouse insert failed (%r); retrying in %.1fs", exc, delay)
                 if self.should_stop:
                     raise
@@ -587,6 +605,7 @@ class ClickHouseSink(Service):
                 delay = min(delay * 2, _RETRY_MAX_S)
                 self._client = None
         counts.pop("landed marks", None)  # counted with the fenced commit
+        self.metrics.sink_stored(counts, time.perf_counter() - started)
         self.stats.dropped_replays += counts.pop("replays dropped", 0)
         self.stats.direct_batches += counts.pop("direct batches", 0)
         for table, n in counts.items():
@@ -595,7 +614,10 @@ class ClickHouseSink(Service):
 
 
 def register_sink(app: faust.App, settings: Settings, bootstrap: str, names: Mapping[str, str]) -> ClickHouseSink:
+    from streams.runtime.health import watch_service
+
     sink = ClickHouseSink(settings, bootstrap, names, loop=None)
+    watch_service(app, sink, ping=sink.ping)
     app.service(sink)  # type: ignore[arg-type]  # Faust accepts instances too, its stub says classes
     app.creditflow_sink = sink  # type: ignore[attr-defined]
     return sink

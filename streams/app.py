@@ -57,5 +57,8 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     if settings.role in (Role.ALL, Role.SINK):
         from sinks.service import register_sink
 
-        register_sink(app, settings, bootstrap, names)
+        sink = register_sink(app, settings, bootstrap, names)
+        from sinks.sql_bridge import register_sql_bridge
+
+        register_sql_bridge(app, settings, sink)
     return app

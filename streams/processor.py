@@ -231,6 +231,11 @@ class Processor(PartitionedService):
             self.fp_stale.update(found.fingerprints)
             self.metered += len(metered.enriched)
             self.duplicates += metered.duplicates
+            self.metrics.committed(self.group, {tp: r[-1].offset + 1 for tp, r in fetched.items() if r})
+            self.metrics.processor_batch(
+                events=len(event_records), metered=len(metered.enriched), skipped=metered.skipped_replays,
+                dead=[*granted.dead_letters, *metered.dead_letters], alerts=found.alerts,
+                started=t0, write_phases=self.checkpoint.last_phases)
         _trace("batch: %d events, %d grants, %d reviews, %d observations in, %d replays skipped, %d duplicates, "
                "%d dead, %d alerts, %d observations folded here, %d sent, %d partitions lost: meter %.1f ms, "
                "detect %.1f ms, write %.1f ms", len(event_records), len(grant_records), len(reviews),
@@ -328,11 +333,14 @@ class Processor(PartitionedService):
                 functools.partial(self.detection.publish, batch=found), self.detection.changes(found)))
             if lost:
                 await self._lost(lost)
+            else:
+                self.metrics.alerts_flushed(found.alerts)
         return n
 
 
 def register_processor(app: faust.App, settings: Settings, bootstrap: str, names: Mapping[str, str]) -> Processor:
     from streams.balance_lookup import register_balance_lookup
+    from streams.runtime.health import watch_service
     from streams.runtime.owners import client_id_for
     from streams.runtime.web import url_for
 
@@ -340,6 +348,7 @@ def register_processor(app: faust.App, settings: Settings, bootstrap: str, names
     web_url = url_for(settings.web_host, app.conf.web_port)
     processor.client_id = client_id_for(web_url)
     register_balance_lookup(app, processor, web_url)
+    watch_service(app, processor)
     app.service(processor)  # type: ignore[arg-type]  # Faust accepts instances too, its stub says classes
     app.creditflow_processor = processor  # type: ignore[attr-defined]
     return processor

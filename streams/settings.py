@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -75,6 +76,37 @@ class Settings(BaseSettings):
         default=0, ge=0, le=65535,
         description="port of the worker's HTTP server; 0 = any free port, announced under <data dir>/workers/",
     )
+    # Live SQL: the read-only ClickHouse HTTP interface the chDB-holding worker serves on its web
+    # server (sinks/sql_bridge.py), and the limits of `creditflow query` too.
+    sql_user: str = Field(default="default", description="user name live SQL accepts")
+    sql_password: SecretStr | None = Field(
+        default=None,
+        description="password live SQL requires; when the web server listens beyond loopback, queries are "
+        "refused until one is set",
+    )
+    sql_max_execution_seconds: float = Field(default=30.0, gt=0, le=3600, description="time limit of one query")
+    sql_max_result_rows: int = Field(default=1_000_000, ge=1, description="rows one query may return")
+    sql_max_result_bytes: int = Field(default=256 * 1024 * 1024, ge=1, description="bytes one query may return")
+    sql_max_memory_bytes: int = Field(default=2 * 1024**3, ge=1, description="memory one query may use")
+
+    # -- operations: readiness and the ClickHouse cluster (docs/operations.md) --
+    ready_stall_seconds: float = Field(
+        default=120.0, gt=0,
+        description="/ready fails when a consumer has neither polled nor committed a batch for this long",
+    )
+    clickhouse_cluster: str | None = Field(
+        default=None,
+        validation_alias="CLICKHOUSE_CLUSTER",
+        description="cluster name from the servers' remote_servers: migrations create Replicated tables "
+        "ON CLUSTER with Distributed tables in front; unset = single node",
+    )
+
+    @field_validator("clickhouse_cluster")
+    @classmethod
+    def _cluster_is_an_identifier(cls, v: str | None) -> str | None:
+        if v and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError("CLICKHOUSE_CLUSTER must be a plain identifier (letters, digits, '_')")
+        return v or None
 
     # Exactly-once in the processor (streams/runtime/checkpoint.py, streams/credits/dedup.py): idempotency
     # by event id. An id already metered for its account within the window is dead-lettered as DUPLICATE.

@@ -174,15 +174,10 @@ def _check_alert_id(alert_id: str) -> str:
 
 
 def _clickhouse(settings: Any) -> Any:
-    from sinks.client import ClickHouseConfigError, ClickHouseUnavailable, connect
+    """A read-only client: a running worker's live SQL when one holds chDB, else ClickHouse itself."""
+    from streams.cli.clickhouse_target import open_target
 
-    url = settings.resolved_clickhouse_url
-    try:
-        return connect(url)
-    except (ClickHouseUnavailable, ClickHouseConfigError) as exc:
-        hint = (" (a running worker holds this chDB path: stop it, or point CLICKHOUSE_URL at a ClickHouse "
-                "server)") if url.startswith("chdb:") else ""
-        raise click.ClickException(f"cannot open ClickHouse{hint}: {str(exc).splitlines()[0]}") from None
+    return open_target(settings).client
 
 
 _ALERT_SQL = """
@@ -221,8 +216,8 @@ def _alert_from_topic(settings: Any, alert_id: str) -> dict[str, Any] | None:
 
 
 def find_alert(settings: Any, alert_id: str) -> dict[str, Any]:
-    """ClickHouse first (the sink's view); the topic when ClickHouse cannot be opened (with chDB, a
-    running worker holds it) or has not landed the alert yet."""
+    """ClickHouse first (the sink's view, through a running worker's live SQL when one holds chDB);
+    the topic when ClickHouse cannot be reached or has not landed the alert yet."""
     alert: dict[str, Any] | None = None
     try:
         alert = _alert_from_clickhouse(_clickhouse(settings), alert_id)

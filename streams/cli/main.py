@@ -113,11 +113,13 @@ def _redact(url: str) -> str:
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
               help="seconds to wait for every event to land")
-def demo(events: int, accounts: int, seed: int, timeout: float) -> None:
-    """Start everything, produce N events, wait until all are in ClickHouse, print a summary."""
+@click.option("--serve", is_flag=True, help="after the summary, keep the worker and its live SQL up until Ctrl-C")
+def demo(events: int, accounts: int, seed: int, timeout: float, serve: bool) -> None:
+    """Start everything, produce N events with planted gaming, wait until all are in ClickHouse,
+    print a summary with the alerts."""
     from streams.synthetic.demo import run_demo
 
-    code = run_demo(_settings(), events=events, accounts=accounts, seed=seed, timeout=timeout)
+    code = run_demo(_settings(), events=events, accounts=accounts, seed=seed, timeout=timeout, serve=serve)
     sys.exit(code)
 
 

@@ -2,10 +2,10 @@
 tables from the analyst views).
 
 Values never go into the SQL text: ``--param name=value`` binds server-side to a ``{name:Type}``
-placeholder, and ClickHouse parses the value as that type. Read-only is enforced twice: only
-SELECT/WITH/SHOW/DESCRIBE/EXPLAIN/EXISTS statements are accepted, and the query runs with
-``readonly=2`` (writes and DDL refused by the engine, per-query SETTINGS still allowed). This is a
-guard against accidents, not a security boundary: whoever runs the CLI can reach the data anyway.
+placeholder, and ClickHouse parses the value as that type. Statements pass the same guard as live
+SQL (``sinks/sql_guard.py``: one read-only statement, nothing that reaches files, URLs, other
+servers or the shell) and run with ``readonly=1`` and the limits of ``CREDITFLOW_SQL_*``: through
+a running worker's live SQL when one holds the chDB path, else on ClickHouse directly.
 """
 
 from __future__ import annotations
@@ -21,15 +21,13 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
-from sinks.client import ClickHouseConfigError, ClickHouseUnavailable, Client, connect
-from sinks.migrations import MigrationError, split_statements
+from sinks.sql_guard import SqlRefused, admit, check_ast
+from streams.cli.clickhouse_target import Target, open_target
+from streams.cli.terminal_tables import fitted_table
 from streams.settings import get_settings
 
 FORMATS = ("table", "csv", "json")
-READ_ONLY_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS"})
-READ_ONLY_SETTINGS = {"readonly": 2}
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -49,25 +47,19 @@ def parse_params(items: Sequence[str]) -> dict[str, str]:
 
 
 def check_read_only(sql: str, params: dict[str, str]) -> str:
-    """The single statement to run, or a UsageError saying why it is refused."""
+    """The single statement to run, or a UsageError saying why it is refused (sinks/sql_guard.py)."""
     try:
-        statements = split_statements(sql)
-    except MigrationError as exc:
-        raise click.UsageError(f"cannot parse the query: {exc}") from None
-    if len(statements) != 1:
-        raise click.UsageError(f"expected exactly one statement, got {len(statements)}")
-    stmt = statements[0]
-    head = re.sub(r"(--[^\n]*\n|/\*.*?\*/|\s|\()+", " ", stmt + "\n", flags=re.S).strip()
-    keyword = head.split(" ", 1)[0].upper() if head else ""
-    if keyword not in READ_ONLY_KEYWORDS:
-        raise click.UsageError(f"only read-only statements ({', '.join(sorted(READ_ONLY_KEYWORDS))}) are "
-                               f"allowed, got {keyword or 'nothing'}")
+        admitted = admit(sql)
+    except SqlRefused as exc:
+        raise click.UsageError(str(exc)) from None
+    if admitted.fmt is not None:
+        raise click.UsageError(f"drop the FORMAT {admitted.fmt} clause and use --format (table, csv, json)")
     for name in params:
         # Without a {name:Type} placeholder clickhouse-connect would fall back to client-side
         # formatting of the value into the SQL text; refuse instead.
-        if not re.search(r"\{\s*" + re.escape(name) + r"\s*:", stmt):
+        if not re.search(r"\{\s*" + re.escape(name) + r"\s*:", admitted.sql):
             raise click.UsageError(f"--param {name} has no {{{name}:Type}} placeholder in the query")
-    return stmt.rstrip().rstrip(";")
+    return admitted.sql
 
 
 def to_text(value: Any) -> str:
@@ -106,7 +98,18 @@ def to_json(value: Any) -> Any:
     return to_text(value)
 
 
-def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, title: str | None = None) -> None:
+# Shorter table headers for the report's credit columns (the section title says they are credits);
+# CSV and JSON keep the full names.
+SHORT_HEADERS = {"list_credits": "list", "charged_credits": "charged", "subsidy_credits": "subsidy",
+                 "grant_funded_credits": "from_grants", "granted_credits": "granted", "used_credits": "used",
+                 "remaining_credits": "left", "expired_unused_credits": "expired_unused",
+                 "credits_exposed": "exposed", "false_positive": "false_pos", "non_recipients": "others",
+                 "recipients_base": "n_recipients", "non_recipients_base": "n_others",
+                 "p90_latency_ms": "p90_ms"}
+
+
+def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, title: str | None = None,
+           headers: dict[str, str] | None = None) -> None:
     if fmt == "json":
         click.echo(json.dumps([dict(zip(columns, map(to_json, row), strict=False)) for row in rows],
                               ensure_ascii=False, indent=2))
@@ -115,42 +118,47 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, titl
         writer.writerow(columns)
         writer.writerows([to_text(v) for v in row] for row in rows)
     else:
-        table = Table(title=title, caption=f"{len(rows)} row{'s' if len(rows) != 1 else ''}")
-        numeric = [bool(rows) and all(isinstance(r[i], int | float | Decimal) and not isinstance(r[i], bool)
-                                      for r in rows if r[i] is not None) for i in range(len(columns))]
-        for name, is_num in zip(columns, numeric, strict=False):
-            table.add_column(name, justify="right" if is_num else "left")
-        for row in rows:
-            table.add_row(*(to_text(v) for v in row))
-        Console().print(table)
+        console = Console()
+        shown = [(headers or {}).get(c, c) for c in columns]
+        console.print(fitted_table(shown, rows, console.width, to_text, title=title))
 
 
-def _client() -> Client:
+def _client() -> Target:
+    return open_target(get_settings())
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _run(target: Target, sql: str, params: dict[str, Any]) -> tuple[list[str], list[Sequence[Any]]]:
+    client = target.client
     try:
-        return connect(get_settings().resolved_clickhouse_url)
-    except (ClickHouseUnavailable, ClickHouseConfigError) as exc:
+        if target.settings:
+            # The engine's own parse, checked like the bridge does (sinks/sql_guard.py).
+            ast = client.query(f"EXPLAIN AST {sql}", parameters=params or None, settings=target.settings)
+            check_ast("\n".join(str(r[0]) for r in ast.result_rows))
+        result = client.query(sql, parameters=params or None, settings=target.settings or None)
+    except SqlRefused as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def _run(client: Client, sql: str, params: dict[str, Any]) -> tuple[list[str], list[Sequence[Any]]]:
-    try:
-        result = client.query(sql, parameters=params or None, settings=READ_ONLY_SETTINGS)
     except Exception as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = _first_line(exc)
         if "UNKNOWN_TABLE" in message or "Unknown table" in message:
             message += " (has `creditflow migrate` been run?)"
         raise click.ClickException(message) from None
     columns, rows = list(result.column_names), list(result.result_rows)
     if not columns and not rows:
-        columns = _describe(client, sql, params)
+        columns = _describe(target, sql, params)
     return columns, rows
 
 
-def _describe(client: Client, sql: str, params: dict[str, Any]) -> list[str]:
+def _describe(target: Target, sql: str, params: dict[str, Any]) -> list[str]:
     """Column names of an empty result. chDB returns no bytes at all for zero rows, so the names
     must be asked for separately; a statement DESCRIBE cannot wrap (SHOW, ...) just has none."""
     try:
-        result = client.query(f"DESCRIBE ({sql})", parameters=params or None, settings=READ_ONLY_SETTINGS)
+        result = target.client.query(f"DESCRIBE ({sql})", parameters=params or None,
+                                     settings=target.settings or None)
     except Exception:
         return []
     return [str(r[0]) for r in result.result_rows]
@@ -178,12 +186,16 @@ def query(sql: str, param_items: tuple[str, ...], fmt: str) -> None:
 
 # (title, SQL). Every window is "the last N UTC days including today", bound as {days:UInt32}.
 REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
+    ("programme scorecard: credit recipients vs the others", """
+        SELECT metric, recipients, non_recipients, ratio, recipients_base, non_recipients_base
+        FROM v_programme_scorecard
+        ORDER BY ord"""),
     ("credits by feature", """
         SELECT category, plan, model, sum(requests) AS requests, sum(list_credits) AS list_credits,
                sum(charged_credits) AS charged_credits, sum(subsidy_credits) AS subsidy_credits,
                sum(grant_funded_credits) AS grant_funded_credits
         FROM v_credits_by_feature
-        WHERE day > toDate(now('UTC')) - {days:UInt32}
+        WHERE toDate32(day) > toDate32(now('UTC')) - {days:UInt32}
         GROUP BY category, plan, model
         ORDER BY list_credits DESC, category, plan, model"""),
     ("feature adoption by week", """
@@ -192,7 +204,7 @@ REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
                countIf(used_standard_chat) AS standard_chat, countIf(features_used >= 2) AS multi_feature,
                countIf(features_used = 4) AS all_features
         FROM v_feature_adoption
-        WHERE week > toMonday(toDate(now('UTC')) - {days:UInt32}) - 7
+        WHERE toDate32(week) > toMonday(toDate32(now('UTC')) - {days:UInt32}) - 7
         GROUP BY week
         ORDER BY week"""),
     ("grant utilisation by campaign", """
@@ -202,6 +214,29 @@ REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
         ORDER BY granted_credits DESC, campaign"""),
     ("conversion to paid plans", """
         SELECT cohort, accounts, converted, conversion_rate FROM v_conversion ORDER BY cohort"""),
+    ("failure modes (refinement samples)", """
+        SELECT category, model, outcome, error_code, sum(samples) AS samples
+        FROM v_failure_modes
+        WHERE toDate32(day) > toDate32(now('UTC')) - {days:UInt32} AND outcome != 'SUCCESS'
+        GROUP BY category, model, outcome, error_code
+        ORDER BY samples DESC, category, model, outcome, error_code
+        LIMIT 15"""),
+    ("failure rate by reasoning depth and context size", """
+        SELECT reasoning_depth, context_band, sum(samples) AS samples, sum(failures) AS failures,
+               CAST(failures AS Decimal128(6)) / samples AS failure_rate
+        FROM v_failure_modes
+        WHERE toDate32(day) > toDate32(now('UTC')) - {days:UInt32}
+        GROUP BY reasoning_depth, context_band
+        ORDER BY reasoning_depth, indexOf(['<8k', '8k-32k', '32k-100k', '100k-200k', '>=200k'], context_band)"""),
+    ("integration pain points by tool and surface", """
+        SELECT tool, surface, sum(samples) AS samples, sum(errors) AS errors, sum(timeouts) AS timeouts,
+               sum(aborts) AS aborts, CAST(sum(failures) AS Decimal128(6)) / samples AS failure_rate,
+               max(p90_latency_ms) AS p90_latency_ms
+        FROM v_integration_pain_points
+        WHERE toDate32(day) > toDate32(now('UTC')) - {days:UInt32}
+        GROUP BY tool, surface
+        ORDER BY errors + timeouts + aborts DESC, tool, surface
+        LIMIT 15"""),
     ("alert volume and verdicts", """
         SELECT rule_id, severity, sum(alerts) AS alerts, sum(reviewed) AS reviewed,
                sum(confirmed) AS confirmed, sum(false_positive) AS false_positive,
@@ -209,7 +244,7 @@ REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
                   CAST(confirmed AS Decimal128(6)) / (confirmed + false_positive)) AS precision,
                sum(credits_exposed) AS credits_exposed
         FROM v_alert_volume
-        WHERE day > toDate(now('UTC')) - {days:UInt32}
+        WHERE toDate32(day) > toDate32(now('UTC')) - {days:UInt32}
         GROUP BY rule_id, severity
         ORDER BY alerts DESC, rule_id, severity"""),
 )
@@ -219,11 +254,25 @@ REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
 @click.option("--days", type=int, default=30, show_default=True,
               help="window for time-based sections, in UTC days including today")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-def report(days: int, fmt: str) -> None:
-    """Canned analyst tables: credits by feature, adoption, grant utilisation, conversion, alerts."""
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="write the report as one self-contained HTML page of charts to this file instead")
+def report(days: int, fmt: str, html_path: str | None) -> None:
+    """Canned analyst tables: the programme scorecard, credits by feature, adoption, grant
+    utilisation, conversion, failure modes, integration pain points, alerts."""
     if not 1 <= days <= 36_500:
         raise click.UsageError(f"--days must be between 1 and 36500, got {days}")
     client = _client()
+    if html_path is not None:
+        from streams.reporting.html_page import build_page
+
+        text = build_page(lambda sql, params: _run(client, sql, params), days, client.where)
+        try:
+            with open(html_path, "w", encoding="utf-8") as out:
+                out.write(text)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {html_path}: {exc.strerror or exc}") from None
+        click.echo(f"wrote {html_path} ({len(text) // 1024 + 1} KiB, last {days} days)")
+        return
     results = []
     for title, sql in REPORT_SECTIONS:
         params = {"days": days} if "{days:" in sql else {}
@@ -239,4 +288,5 @@ def report(days: int, fmt: str) -> None:
             if n:
                 click.echo()
             click.echo(f"# {title} (last {days} days)" if "{days:" in REPORT_SECTIONS[n][1] else f"# {title}")
-        render(columns, rows, fmt, title=title)
+        render(columns, rows, fmt, title=f"{title} (credits)" if any(c.endswith("_credits") for c in columns)
+               else title, headers=SHORT_HEADERS)

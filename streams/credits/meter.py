@@ -331,6 +331,10 @@ def _sample(enriched: Mapping[str, Any], ev: Mapping[str, Any], reason: str) -> 
         "context_window_tokens": enriched["context_window_tokens"],
         "reasoning_steps": enriched["reasoning_steps"],
         "tool_calls": enriched["tool_calls"],
+        # For the refinement team's integration pain points (RefinementSample v3).
+        "surface": ev.get("surface") or "",
+        "tool_names": list(ev.get("tool_names") or ()),
+        "latency_ms": int(ev.get("latency_ms") or 0),
         "policy_version": enriched["policy_version"],
         "prompt_fingerprint": ev.get("prompt_fingerprint"),
     }

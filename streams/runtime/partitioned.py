@@ -23,6 +23,7 @@ from mode import Service
 from streams.runtime import gc_policy
 from streams.runtime.changelog import ChangelogTable
 from streams.runtime.kafka_clients import KafkaClients
+from streams.runtime.metrics import Metrics
 from streams.settings import Settings
 
 # An unexpected error inside a batch must not let its offsets be committed: exit and replay.
@@ -42,6 +43,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             self.service.release({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.service.metrics.assigned(self.service.group, assigned)
         async with self.service.lock:
             await self.service.on_assigned({tp.partition for tp in assigned})
 
@@ -66,6 +68,8 @@ class PartitionedService(Service):
         self.lock = asyncio.Lock()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        # The app's metrics once registered (streams/runtime/health.py watch_service); a private set before.
+        self.metrics = Metrics()
 
     # -- what a subclass provides --------------------------------------------------------------------
 
@@ -194,6 +198,7 @@ class PartitionedService(Service):
         within_ms = int(self.settings.process_within * 1000)
         while not self.should_stop:
             fetched = await self.consumer.getmany(timeout_ms=within_ms, max_records=self.settings.process_batch)
+            self.metrics.consumed(self.group, fetched)
             if not fetched or self.should_stop:
                 continue
             try:

@@ -135,6 +135,9 @@ class WebAnnouncer(Service):
 
 
 def register_web(app: faust.App, settings: Settings) -> WebAnnouncer:
+    from streams.runtime.health import register_health
+
+    register_health(app, settings)
     announcer = WebAnnouncer(app, settings)
     app.service(announcer)  # type: ignore[arg-type]  # Faust accepts instances too, its stub says classes
     app.creditflow_web = announcer  # type: ignore[attr-defined]

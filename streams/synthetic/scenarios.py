@@ -65,6 +65,8 @@ class _Builder:
     events: list[dict[str, Any]] = field(default_factory=list)
     grants: list[dict[str, Any]] = field(default_factory=list)
     labels: dict[str, Label] = field(default_factory=dict)
+    # Account ids start with this, so a run's accounts can be told apart (as Generator's are).
+    account_prefix: str = ""
     _n: int = 0
 
     def __post_init__(self) -> None:
@@ -77,7 +79,7 @@ class _Builder:
                 leaning: str = "chat", device: str | None = None, ip: str | None = None,
                 payment: str | None = None, team: str | None = None) -> Account:
         self._n += 1
-        aid = f"u-{self.seed}-{self._n:05d}"
+        aid = f"{self.account_prefix}u-{self.seed}-{self._n:05d}"
         acct = Account(
             account_id=aid, plan=plan, team_id=team, org_id=f"org-{team}" if team else None,
             ip_hash=ip or _h(f"ip-{aid}"), device_hash=device or _h(f"dev-{aid}"),
@@ -401,3 +403,18 @@ def build(size: str = "small", seed: int = 11, start_ms: int = 1_793_000_000_000
     events.sort(key=lambda e: (e["occurred_at"], e["event_id"]))
     end = max(e["occurred_at"] for e in events) + 1
     return ScenarioSet(events, grants, labels, start_ms, end, seed, size)
+
+
+def gaming_sample(names: tuple[str, ...], seed: int, start_ms: int, account_prefix: str = "",
+                  size: str = "small") -> ScenarioSet:
+    """Only the named gamer scenarios, labelled, without background or decoys: gaming to mix into
+    other traffic (the demo does)."""
+    unknown = [n for n in names if n not in GAMER_SCENARIOS]
+    if unknown:
+        raise ValueError(f"unknown gamer scenarios {unknown}; known: {sorted(GAMER_SCENARIOS)}")
+    b = _Builder(seed=seed, size=SIZES[size], start_ms=start_ms, account_prefix=account_prefix)
+    for name in names:
+        GAMER_SCENARIOS[name](b)
+    events = sorted(b.events, key=lambda e: (e["occurred_at"], e["event_id"]))
+    end = max((e["occurred_at"] for e in events), default=start_ms) + 1
+    return ScenarioSet(events, b.grants, b.labels, start_ms, end, seed, size)

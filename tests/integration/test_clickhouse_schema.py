@@ -37,7 +37,8 @@ from sinks.migrations import apply_migrations, discover, pending
 pytestmark = pytest.mark.integration
 
 VIEWS = ("v_credits_by_feature", "v_feature_adoption", "v_grant_utilisation", "v_campaign_utilisation",
-         "v_conversion", "v_alert_volume", "v_credit_balances")
+         "v_conversion", "v_alert_volume", "v_credit_balances", "v_programme_accounts", "v_programme_scorecard",
+         "v_failure_modes", "v_integration_pain_points")
 NOW = datetime.now(UTC).replace(microsecond=0)
 # Inside the events TTL, and a fixed time of day so minute/hour buckets are predictable.
 DAY0 = (NOW - timedelta(days=20)).replace(hour=10, minute=0, second=0)
@@ -424,8 +425,10 @@ def test_cli_migrate_query_report(tmp_path: Path) -> None:
     report = _cli(tmp_path, "report", "--days", "7", "--format", "json")
     assert report.returncode == 0, report.stderr
     assert list(json.loads(report.stdout)) == [
-        "credits by feature", "feature adoption by week", "grant utilisation by campaign",
-        "conversion to paid plans", "alert volume and verdicts"]
+        "programme scorecard: credit recipients vs the others", "credits by feature", "feature adoption by week",
+        "grant utilisation by campaign", "conversion to paid plans", "failure modes (refinement samples)",
+        "failure rate by reasoning depth and context size", "integration pain points by tool and surface",
+        "alert volume and verdicts"]
 
     for args in (("query", "DROP TABLE events"), ("query", "SELECT 1", "-p", "x"),
                  ("query", "SELECT 1", "-p", "x=1"), ("report", "--days", "0")):

@@ -73,6 +73,7 @@ def _enum_symbols(schema: Any, found: dict[str, list[str]]) -> None:
 def test_catalogue_holds_every_contract() -> None:
     assert set(get_catalogue().names()) == EXPECTED_RECORDS
     assert [sv.version for sv in get_catalogue().versions("InteractionEvent")] == [1, 2]
+    assert [sv.version for sv in get_catalogue().versions("RefinementSample")] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("path", SCHEMA_FILES, ids=lambda p: p.name)

@@ -1,0 +1,61 @@
+"""Where the CLI's read-only queries go: a running worker's live SQL, or ClickHouse itself.
+
+With chDB only the process holding the data path can open it. When a worker that holds it (role
+``all`` or ``sink``) has announced itself under the data dir, commands query through its live SQL
+bridge (``sinks/sql_bridge.py``) with clickhouse-connect's HTTP client; with nothing running they
+open chDB themselves, as before. A ClickHouse server URL is always queried directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote, urlparse
+
+import click
+
+from sinks.client import ClickHouseConfigError, ClickHouseUnavailable, Client, connect
+from sinks.sql_bridge import Limits
+from streams.runtime.web import running_workers
+from streams.settings import Role, Settings
+
+_CHDB_HOLDERS = (Role.ALL.value, Role.SINK.value)
+
+
+@dataclass(frozen=True)
+class Target:
+    client: Client
+    where: str
+    # Per-query settings: readonly and the limits. Empty through the bridge, which applies them
+    # itself and accepts no settings from clients.
+    settings: dict[str, str]
+
+
+def bridge_url(settings: Settings) -> str | None:
+    """The live SQL address of a running worker holding this data dir's chDB, if there is one."""
+    if not settings.resolved_clickhouse_url.startswith("chdb://"):
+        return None
+    for worker in running_workers(settings.data_dir):
+        if worker.role in _CHDB_HOLDERS:
+            return worker.url
+    return None
+
+
+def _with_credentials(url: str, settings: Settings) -> str:
+    parsed = urlparse(url)
+    password = settings.sql_password.get_secret_value() if settings.sql_password is not None else ""
+    netloc = f"{quote(settings.sql_user, safe='')}:{quote(password, safe='')}@{parsed.netloc}"
+    return parsed._replace(netloc=netloc).geturl()
+
+
+def open_target(settings: Settings) -> Target:
+    """A client for read-only queries, or a one-line ClickException saying why there is none."""
+    url = bridge_url(settings)
+    try:
+        if url is not None:
+            return Target(connect(_with_credentials(url, settings)), f"the running worker at {url}", {})
+        limits = {"readonly": "1", **Limits.from_settings(settings).session_settings()}
+        limits.pop("max_query_size")
+        return Target(connect(settings.resolved_clickhouse_url), "ClickHouse", limits)
+    except (ClickHouseUnavailable, ClickHouseConfigError) as exc:
+        hint = f" (live SQL of the worker at {url})" if url else ""
+        raise click.ClickException(f"cannot open ClickHouse{hint}: {str(exc).strip().splitlines()[0]}") from None

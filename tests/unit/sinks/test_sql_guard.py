@@ -1,0 +1,105 @@
+"""The read-only guard of live SQL and `creditflow query`: what passes, and every way around it
+that we know of."""
+
+from __future__ import annotations
+
+import pytest
+
+from sinks.sql_guard import SqlRefused, admit, ast_function_names, check_ast, tokenize
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT 1", "  with x AS (SELECT 1) SELECT * FROM x", "-- hi\nSHOW TABLES", "(SELECT 1)", "DESCRIBE events",
+    "EXPLAIN SELECT 1", "SELECT 1;", "EXISTS TABLE events", "SELECT name, value, readonly FROM system.settings",
+    "SELECT 'file(\\'/etc/passwd\\')' AS s", "SELECT format('{} {}', 'a', 'b')", "SELECT count() FROM numbers(10)",
+    "SELECT * FROM v_credits_by_feature WHERE day >= {since:Date}", "SELECT $$file('x')$$",
+    "SELECT 1 /* url('http://x') */", "SELECT `url` FROM t", "SELECT input_tokens FROM events",
+])
+def test_read_only_statements_pass(sql: str) -> None:
+    assert admit(sql).sql
+
+
+def test_a_trailing_format_clause_is_taken_off_and_named() -> None:
+    admitted = admit("SELECT 1 AS x\n FORMAT Native")
+    assert (admitted.sql, admitted.fmt, admitted.keyword) == ("SELECT 1 AS x", "Native", "SELECT")
+    assert admit("SELECT 1 FORMAT JSON;").fmt == "JSON"
+    assert admit("SELECT 1").fmt is None
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO t VALUES (1)", "DROP TABLE events", "SELECT 1;\nDROP TABLE events;", "", " ; ",
+    "ALTER TABLE events DELETE WHERE 1", "/* SELECT */ TRUNCATE events", "SYSTEM SHUTDOWN",
+    "SET readonly = 0", "CREATE TABLE x ENGINE = File(TSV) AS SELECT 1", "KILL QUERY WHERE 1",
+])
+def test_statements_that_write_are_refused(sql: str) -> None:
+    with pytest.raises(SqlRefused):
+        admit(sql)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM file('/etc/passwd', 'LineAsString')",
+    "SELECT * FROM FiLe('/etc/passwd', 'LineAsString')",
+    "SELECT * FROM file /* hide */ ('/etc/passwd', 'LineAsString')",
+    "SELECT * FROM file -- hide\n ('/etc/passwd', 'LineAsString')",
+    "SELECT * FROM file # hide\n ('/etc/passwd', 'LineAsString')",
+    "SELECT * FROM `file`('/etc/passwd', 'LineAsString')",
+    'SELECT * FROM "FILE"(\'/etc/passwd\', \'LineAsString\')',
+    "SELECT file('/etc/passwd')",
+    "SELECT 1 UNION ALL SELECT length(file('/etc/passwd'))",
+    "SELECT * FROM url('http://127.0.0.1:1/', 'CSV', 'a String')",
+    "SELECT * FROM s3('http://127.0.0.1:1/b/k', 'CSV', 'a String')",
+    "SELECT * FROM icebergS3('http://127.0.0.1:1/b/k')",
+    "SELECT * FROM hdfs('hdfs://x/y', 'TSV', 'a String')",
+    "SELECT * FROM remote('127.0.0.1:9000', system.one)",
+    "SELECT * FROM remoteSecure('127.0.0.1:9440', system.one)",
+    "SELECT * FROM cluster('default', system.one)",
+    "SELECT * FROM mysql('h:3306', 'db', 't', 'u', 'p')",
+    "SELECT * FROM postgresql('h:5432', 'db', 't', 'u', 'p')",
+    "SELECT * FROM jdbc('jdbc:x', 't')", "SELECT * FROM odbc('DSN=x', 't')",
+    "SELECT * FROM executable('cat /etc/passwd', 'TSV', 'a String')",
+    "SELECT * FROM input('a String')", "SELECT * FROM azureBlobStorage('x', 'c', 'b')",
+    "SELECT * FROM sqlite('/etc/x.db', 't')", "DESCRIBE file('/etc/passwd')",
+    "EXPLAIN SELECT * FROM file('/etc/passwd')",
+    "SELECT 1 INTO OUTFILE '/tmp/x'", "SELECT 1 into /*x*/ outfile '/tmp/x'",
+    "SELECT 1 SETTINGS max_result_rows = 0", "SELECT 1 settings `readonly`=0",
+    "SELECT 1 FORMAT TSV UNION ALL SELECT 2",
+    "SELECT * FROM {t:Identifier}", "SELECT {f: identifier}('x')",
+    "SELECT 'unterminated", "SELECT 1 /* unterminated", "SELECT $a$ never closed",
+    # ClickHouse nests /* */ comments; the guard ends a comment at the first */ and so sees more code.
+    "SELECT 1 /* /* */ file('/etc/passwd') */",
+])
+def test_ways_out_are_refused(sql: str) -> None:
+    with pytest.raises(SqlRefused):
+        admit(sql)
+
+
+def test_the_refusal_says_which_function_and_why() -> None:
+    with pytest.raises(SqlRefused, match=r"function FiLe\(\) is refused: it reaches files"):
+        admit("SELECT * FROM FiLe /**/ ('/etc/passwd')")
+
+
+def test_quoted_names_and_strings_are_unquoted_like_clickhouse() -> None:
+    texts = [(t.kind.value, t.text) for t in tokenize("SELECT `a``b`, \"c\\\"d\", 'e''f', 'g\\'h'")]
+    assert texts == [("word", "SELECT"), ("quoted", "a`b"), ("punct", ","), ("quoted", 'c"d'), ("punct", ","),
+                     ("string", "e'f"), ("punct", ","), ("string", "g'h")]
+
+
+EXPLAIN_AST = """SelectWithUnionQuery (children 1)
+ ExpressionList (children 1)
+  SelectQuery (children 2)
+   ExpressionList (children 1)
+    Function count (children 1)
+   TablesInSelectQuery (children 1)
+    TablesInSelectQueryElement (children 1)
+     TableExpression (children 1)
+      Function FiLe (children 1)
+       ExpressionList (children 1)
+        Literal 'x'
+"""
+
+
+def test_the_engines_own_parse_is_checked_too() -> None:
+    assert ast_function_names(EXPLAIN_AST) == {"count", "FiLe"}
+    with pytest.raises(SqlRefused, match="FiLe"):
+        check_ast(EXPLAIN_AST)
+    check_ast(EXPLAIN_AST.replace("FiLe", "numbers"))
