@@ -30,10 +30,10 @@ from streams.settings import Settings
 from streams.wire.codec import Decoder
 from tests.integration.expected import MICRO, Expected, ExpectedBalance, expected
 from tests.integration.harness import Worker, group_lag, wait_drained
-from tests.integration.test_pipeline import _produce, _query, _wait_grants_applied, _workload, settings, workers
+from tests.integration.test_pipeline import _produce, _query, _wait_grants_applied, _workload, settings
 
 pytestmark = pytest.mark.integration
-__all__ = ["settings", "workers"]  # fixtures shared with test_pipeline
+__all__ = ["settings"]  # a fixture shared with test_pipeline
 
 POLICY = load_policy()
 WEEK_MS = 7 * 86_400_000

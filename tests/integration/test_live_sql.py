@@ -15,7 +15,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +37,6 @@ EVENTS = 3_000
 def settings(topic_settings: Settings, tmp_path: Path) -> Settings:
     return topic_settings.model_copy(update={"clickhouse_url": f"chdb://{tmp_path / 'clickhouse'}",
                                              "sink_flush_seconds": 0.3, "process_batch": 200})
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for w in started:
-        w.stop(timeout=30)
 
 
 def _cli_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -36,14 +35,6 @@ def settings(topic_settings: Settings, tmp_path: Path) -> Settings:
         # Small batches so that crashes land in the middle of many of them.
         "process_batch": 400,
     })
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for w in started:
-        w.stop(timeout=30)
 
 
 def _produce(settings: Settings, grants: list[dict[str, Any]], events: list[dict[str, Any]],

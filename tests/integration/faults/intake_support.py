@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -33,14 +33,6 @@ def settings(topic_settings: Settings, tmp_path: Path) -> Settings:
         "sink_flush_seconds": 0.5,
         "process_batch": 400,
     })
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for w in started:
-        w.stop(timeout=30)
 
 
 def send_raw(settings: Settings, topic: str, records: Iterable[Raw]) -> None:

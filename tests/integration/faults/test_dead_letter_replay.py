@@ -31,7 +31,6 @@ from tests.integration.faults.intake_support import (  # noqa: F401  (fixtures)
     settings,
     verify_exact,
     wait_until,
-    workers,
 )
 from tests.integration.harness import REPO, Worker, wait_drained
 

@@ -31,7 +31,6 @@ from tests.integration.faults.intake_support import (  # noqa: F401  (fixtures)
     send_raw,
     settings,
     wait_until,
-    workers,
 )
 from tests.integration.harness import Worker, wait_drained
 

@@ -10,7 +10,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -37,16 +36,6 @@ def settings(topic_settings: Settings, tmp_path: Path) -> Settings:
         # Small batches: the paused worker is likely to hold fetched records and a batch in flight.
         "process_batch": 300,
     })
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for w in started:
-        if w.alive and w.proc is not None:
-            os.killpg(w.proc.pid, signal.SIGCONT)  # a stopped process cannot take SIGTERM
-        w.stop(timeout=30)
 
 
 def _signal(worker: Worker, sig: signal.Signals) -> None:

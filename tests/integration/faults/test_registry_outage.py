@@ -34,7 +34,6 @@ from tests.integration.faults.intake_support import (  # noqa: F401  (fixtures)
     settings,
     verify_exact,
     wait_until,
-    workers,
 )
 from tests.integration.harness import Worker, wait_drained
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,6 @@ def settings(topic_settings: Settings, tmp_path: Path) -> Settings:
         "sink_flush_seconds": 0.5,
         "process_batch": 500,
     })
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for w in started:
-        w.stop(timeout=30)
 
 
 def _with_resends(events: list[dict[str, Any]], resends: int, seed: int) -> tuple[list[dict[str, Any]],

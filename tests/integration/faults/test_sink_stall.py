@@ -11,7 +11,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,16 +35,6 @@ def settings(topic_settings: Settings, tmp_path: Path) -> Settings:
         "sink_flush_seconds": 0.3,
         "process_batch": 400,
     })
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for w in started:
-        if w.proc is not None and w.proc.poll() is None:
-            os.killpg(w.proc.pid, signal.SIGCONT)  # a worker left frozen would never stop
-        w.stop(timeout=30)
 
 
 def _stall(worker: Worker, seconds: float) -> None:
