@@ -191,13 +191,8 @@ def run_evaluation(size: str, seed: int, offline: bool, timeout: float) -> int:
     mode = ("in process (the processor's meter and detection, no broker)" if offline
             else f"real pipeline, {emissions} alert emissions on the topic")
     console.print(f"{mode}; {time.monotonic() - started:.1f}s")
-    failed = targets_met(result)
-    if failed:
-        console.print("[red]targets not met:[/red] " + "; ".join(failed))
-        return 1
-    console.print("[green]targets met[/green] (precision >= 0.95, recall >= 0.90, no decoy at HIGH+, "
-                  "every detector caught its own scenario)")
-    return 0
+    return _verdict(console, targets_met(result), "precision >= 0.95, recall >= 0.90, no decoy at HIGH+, "
+                    "every detector caught its own scenario")
 
 
 def run_pattern_evaluation(seeds: list[int], offline: bool, timeout: float) -> int:
@@ -230,12 +225,16 @@ def run_pattern_evaluation(seeds: list[int], offline: bool, timeout: float) -> i
     mode = "in process (the processor's meter and detection, no broker)" if offline else "real pipeline"
     console.print(render_patterns(merged, f"Detection on randomised patterns, seeds {','.join(map(str, seeds))}"))
     console.print(f"{mode}; {time.monotonic() - started:.1f}s")
-    failed = pattern_targets_met(merged)
+    return _verdict(console, pattern_targets_met(merged), "precision >= 0.95, recall >= 0.90 overall and >= 0.80 "
+                    "per pattern, no decoy at HIGH+, >= 80% of gamers alerted before 20% of their credits")
+
+
+def _verdict(console: Any, failed: list[str], targets: str) -> int:
+    """Print whether the quality targets held; the exit status says the same."""
     if failed:
         console.print("[red]targets not met:[/red] " + "; ".join(failed))
         return 1
-    console.print("[green]targets met[/green] (precision >= 0.95, recall >= 0.90 overall and >= 0.80 per pattern, "
-                  "no decoy at HIGH+, >= 80% of gamers alerted before 20% of their credits)")
+    console.print(f"[green]targets met[/green] ({targets})")
     return 0
 
 
