@@ -18,7 +18,10 @@ from typing import Any
 
 from aiokafka.errors import CoordinatorNotAvailableError, GroupCoordinatorNotAvailableError, NotCoordinatorError
 
+from streams.runtime.kafka_clients import KafkaClients
+from streams.runtime.owners import partition_owners
 from streams.runtime.topics import group_lag as topics_group_lag
+from streams.runtime.web import running_workers
 from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,6 +134,29 @@ def wait_drained(settings: Settings, workers: list[Worker], timeout: float = 240
             return
         time.sleep(settle)
     raise AssertionError(f"pipeline did not drain in {timeout}s (processor lag, sink lag) = {last}")
+
+
+def wait_processors_own(settings: Settings, count: int, timeout: float = 120) -> set[str]:
+    """Until ``count`` workers are announced and the processor group has spread every input partition
+    over exactly their web servers: a restarted worker drains nothing, yet owns nothing until it has
+    rejoined the group."""
+    bootstrap = settings.kafka_bootstrap_servers or ""
+    topic = settings.topic("interaction-events")
+    deadline = time.monotonic() + timeout
+    urls: set[str] = set()
+    owners: dict[int, str] = {}
+    while time.monotonic() < deadline:
+        urls = {w.url for w in running_workers(settings.data_dir) if w.app_id == settings.app_id}
+        try:
+            owners = asyncio.run(partition_owners(KafkaClients(settings, bootstrap),
+                                                  f"{settings.app_id}-processor", topic))
+        except (GroupCoordinatorNotAvailableError, CoordinatorNotAvailableError, NotCoordinatorError):
+            owners = {}
+        if (len(urls) == count and len(owners) == settings.partitions
+                and set(owners.values()) == urls):
+            return urls
+        time.sleep(0.5)
+    raise AssertionError(f"processors did not settle in {timeout}s: announced {urls}, owners {owners}")
 
 
 def env_for(settings: Settings) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from streams.runtime.web import running_workers
 from streams.settings import Settings
 from streams.wire.codec import Decoder
 from tests.integration.expected import MICRO, Expected, ExpectedBalance, expected
-from tests.integration.harness import Worker, group_lag, wait_drained
+from tests.integration.harness import Worker, group_lag, wait_drained, wait_processors_own
 from tests.integration.test_pipeline import _produce, _query, _wait_grants_applied, _workload, settings
 
 pytestmark = pytest.mark.integration
@@ -144,6 +144,7 @@ def test_balances_and_notifications_survive_sigkills(settings: Settings, workers
     accounts = sorted(want.balances)
 
     # The lookup: every account through every worker (one owns it, the other forwards).
+    wait_processors_own(settings, 2)
     live = [w for w in running_workers(settings.data_dir) if w.app_id == settings.app_id]
     assert len(live) == 2, live
     served: Counter[bool] = Counter()
