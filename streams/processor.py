@@ -27,6 +27,7 @@ import faust
 from aiokafka import AIOKafkaProducer
 from mode import Service
 
+from streams.credits.account_state import USAGE_CODEC
 from streams.credits.balances import BalanceBatch, batch_balances
 from streams.credits.meter import DedupWindow, InputRecord, Meter, MeterResult
 from streams.credits.policy import load_policy
@@ -67,7 +68,7 @@ class Processor(PartitionedService):
 
     def __init__(self, settings: Settings, bootstrap: str, names: Mapping[str, str], **kwargs: Any) -> None:
         usage = ChangelogTable("account-usage", f"{settings.app_id}-account-usage-changelog", settings.partitions,
-                               state_dir=settings.state_dir)
+                               state_dir=settings.state_dir, codec=USAGE_CODEC)
         grants = ChangelogTable("account-grants", f"{settings.app_id}-account-grants-changelog",
                                 settings.partitions, state_dir=settings.state_dir)
         detection = Detection(settings, names)

@@ -2,10 +2,10 @@
 
 A platform service that times out and retries sends the same ``event_id`` again, at another offset,
 so the offset replay guard (``streams/runtime/checkpoint.py``) does not see it. Each account's usage
-state therefore keeps a *ring* of the ids it was metered for: a 64-bit hash of the id and the event
-time in whole seconds, 12 bytes per id, oldest first, stored as one base64 string (16 characters an
-id) beside the offsets in the same changelog record, so it survives crashes exactly as the debits do
-and is written in the same transaction.
+state therefore keeps a *ring* of the ids it was metered for (``AccountUsage.seen_event_ids``,
+``streams/credits/account_state.py``): a 64-bit hash of the id and the event time in whole seconds,
+12 bytes per id, oldest first, stored as raw bytes beside the offsets in the same changelog record,
+so it survives crashes exactly as the debits do and is written in the same transaction.
 
 The ring is bounded twice:
 - by event time: ids whose event happened more than ``window`` before the account's newest metered
@@ -19,7 +19,6 @@ duplicate: with 10,000 ids in a window that is a chance of about 3e-12.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -41,15 +40,15 @@ class SeenIds:
     newest_s: int
 
     @classmethod
-    def load(cls, stored: str | None) -> SeenIds:
+    def load(cls, stored: bytes) -> SeenIds:
         if not stored:
             return cls(bytearray(), 0)
-        raw = bytearray(base64.b64decode(stored))
-        newest = max(t for _h, t in _ENTRY.iter_unpack(raw)) if raw else 0
+        raw = bytearray(stored)
+        newest = max(t for _h, t in _ENTRY.iter_unpack(raw))
         return cls(raw, newest)
 
-    def dump(self) -> str:
-        return base64.b64encode(self.raw).decode()
+    def dump(self) -> bytes:
+        return bytes(self.raw)
 
     def __contains__(self, digest: bytes) -> bool:
         raw, step = self.raw, ENTRY_BYTES

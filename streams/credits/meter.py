@@ -2,11 +2,14 @@
 
 Pure apart from reading state through the lookups it is given: the processor does the I/O.
 Two guards live here (``streams/runtime/checkpoint.py`` lists every guard and why each holds):
-- replays: each account's usage state remembers the input partition and offset of the last event
-  folded into it; an event at or below that offset was already applied (its outputs were acknowledged
-  before the transaction that wrote the state committed), so it is skipped, not debited twice;
-- resends: the state also remembers the event ids it was metered for (``streams/credits/dedup.py``);
-  an id seen again within the window is dead-lettered as DUPLICATE, not metered.
+- replays: each account's usage state (``AccountUsage``, ``streams/credits/account_state.py``)
+  remembers the input partition and offset of the last event folded into it (``input_partition``,
+  ``applied_offset``); an event at or below that offset was already applied (its outputs were
+  acknowledged before the transaction that wrote the state committed), so it is skipped, not
+  debited twice;
+- resends: the state also remembers the event ids it was metered for (``seen_event_ids``,
+  ``streams/credits/dedup.py``); an id seen again within the window is dead-lettered as DUPLICATE,
+  not metered.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from streams.credits.account_state import AccountUsage, copy_usage
 from streams.credits.dedup import SeenIds, id_hash
 from streams.credits.ledger import apply_grant_event, debit
 from streams.credits.policy import CompiledPolicy, price_event, should_sample
@@ -25,8 +29,6 @@ from streams.wire.headers import forwarded_from
 from streams.wire.models import DeadLetter
 from streams.wire.validation import decoded_event_passes, validate_event, validate_grant
 
-# Usage state: origin partition -> highest origin offset of the forwarded records applied.
-FORWARDS_KEY = "f"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -71,7 +73,7 @@ class MeterResult:
     enriched: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
-    usage_updates: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    usage_updates: dict[str, tuple[int, AccountUsage]] = field(default_factory=dict)
     grant_updates: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     # Decoded, valid grant events with their partition, in input order (detection reads them too).
     accepted_grants: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
@@ -88,7 +90,7 @@ class MeterResult:
     unpriced: dict[str, int] = field(default_factory=dict)
 
 
-UsageLookup = Callable[[str], Mapping[str, Any] | None]
+UsageLookup = Callable[[str], AccountUsage | None]
 GrantsLookup = Callable[[str], Mapping[str, Any] | None]
 # The partition that owns an account on the input topic (murmur2 of the account id).
 OwnerLookup = Callable[[str], int]
@@ -176,7 +178,7 @@ class Meter:
                 out.unpriced[ev["model"]] = out.unpriced.get(ev["model"], 0) + 1
             pending = updates.get(account)
             state = copy_usage(usage(account)) if pending is None else pending[1]
-            if state["p"] == rec.partition and rec.offset <= state["o"]:
+            if state.input_partition == rec.partition and rec.offset <= state.applied_offset:
                 out.skipped_replays += 1
                 continue
             if rec.headers and not first_forward(state, rec.headers):
@@ -185,7 +187,7 @@ class Meter:
             occurred = epoch_ms(ev["occurred_at"])
             ids = seen.get(account)
             if ids is None:
-                ids = seen[account] = SeenIds.load(state.get("ids"))
+                ids = seen[account] = SeenIds.load(state.seen_event_ids)
             digest = id_hash(ev["event_id"])
             if digest in ids:
                 # A client's resend: kept visible, never debited again. The offset advances so a
@@ -193,7 +195,7 @@ class Meter:
                 out.duplicates += 1
                 self._dead(out, rec, "DUPLICATE", f"event_id {ev['event_id']!r} was already metered for "
                            f"account {account!r} within the last {window_s} s", now_ms)
-                state["p"], state["o"] = rec.partition, rec.offset
+                state.input_partition, state.applied_offset = rec.partition, rec.offset
                 updates[account] = (rec.partition, state)
                 continue
             ids.add(digest, occurred, window_s, max_ids)
@@ -202,17 +204,17 @@ class Meter:
             category = cls.category
             account_grants = grants(account)
             debits, uncovered = (
-                debit(account_grants, state["spent"], pr.charged_micro, occurred)
+                debit(account_grants, state.spent_by_grant, pr.charged_micro, occurred)
                 if account_grants else ([], pr.charged_micro)
             )
             priority = policy.priority[category]
             sampled, sample_reason = should_sample(policy, ev["event_id"], priority, category, ev["outcome"])
-            state["p"] = rec.partition
-            state["o"] = rec.offset
+            state.input_partition = rec.partition
+            state.applied_offset = rec.offset
             if uncovered:
-                state["sub"] = state.get("sub", 0) + uncovered
-            if occurred > state.get("t", 0):
-                state["t"] = occurred
+                state.subscription_funded_micro += uncovered
+            if occurred > state.event_time_ms:
+                state.event_time_ms = occurred
             updates[account] = (rec.partition, state)
             enriched = {
                 "event_id": ev["event_id"],
@@ -267,26 +269,11 @@ class Meter:
         for account, ids in seen.items():
             pending = updates.get(account)
             if pending is not None:
-                pending[1]["ids"] = ids.dump()
+                pending[1].seen_event_ids = ids.dump()
         return out
 
 
-def copy_usage(state: Mapping[str, Any] | None) -> dict[str, Any]:
-    # Copy so a batch that fails half-way never leaves a half-updated object in the table's store.
-    if state is None:
-        return {"p": -1, "o": -1, "spent": {}, "ids": ""}
-    copy = dict(state)
-    copy["spent"] = dict(state["spent"])
-    copy.setdefault("ids", "")
-    # The balance's memory (streams/credits/balances.py): notifications already sent.
-    if "n" in state:
-        copy["n"] = list(state["n"])
-    if FORWARDS_KEY in state:
-        copy[FORWARDS_KEY] = dict(state[FORWARDS_KEY])
-    return copy
-
-
-def first_forward(state: dict[str, Any], headers: Sequence[tuple[str, bytes]]) -> bool:
+def first_forward(state: AccountUsage, headers: Sequence[tuple[str, bytes]]) -> bool:
     """False for a copy of a forwarded record the account has applied already, else True (and the
     record's origin is remembered in ``state``).
 
@@ -299,11 +286,10 @@ def first_forward(state: dict[str, Any], headers: Sequence[tuple[str, bytes]]) -
     if origin is None:
         return True
     partition, offset = origin
-    seen = state.setdefault(FORWARDS_KEY, {})
-    key = str(partition)
-    if offset <= seen.get(key, -1):
+    seen = state.forwarded_offsets
+    if offset <= seen.get(partition, -1):
         return False
-    seen[key] = offset
+    seen[partition] = offset
     return True
 
 

@@ -1,7 +1,8 @@
 """Credit notifications (credit-notifications): which thresholds a new balance crossed. Pure.
 
 Each notification exists once per grant and threshold. The keys of those already sent live in the
-account's state (``"n"``, see ``streams/credits/balances.py``), written after the notification is
+account's usage state (``AccountUsage.notifications_sent``, see ``streams/credits/balances.py``),
+written after the notification is
 published: a batch replayed after a crash re-derives the same notifications with the same ids (the
 sink keeps one), and once the state is written they are never derived again.
 

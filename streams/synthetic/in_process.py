@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streams.credits.account_state import AccountUsage
 from streams.credits.meter import Meter, RawRecord
 from streams.credits.policy import load_policy
 from streams.detection.engine import Detection, DetectionBatch
@@ -88,7 +89,7 @@ def run_in_process(scenarios: ScenarioSet, *, policy_path: Path | None = None, p
         offsets: dict[int, int] = {}
         meter = Meter(policy, Decoder("InteractionEvent"), Decoder("CreditGrant"))
         end = scenarios.end_ms
-        usage_state: dict[str, dict[str, Any]] = {}
+        usage_state: dict[str, AccountUsage] = {}
         grants_state: dict[str, dict[str, Any]] = {}
         emitted: list[dict[str, Any]] = []
         usage: dict[str, list[tuple[int, int]]] = defaultdict(list)
@@ -117,8 +118,8 @@ def run_in_process(scenarios: ScenarioSet, *, policy_path: Path | None = None, p
             records.sort(key=lambda r: r.partition)
             metered = meter.meter(records, usage_state.get, grants_state.get, end)
             dead += len(metered.dead_letters)
-            for account, (_p, state) in metered.usage_updates.items():
-                usage_state[account] = state
+            for account, (_p, account_usage) in metered.usage_updates.items():
+                usage_state[account] = account_usage
             for rec in metered.enriched:
                 usage[rec["account_id"]].append((rec["occurred_at"], rec["charged_micro"]))
             unknown += sum(metered.unpriced.values())

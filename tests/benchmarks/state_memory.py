@@ -286,8 +286,9 @@ async def run(path: Path, accounts: int, trace: bool, sizes: bool, settings_kw: 
 
 
 def changelog_sizes(producer: MemoryProducer, tables: tuple[Any, ...], accounts: int) -> dict[str, Any]:
-    """Per table: keys, and bytes per account of the last write per key as JSON and zlib-compressed,
-    and as decoded Python objects (tracemalloc, a fresh decode of each JSON value)."""
+    """Per table: keys, and bytes per account of the last write per key as written (``json``: the
+    table's codec, JSON unless the table has another, e.g. the usage table's MessagePack) and
+    zlib-compressed, and as decoded Python objects (tracemalloc, a fresh decode of each value)."""
     out: dict[str, Any] = {}
     for t in tables:
         values = list(producer.changelog.get(t.topic, {}).values())
@@ -314,7 +315,7 @@ def changelog_sizes(producer: MemoryProducer, tables: tuple[Any, ...], accounts:
         row["zlib1_as_bytes_objects"] = tracemalloc.get_traced_memory()[0] - b0
         del held
         b0 = tracemalloc.get_traced_memory()[0]
-        decoded = [json.loads(v) for v in values]
+        decoded = [t.codec.decode(v) for v in values]
         row["decoded_objects"] = tracemalloc.get_traced_memory()[0] - b0
         del decoded
         tracemalloc.stop()

@@ -53,16 +53,33 @@ def load_table_class(path: Path | None) -> Any:
     return module.ChangelogTable
 
 
+def codec_of(values: list[bytes]) -> Any:
+    """The usage table's codec for its MessagePack values (``streams/credits/account_state.py``),
+    else JSON."""
+    from streams.credits.account_state import USAGE_CODEC
+    from streams.runtime.changelog import JSON_CODEC
+
+    return JSON_CODEC if values[0][:1] in (b"{", b"[") else USAGE_CODEC
+
+
+def codec_kw(codec: Any) -> dict[str, Any]:
+    """Only a table that needs another codec is given one (a ``--baseline`` table may not know codecs)."""
+    from streams.runtime.changelog import JSON_CODEC
+
+    return {} if codec is JSON_CODEC else {"codec": codec}
+
+
 def best(fn: Callable[[], float], repeat: int) -> float:
     return min(fn() for _ in range(repeat))
 
 
 def measure(table_cls: Any, values: list[bytes], keys: int, batch: int, repeat: int,
             hot_max: int | None) -> dict[str, float]:
-    decoded = [json.loads(v) for v in values]
+    codec = codec_of(values)
     names = [f"key-{i:07d}" for i in range(keys)]
-    objs = [json.loads(json.dumps(decoded[i % len(decoded)])) for i in range(keys)]
-    table = table_cls("t", "t-changelog", 6) if hot_max is None else table_cls("t", "t-changelog", 6, hot_max)
+    objs = [codec.decode(values[i % len(values)]) for i in range(keys)]
+    table = table_cls("t", "t-changelog", 6, **codec_kw(codec)) if hot_max is None else \
+        table_cls("t", "t-changelog", 6, hot_max, **codec_kw(codec))
     producer = MemoryProducer(keep_changelog=False)
     loop = asyncio.new_event_loop()
 

@@ -188,6 +188,7 @@ def test_same_token_lands_once_in_ledger(client: Any) -> None:
 
 def test_latest_balance_wins_and_a_resent_notification_lands_once(client: Any) -> None:
     from sinks.routing import ROUTES
+    from streams.credits.account_state import AccountUsage
     from streams.credits.balances import balance_record
     from streams.credits.notifications import notifications_for
     from streams.credits.policy import load_policy
@@ -198,8 +199,9 @@ def test_latest_balance_wins_and_a_resent_notification_lands_once(client: Any) -
                      "priority": 0, "revoked_at": None}}
     make = {r.topic_key: r.tables[0][1] for r in ROUTES}
     for seq, spent in ((2, 6_000_000), (1, 1_000_000)):  # the newer one first: the version decides
-        rec = balance_record(account, grants, {"p": 0, "o": seq, "spent": {"g1": spent}, "t": t, "v": seq}, "p", 0,
-                             t)
+        usage = AccountUsage(input_partition=0, applied_offset=seq, spent_by_grant={"g1": spent}, event_time_ms=t,
+                             balance_seq=seq)
+        rec = balance_record(account, grants, usage, "p", 0, t)
         insert(client, "credit_balances", list(make["credit-balances"](rec)))
         if seq == 2:
             notes, _ = notifications_for(load_policy(), rec, [], t)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from schemas.policy_file import PolicyError, parse_policy
+from streams.credits.account_state import AccountUsage
 from streams.credits.balances import balance_record, batch_balances, grant_status
 from streams.credits.meter import Meter, RawRecord
 from streams.credits.policy import load_policy
@@ -37,8 +38,9 @@ def test_grant_status_follows_validity_revocation_and_use() -> None:
 def test_balance_counts_only_usable_grants_and_keeps_every_grant() -> None:
     grants = {"late": _grant(5_000_000, days=60), "soon": _grant(2_000_000, days=10),
               "old": _grant(9_000_000, start=T0 - 100 * DAY, days=50)}
-    usage = {"p": 3, "o": 41, "spent": {"soon": 1_500_000, "late": 250_000, "old": 1}, "sub": 700, "t": T0 + DAY,
-             "v": 4}
+    usage = AccountUsage(input_partition=3, applied_offset=41,
+                         spent_by_grant={"soon": 1_500_000, "late": 250_000, "old": 1},
+                         subscription_funded_micro=700, event_time_ms=T0 + DAY, balance_seq=4)
     rec = balance_record("acct", grants, usage, "pv", 3, NOW)
     assert [g["grant_id"] for g in rec["grants"]] == ["old", "soon", "late"]  # burn order
     assert [g["status"] for g in rec["grants"]] == ["EXPIRED", "ACTIVE", "ACTIVE"]

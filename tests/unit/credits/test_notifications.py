@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from streams.credits.account_state import AccountUsage
 from streams.credits.balances import balance_record
 from streams.credits.notifications import notifications_for
 from streams.credits.policy import load_policy
@@ -20,7 +21,8 @@ def _grants(days: int = 90) -> dict[str, Any]:
 
 def _kinds(spent: int, sent: list[str], at: int = T0 + DAY, days: int = 90, seq: int = 1) -> tuple[list[Any],
                                                                                                     list[str]]:
-    usage = {"p": 0, "o": 5, "spent": {"g1": spent}, "t": at, "v": seq}
+    usage = AccountUsage(input_partition=0, applied_offset=5, spent_by_grant={"g1": spent}, event_time_ms=at,
+                         balance_seq=seq)
     return notifications_for(POLICY, balance_record("a", _grants(days), usage, "pv", 0, at), sent, at)
 
 

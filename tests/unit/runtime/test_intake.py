@@ -3,8 +3,7 @@ are forwarded to their owner partition, and that one copy of a forwarded record 
 
 from __future__ import annotations
 
-from typing import Any
-
+from streams.credits.account_state import AccountUsage
 from streams.credits.meter import Meter, RawRecord, first_forward
 from streams.credits.policy import load_policy
 from streams.runtime.batch_send import KeyPartitions
@@ -31,13 +30,14 @@ def test_forwarded_from_round_trips() -> None:
 
 
 def test_one_copy_per_origin_is_applied() -> None:
-    state: dict[str, Any] = {"p": 1, "o": 5, "spent": {}}
+    state = AccountUsage(input_partition=1, applied_offset=5)
     assert first_forward(state, [forwarded_from_header(2, 10)])
     assert not first_forward(state, [forwarded_from_header(2, 10)])  # a replayed forwarder's copy
     assert not first_forward(state, [forwarded_from_header(2, 9)])
     assert first_forward(state, [forwarded_from_header(3, 1)])  # another origin partition
     assert first_forward(state, [forwarded_from_header(2, 11)])
     assert first_forward(state, [("other", b"")])  # not a forward
+    assert state.forwarded_offsets == {2: 11, 3: 1}
 
 
 def test_misplaced_events_and_grants_are_forwarded_not_applied() -> None:
