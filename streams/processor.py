@@ -27,7 +27,7 @@ import faust
 from aiokafka import AIOKafkaProducer
 from mode import Service
 
-from streams.credits.account_state import USAGE_CODEC
+from streams.credits.account_state import usage_codec
 from streams.credits.balances import BalanceBatch, batch_balances
 from streams.credits.meter import DedupWindow, InputRecord, Meter, MeterResult
 from streams.credits.policy import load_policy
@@ -68,7 +68,8 @@ class Processor(PartitionedService):
 
     def __init__(self, settings: Settings, bootstrap: str, names: Mapping[str, str], **kwargs: Any) -> None:
         usage = ChangelogTable("account-usage", f"{settings.app_id}-account-usage-changelog", settings.partitions,
-                               state_dir=settings.state_dir, codec=USAGE_CODEC)
+                               state_dir=settings.state_dir,
+                               codec=usage_codec(settings.usage_state_legacy_json))
         grants = ChangelogTable("account-grants", f"{settings.app_id}-account-grants-changelog",
                                 settings.partitions, state_dir=settings.state_dir)
         detection = Detection(settings, names)

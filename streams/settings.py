@@ -120,6 +120,13 @@ class Settings(BaseSettings):
         description="most event ids remembered per account (12 bytes each in its state); beyond it the oldest "
         "are forgotten first",
     )
+    # streams/credits/account_state.py: the usage state's encoding. Every version reads both.
+    usage_state_legacy_json: bool = Field(
+        default=False,
+        description="write account usage state as the JSON objects of versions before AccountUsage (which "
+        "cannot read the MessagePack records): set it for the first roll of a rolling upgrade from such a "
+        "version, unset it in a second roll once no old worker runs",
+    )
 
     # -- Kafka clients: security, delivery and group membership (streams/runtime/kafka_clients.py) --
     # Named as Kafka users export them; every client the project makes takes them from here.

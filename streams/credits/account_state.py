@@ -18,9 +18,13 @@ Earlier versions wrote a JSON object with short keys (``{"p": 0, "o": 41, "spent
 ``o``, ``spent``, ``ids`` only once set). A changelog written by such a worker is still read:
 ``decode`` tells the two apart by the first byte (a JSON object starts with ``{``, this record with a
 MessagePack array header) and converts the old keys (``_from_legacy``). Records are rewritten in the
-new encoding the next time their account changes. A worker of an earlier version cannot read the new
-encoding: a rollback needs the changelog topic emptied (state rebuilt from the inputs) or this
-version kept.
+new encoding the next time their account changes.
+
+A worker of an earlier version cannot read the new encoding, and in a rolling upgrade partitions
+move between old and new workers. So ``UsageCodec(legacy_writes=True)``
+(``CREDITFLOW_USAGE_STATE_LEGACY_JSON``) writes the old JSON instead: the first roll runs with it,
+a second roll without it (``docs/operations.md``). It does not make a rollback safe by itself: an
+account not changed since it was set keeps its MessagePack record, which an old worker cannot read.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any
 import msgspec
 import orjson
 
-__all__ = ["USAGE_CODEC", "AccountUsage", "UsageCodec"]
+__all__ = ["USAGE_CODEC", "AccountUsage", "UsageCodec", "copy_usage", "usage_codec"]
 
 
 class AccountUsage(msgspec.Struct, array_like=True, gc=False):
@@ -93,6 +97,14 @@ LEGACY_KEYS: Mapping[str, str] = {
 }
 
 
+def _to_legacy(state: AccountUsage) -> dict[str, Any]:
+    """The JSON object earlier versions wrote for ``state`` (they read every key they know)."""
+    return {"p": state.input_partition, "o": state.applied_offset, "spent": state.spent_by_grant,
+            "ids": base64.b64encode(state.seen_event_ids).decode(), "sub": state.subscription_funded_micro,
+            "t": state.event_time_ms, "v": state.balance_seq, "n": state.notifications_sent,
+            "f": {str(p): o for p, o in state.forwarded_offsets.items()}}
+
+
 def _from_legacy(old: Mapping[str, Any]) -> AccountUsage:
     """A state written as a JSON object with short keys (before ``AccountUsage``)."""
     ids = old.get("ids")
@@ -113,13 +125,17 @@ _JSON_OBJECT = ord("{")
 
 
 class UsageCodec:
-    """How the changelog table stores ``AccountUsage`` (the table's ``codec``)."""
+    """How the changelog table stores ``AccountUsage`` (the table's ``codec``). Reads both encodings;
+    writes MessagePack, or the earlier versions' JSON with ``legacy_writes`` (a rolling upgrade)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, legacy_writes: bool = False) -> None:
+        self.legacy_writes = legacy_writes
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(AccountUsage)
 
     def encode(self, value: AccountUsage) -> bytes:
+        if self.legacy_writes:
+            return orjson.dumps(_to_legacy(value))
         return self._encoder.encode(value)
 
     def decode(self, payload: bytes | memoryview) -> AccountUsage:
@@ -131,3 +147,8 @@ class UsageCodec:
 
 
 USAGE_CODEC = UsageCodec()
+LEGACY_WRITING_USAGE_CODEC = UsageCodec(legacy_writes=True)
+
+
+def usage_codec(legacy_writes: bool) -> UsageCodec:
+    return LEGACY_WRITING_USAGE_CODEC if legacy_writes else USAGE_CODEC

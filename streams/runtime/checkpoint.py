@@ -13,7 +13,8 @@ partition p of every state table) has its own transactional producer, ``transact
    and credit-notifications (to the input's partition);
 2. write detection state (detector accounts, fingerprints, alert states), each change in its
    partition's transaction;
-3. write account state (grants; usage: debits, last offset applied, event ids metered), likewise;
+3. write account state (grants; usage, ``AccountUsage`` in ``streams/credits/account_state.py``:
+   debits, last offset applied, event ids metered, balance memory), likewise;
 4. once every record of 1-3 is acknowledged, commit each transaction: a partition's state and
    input offsets become visible together.
 
@@ -45,14 +46,16 @@ Guards: the fence and the transaction make a batch land once; these make a *repl
 batch re-read after a crash, a rebalance, or records fetched from a committed offset read just
 before a fenced owner's last commit completed) and a *resend* count once:
 
-- usage state ``p``/``o``, the last input offset applied to the account (streams/credits/meter.py):
-  a replayed event is skipped, not debited again;
-- usage state ``ids``, the event ids metered within the window (streams/credits/dedup.py): a client's
-  resend is dead-lettered as DUPLICATE, not debited again;
+- usage state ``input_partition``/``applied_offset``, the last input offset applied to the account
+  (streams/credits/meter.py): a replayed event is skipped, not debited again;
+- usage state ``seen_event_ids``, the event ids metered within the window (streams/credits/dedup.py):
+  a client's resend is dead-lettered as DUPLICATE, not debited again;
+- usage state ``forwarded_offsets``, the highest origin offset applied per origin partition
+  (streams/credits/meter.py ``first_forward``): a record forwarded twice is applied once;
 - grant folding is idempotent per ISSUED/REVOKED event (streams/credits/ledger.py): grant state;
-- usage state ``v``/``n`` (streams/credits/balances.py): a replayed batch's balance takes the
-  sequence number it had and its notifications the ids they had (``account/kind/grant/threshold``);
-  notifications recorded as sent are never derived again;
+- usage state ``balance_seq``/``notifications_sent`` (streams/credits/balances.py): a replayed
+  batch's balance takes the sequence number it had and its notifications the ids they had
+  (``account/kind/grant/threshold``); notifications recorded as sent are never derived again;
 - detector account state ``o``, the last offset folded (streams/detection/engine.py): detector state
   and the alerts it fires;
 - fingerprint state ``o``, the last offset per source partition (streams/detection/engine.py): an

@@ -11,7 +11,7 @@ import msgspec
 import orjson
 import pytest
 
-from streams.credits.account_state import LEGACY_KEYS, USAGE_CODEC, AccountUsage, copy_usage
+from streams.credits.account_state import LEGACY_KEYS, USAGE_CODEC, AccountUsage, copy_usage, usage_codec
 from streams.credits.balances import balance_record
 from streams.credits.dedup import SeenIds, id_hash
 from streams.credits.meter import Meter, RawRecord
@@ -147,3 +147,15 @@ def test_the_table_reads_legacy_and_new_records_and_writes_the_new_encoding(tmp_
         assert "old" not in table._hot and table.get("old") == old
     finally:
         table.close()
+
+
+def test_legacy_writes_give_the_previous_versions_json_back() -> None:
+    """For a rolling upgrade (CREDITFLOW_USAGE_STATE_LEGACY_JSON): what an old worker wrote, it reads
+    back key for key (``sub`` written at 0 where it had never been set, which it reads as 0)."""
+    codec = usage_codec(legacy_writes=True)
+    for legacy in (LEGACY_FORWARDED, LEGACY_SUBSCRIPTION):
+        state = codec.decode(legacy)
+        written = codec.encode(state)
+        assert orjson.loads(written) == {"sub": 0, "n": [], "f": {}, **orjson.loads(legacy)}
+        assert codec.decode(written) == state == USAGE_CODEC.decode(USAGE_CODEC.encode(state))
+    assert usage_codec(legacy_writes=False) is USAGE_CODEC
