@@ -280,7 +280,8 @@ def test_views_compute_exact_numbers(fresh_db: Any) -> None:
              "related_entities": [], "plan": "FREE", "grant_id": None, "window_start": d,
              "window_end": d + timedelta(hours=1), "severity": "HIGH", "score": 0.9, "observed": 10.0,
              "limit_value": 5.0, "counter_signals": [], "evidence": "{}", "sample_event_ids": ["e1"],
-             "suggested_action": "REVIEW", "first_seen_at": d, "last_seen_at": d, "status": "OPEN"}
+             "suggested_action": "REVIEW", "first_seen_at": d, "last_seen_at": d, "status": "OPEN",
+             "observed_label": "10 requests in 1h", "limit_label": "5"}
     insert(c, "gaming_alerts", [
         {**alert, "alert_id": "a1", "rule_id": "velocity", "entity_id": "acc1", "firings": 1,
          "estimated_credits_exposed_micro": 1_500_000, "updated_at": d},
