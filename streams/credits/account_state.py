@@ -11,7 +11,9 @@ Encoding: MessagePack, the fields as an array in declaration order (``array_like
 ring as raw bytes. Measured against the JSON dicts with one-letter keys that earlier versions wrote
 (figures in ``docs/performance.md``): smaller records, and faster to write and read. Evolution rules
 of an array-like record: a new field goes last, with a default (a record written before it decodes
-with the default); fields are never removed or reordered.
+with the default); fields are never removed or reordered. A record with more fields than this
+version knows (a later version's) is read, its extra fields ignored (and lost when this version
+rewrites it).
 
 Earlier versions wrote a JSON object with short keys (``{"p": 0, "o": 41, "spent": {...},
 "ids": "<base64>", "sub": 7, "t": ms, "v": 3, "n": [...], "f": {"2": 17}}``, keys other than ``p``,

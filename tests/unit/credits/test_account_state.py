@@ -106,6 +106,9 @@ def test_a_record_with_fewer_fields_reads_the_rest_as_defaults() -> None:
     """Array-like evolution: a field added later decodes as its default from an older record."""
     older = msgspec.msgpack.encode([3, 9, {"g": 1}, b""])
     assert USAGE_CODEC.decode(older) == AccountUsage(3, 9, {"g": 1})
+    # A later version's record, with a field appended: read, the field ignored.
+    later = msgspec.msgpack.encode([*msgspec.msgpack.decode(USAGE_CODEC.encode(AccountUsage(3, 9))), "new", 1])
+    assert USAGE_CODEC.decode(later) == AccountUsage(3, 9)
     with pytest.raises(msgspec.ValidationError):
         USAGE_CODEC.decode(msgspec.msgpack.encode([3, "nine"]))
 
