@@ -237,7 +237,7 @@ class Processor(PartitionedService):
             self.metrics.processor_batch(
                 events=len(event_records), metered=len(metered.enriched), skipped=metered.skipped_replays,
                 dead=[*granted.dead_letters, *metered.dead_letters], alerts=found.alerts,
-                started=t0, write_phases=self.checkpoint.last_phases)
+                started=t0, write_phases=self.checkpoint.last_phases, unpriced=metered.unpriced)
         _trace("batch: %d events, %d grants, %d reviews, %d observations in, %d replays skipped, %d duplicates, "
                "%d dead, %d alerts, %d observations folded here, %d sent, %d partitions lost: meter %.1f ms, "
                "detect %.1f ms, write %.1f ms", len(event_records), len(grant_records), len(reviews),
