@@ -16,6 +16,11 @@ deleted by ``close`` (or at interpreter exit), and rebuilt from the changelog by
 A worker killed before it could delete its stores leaves ``creditflow-state-<pid>-*`` directories;
 the next table created in the same directory removes those whose process is gone.
 
+Values are written as JSON unless the table is given another ``codec`` (``ValueCodec``: encode to
+the changelog record's value, decode it back, including what earlier versions wrote): the account
+usage table stores typed ``AccountUsage`` records as MessagePack (``streams/credits/account_state.py``).
+The local store keeps the changelog value as it is, so recovery copies bytes and decodes nothing.
+
 Callers may change an object returned by ``get`` in place, but must write it with ``put_many``
 before the batch ends: a key leaves the hot set only at a safe point (``evict``, run by
 ``put_many`` and at the end of ``Checkpoint.write``), where its stored bytes equal its last
@@ -36,7 +41,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Awaitable, Iterable, Iterator, Set
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -60,9 +65,10 @@ log = logging.getLogger("creditflow.tables")
 
 _V = TypeVar("_V")
 
-# A stored entry is a 3-byte header and a payload. Header byte 0 is the format (0 = the JSON as it
-# was written; kept so another encoding can be told apart), bytes 1-2 the partition: ``drop`` finds
-# a revoked partition's keys from the entries alone, with no second index per key.
+# A stored entry is a 3-byte header and a payload. Header byte 0 is the format (0 = the changelog
+# record's value as the table's codec wrote it; kept so another local encoding can be told apart),
+# bytes 1-2 the partition: ``drop`` finds a revoked partition's keys from the entries alone, with no
+# second index per key.
 _RAW = 0
 _HEADER = 3
 _MAX_PARTITIONS = 1 << 16
@@ -86,7 +92,7 @@ _BLOOM_BITS = 10  # a get of a key never written (new accounts, fingerprints) sk
 DEFAULT_HOT_KEYS: int = Settings.model_fields["state_hot_keys"].default
 
 
-def _encode(value: Any) -> bytes:
+def encode_json(value: Any) -> bytes:
     # orjson: state JSON is written for every touched key of every batch, ~4x faster than json.
     # Non-string keys become strings, as json.dumps does.
     try:
@@ -96,13 +102,32 @@ def _encode(value: Any) -> bytes:
 
 
 # orjson reads an integer beyond 64 bits as a float, silently. Such values (written by the stdlib
-# fallback of ``_encode``) are rare: only payloads with a run of 20+ digits (an id of digits may be
+# fallback of ``encode_json``) are rare: only payloads with a run of 20+ digits (an id of digits may be
 # one) take the stdlib path, which reads every JSON number exactly.
 _LONG_DIGITS = re.compile(rb"\d{20,}")
 
 
-def _decode(payload: bytes | memoryview) -> Any:
+def decode_json(payload: bytes | memoryview) -> Any:
     return json.loads(bytes(payload)) if _LONG_DIGITS.search(payload) else orjson.loads(payload)
+
+
+class ValueCodec(Protocol):
+    """How a table's values become changelog record values and back. ``decode`` must read every
+    encoding the table's changelog may hold, including those written by earlier versions (a
+    compacted changelog keeps an account's last record for as long as the account lives)."""
+
+    def encode(self, value: Any, /) -> bytes: ...
+    def decode(self, payload: bytes | memoryview, /) -> Any: ...
+
+
+class JsonCodec:
+    """The default: JSON-able values (dicts, lists, numbers, strings), as JSON."""
+
+    encode = staticmethod(encode_json)
+    decode = staticmethod(decode_json)
+
+
+JSON_CODEC = JsonCodec()
 
 
 def _raw_header(partition: int) -> bytes:
@@ -206,11 +231,13 @@ def _close_store(db: Rdict, path: str) -> None:
 
 class ChangelogTable:
     def __init__(self, name: str, topic: str, partitions: int, hot_max: int = DEFAULT_HOT_KEYS,
-                 *, state_dir: str | None = None) -> None:
-        """``state_dir``: where the local store's directory is made; None = the system temp dir."""
+                 *, state_dir: str | None = None, codec: ValueCodec = JSON_CODEC) -> None:
+        """``state_dir``: where the local store's directory is made; None = the system temp dir.
+        ``codec``: how values are written to the changelog (and the local store) and read back."""
         if not 0 < partitions <= _MAX_PARTITIONS:
             raise ValueError(f"{name}: {partitions} partitions; at most {_MAX_PARTITIONS} are supported")
         self.name = name
+        self.codec = codec
         self.topic = topic
         self.partitions = partitions
         self.hot_max = hot_max
@@ -258,7 +285,7 @@ class ChangelogTable:
         stored = self._db.get(key.encode())
         if stored is None:
             return None
-        value = _decode(memoryview(stored)[_HEADER:])
+        value = self.codec.decode(memoryview(stored)[_HEADER:])
         self._hot[sys.intern(key)] = value
         self.hydrated += 1
         return value
@@ -299,12 +326,13 @@ class ChangelogTable:
         batches; returns the delivery futures."""
         by_partition: dict[int, list[Outgoing]] = {}
         written, hot, dirty, headers, intern = self._written, self._hot, self._dirty, self._raw_headers, sys.intern
+        encode = self.codec.encode
         for partition, key, value in changes:
             key = intern(key)
             # orjson's result holds a buffer of several KB whatever its length: it is dropped here
             # and the record sent from an exact-size copy, rather than held for the whole batch.
             stored = written[key] = (
-                (headers[partition] if partition < len(headers) else _raw_header(partition)) + _encode(value))
+                (headers[partition] if partition < len(headers) else _raw_header(partition)) + encode(value))
             hot.pop(key, None)  # re-inserted last: the oldest written are evicted first
             hot[key] = value
             if dirty:
@@ -412,7 +440,7 @@ class ChangelogTable:
 
     def restore(self, partition: int, key: bytes | None, value: bytes | None) -> None:
         """Apply one changelog record (a tombstone when ``value`` is None) as recovery reads it:
-        the JSON goes to the store and is decoded only when ``get`` asks for it."""
+        the value goes to the store as it is and is decoded only when ``get`` asks for it."""
         k = key.decode() if key else ""
         self._hot.pop(k, None)
         self._dirty.discard(k)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from streams.credits.meter import Meter, RawRecord
@@ -44,7 +45,8 @@ def _detection(tmp_path: Path) -> Detection:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
+    # Detector states hold typed records: compared as the builtins they are written as.
+    return json.dumps(msgspec.to_builtins(value), sort_keys=True)
 
 
 def _contents(table: ChangelogTable) -> dict[str, Any]:
@@ -139,7 +141,7 @@ def test_the_timer_remembers_only_entities_with_events_not_evaluated(tmp_path: P
     d.on_metered(batch, enriched, set(range(PARTITIONS)))
 
     def pending(table: ChangelogTable, key: str) -> int:
-        return int(table.get(key)["d"]["_"]["ne"])
+        return int(table.get(key)["d"]["_"].events_since_evaluation)
 
     waiting = {k for k in d.accounts if pending(d.accounts, k)}
     assert waiting and len(waiting) < len(list(d.accounts))  # some accounts were evaluated with their events
