@@ -149,6 +149,8 @@ class GamingAlert(TypedDict):
     last_seen_at: int
     firings: int
     status: AlertStatus
+    observed_label: str
+    limit_label: str
 
 
 class InteractionEvent(TypedDict):
@@ -296,7 +298,7 @@ ALERT_EVIDENCE_FIELDS: tuple[str, ...] = ("counts", "credits_by_category", "samp
 GAMING_ALERT_FIELDS: tuple[str, ...] = ("alert_id", "dedup_key", "rule_id", "rule_name", "rule_revision",
     "entity_type", "entity_id", "related_entities", "plan", "grant_id", "window_start", "window_end", "severity",
     "score", "observed", "limit", "counter_signals", "evidence", "estimated_credits_exposed_micro",
-    "suggested_action", "first_seen_at", "last_seen_at", "firings", "status",)
+    "suggested_action", "first_seen_at", "last_seen_at", "firings", "status", "observed_label", "limit_label",)
 INTERACTION_EVENT_FIELDS: tuple[str, ...] = ("event_id", "occurred_at", "account_id", "team_id", "org_id", "plan",
     "credit_grant_id", "model", "surface", "session_id", "turn_index", "input_tokens", "output_tokens",
     "cached_tokens", "context_window_tokens", "reasoning_steps", "thinking_tokens", "tool_calls", "tool_names",

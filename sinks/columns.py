@@ -22,6 +22,7 @@ from schemas.contracts import (
     CREDIT_GRANT_FIELDS,
     CREDIT_NOTIFICATION_FIELDS,
     DEAD_LETTER_FIELDS,
+    GAMING_ALERT_FIELDS,
     REFINEMENT_SAMPLE_FIELDS,
     SUBSCRIPTION_CHANGE_FIELDS,
     USAGE_ENRICHED_FIELDS,
@@ -57,12 +58,19 @@ REFINEMENT_SAMPLES_COLUMNS: tuple[str, ...] = REFINEMENT_SAMPLE_FIELDS
 
 DEAD_LETTERS_COLUMNS: tuple[str, ...] = DEAD_LETTER_FIELDS
 
-GAMING_ALERTS_COLUMNS: tuple[str, ...] = (
+# The table as migration 0005 made it from GamingAlert v1 (``limit`` is a keyword there, so
+# ``limit_value``; sample ids lifted out of evidence; ``updated_at`` the version column), then every
+# field the contract gained since, in contract order: the columns later migrations append.
+_GAMING_ALERTS_V1_COLUMNS: tuple[str, ...] = (
     "alert_id", "dedup_key", "rule_id", "rule_name", "rule_revision", "entity_type", "entity_id",
     "related_entities", "plan", "grant_id", "window_start", "window_end", "severity", "score",
     "observed", "limit_value", "counter_signals", "evidence", "sample_event_ids",
     "estimated_credits_exposed_micro", "suggested_action", "first_seen_at", "last_seen_at",
     "firings", "status", "updated_at",
+)
+GAMING_ALERTS_COLUMNS: tuple[str, ...] = (
+    *_GAMING_ALERTS_V1_COLUMNS,
+    *GAMING_ALERT_FIELDS[GAMING_ALERT_FIELDS.index("status") + 1:],  # v1's last field is status
 )
 
 ALERT_REVIEWS_COLUMNS: tuple[str, ...] = (

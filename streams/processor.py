@@ -127,6 +127,7 @@ class Processor(PartitionedService):
             self.fp_recheck_all = True
             await self.checkpoint.acquire(new)  # the fence comes before reading the state
         await super().recover(new)
+        self.detection.on_recovered(new)
 
     def on_release(self, partitions: set[int]) -> None:
         self.detection.on_release(partitions)
@@ -158,6 +159,7 @@ class Processor(PartitionedService):
         assert consumer is not None and producer is not None
         if self.detection.fp_partitions is None:
             self.detection.fp_partitions = KeyPartitions(len(await producer.partitions_for(self.fp_topic)))
+            self.detection.source_partitions = len(await producer.partitions_for(self.events_topic))
         held = [tp for tp in consumer.assignment() if tp.topic == self.fp_topic]
         stale = held if self.fp_recheck_all else [tp for tp in held if tp.partition in self.fp_stale]
         if stale:
@@ -235,7 +237,7 @@ class Processor(PartitionedService):
             self.metrics.processor_batch(
                 events=len(event_records), metered=len(metered.enriched), skipped=metered.skipped_replays,
                 dead=[*granted.dead_letters, *metered.dead_letters], alerts=found.alerts,
-                started=t0, write_phases=self.checkpoint.last_phases)
+                started=t0, write_phases=self.checkpoint.last_phases, unpriced=metered.unpriced)
         _trace("batch: %d events, %d grants, %d reviews, %d observations in, %d replays skipped, %d duplicates, "
                "%d dead, %d alerts, %d observations folded here, %d sent, %d partitions lost: meter %.1f ms, "
                "detect %.1f ms, write %.1f ms", len(event_records), len(grant_records), len(reviews),
@@ -326,8 +328,11 @@ class Processor(PartitionedService):
         """Evaluate quiet entities (see ``Detection.evaluate_quiet``), publish what fires, write their
         state (no input offsets). Caller holds ``self.lock``. Returns entities evaluated."""
         found = DetectionBatch()
+        if self.producer is not None and self.consumer is not None:
+            # ``force``: the input is complete, so no source can hold anything back any more.
+            self.detection.tick(found, self.owned, await self._fp_partitions_here(), all_idle=force)
         n = self.detection.evaluate_quiet(found, limit, force=force)
-        if n:
+        if n or found.fps or found.fingerprints or found.clocks or found.alerts:
             self.checkpoint.outputs = self.producer
             lost = await self.checkpoint.write(BatchWrites(
                 functools.partial(self.detection.publish, batch=found), self.detection.changes(found)))

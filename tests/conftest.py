@@ -1,4 +1,5 @@
-"""Shared fixtures: one real Kafka broker per test session and per-test topic namespaces."""
+"""Shared fixtures: one real Kafka broker per test session, per-test topic namespaces, and a fake
+schema registry per test."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from deploy.kafka.launcher import LocalKafka
 from streams.settings import Settings
+from tests.fake_registry import FakeRegistry
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +45,14 @@ def topic_settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
         app_id=f"creditflow-t{token}",
         data_dir=tmp_path / "data",
     )
+
+
+@pytest.fixture
+def registry() -> Iterator[FakeRegistry]:
+    """A fake Confluent schema registry on a free port, closed after the test."""
+    fake = FakeRegistry()
+    yield fake
+    fake.close()
 
 
 @pytest.fixture(autouse=True)

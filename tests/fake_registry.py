@@ -1,20 +1,29 @@
-"""A small Confluent schema registry (GET /schemas/ids/{id}, POST /subjects/{s}/versions) on a free
-port, in a thread, that a test can take down (connections refused) and bring back on the same port."""
+"""The one fake Confluent schema registry of the test suite (GET /schemas/ids/{id},
+POST /subjects/{s}/versions) on a free port, in a thread.
+
+It records every request, can answer every request with an error status (``fail_with``), slow its
+lookups (``delay``, with the peak of concurrent lookups in ``max_in_flight``), and can be taken down
+(connections refused) and brought back on the same port."""
 
 from __future__ import annotations
 
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+_SCHEMA_BY_ID = re.compile(r"/schemas/ids/(\d+)")
+_SUBJECT_VERSIONS = re.compile(r"/subjects/[^/]+/versions")
 
 
 class FakeRegistry:
     def __init__(self) -> None:
         self.schemas: dict[int, str] = {}
         self.ids: dict[str, int] = {}
-        self.gets: list[int] = []
+        self.requests: list[tuple[str, str]] = []  # (method, path), in arrival order
+        self.fail_with: int | None = None  # an HTTP status every request gets while set
         self.in_flight = 0
         self.max_in_flight = 0
         self.delay = 0.0
@@ -24,6 +33,13 @@ class FakeRegistry:
         self.port = 0
         self.up()
         self.url = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def gets(self) -> list[int]:
+        """The schema ids looked up, in arrival order."""
+        with self._lock:
+            paths = [path for method, path in self.requests if method == "GET"]
+        return [int(m[1]) for m in map(_SCHEMA_BY_ID.fullmatch, paths) if m]
 
     def register(self, schema: dict[str, Any] | str) -> int:
         text = schema if isinstance(schema, str) else json.dumps(schema)
@@ -49,18 +65,27 @@ class FakeRegistry:
                 self.end_headers()
                 self.wfile.write(raw)
 
-            def do_GET(self) -> None:
-                import time
+            def _record(self, method: str) -> None:
+                with registry._lock:
+                    registry.requests.append((method, self.path))
 
+            def _failing(self) -> bool:
+                status = registry.fail_with
+                if status:
+                    self._reply(status, {"error_code": 50001, "message": "down"})
+                return bool(status)
+
+            def do_GET(self) -> None:
+                self._record("GET")
                 with registry._lock:
                     registry.in_flight += 1
                     registry.max_in_flight = max(registry.max_in_flight, registry.in_flight)
                 try:
                     if registry.delay:
                         time.sleep(registry.delay)
-                    m = re.fullmatch(r"/schemas/ids/(\d+)", self.path)
-                    if m:
-                        registry.gets.append(int(m[1]))
+                    if self._failing():
+                        return
+                    m = _SCHEMA_BY_ID.fullmatch(self.path)
                     if m and int(m[1]) in registry.schemas:
                         return self._reply(200, {"schema": registry.schemas[int(m[1])]})
                     return self._reply(404, {"error_code": 40403, "message": "Schema not found"})
@@ -69,8 +94,12 @@ class FakeRegistry:
                         registry.in_flight -= 1
 
             def do_POST(self) -> None:
+                self._record("POST")
+                # Read the body even when failing, so the client sees the status, not a reset.
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if not re.fullmatch(r"/subjects/[^/]+/versions", self.path):
+                if self._failing():
+                    return
+                if not _SUBJECT_VERSIONS.fullmatch(self.path):
                     return self._reply(404, {"error_code": 404, "message": "no route"})
                 return self._reply(200, {"id": registry.register(body["schema"])})
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import click
 
+from streams.detection.alerts import measure_text
 from streams.detection.rules.base import DAY_MS, SEVERITIES, SEVERITY_RANK
 from streams.runtime.kafka_clients import KafkaClients, KafkaConfigError, clients_for
 from streams.runtime.topics import GAMING_ALERTS, GAMING_REVIEWS
@@ -51,12 +52,20 @@ def matches(alert: Mapping[str, Any], min_severity: str | None, rules: tuple[str
     return entity in related or any(r.split(":", 1)[-1] == entity for r in related)
 
 
+def _observed(a: Mapping[str, Any]) -> str:
+    return measure_text(a["observed"], a.get("observed_label"))
+
+
+def _limit(a: Mapping[str, Any]) -> str:
+    return measure_text(a["limit"], a.get("limit_label"))
+
+
 def human_line(a: Mapping[str, Any]) -> str:
     exposed = a["estimated_credits_exposed_micro"] / 1_000_000
     related = len(a.get("related_entities") or ())
     return (f"{_ts(a['last_seen_at'])}  {a['severity']:<8} {a['rule_id']} {a['rule_name']}  "
             f"{a['entity_type']}:{a['entity_id']}{f' (+{related} related)' if related else ''}  "
-            f"observed {a['observed']} vs limit {a['limit']}  score {a['score']:.2f}  "
+            f"observed {_observed(a)} vs limit {_limit(a)}  score {a['score']:.2f}  "
             f"exposed {exposed:,.2f} cr  {a['status']} x{a['firings']}  {a['alert_id']}")
 
 
@@ -185,14 +194,14 @@ SELECT alert_id, dedup_key, rule_id, rule_name, rule_revision, entity_type, enti
        plan, grant_id, toUnixTimestamp64Milli(window_start), toUnixTimestamp64Milli(window_end), severity,
        score, observed, limit_value, counter_signals, evidence, sample_event_ids,
        estimated_credits_exposed_micro, suggested_action, toUnixTimestamp64Milli(first_seen_at),
-       toUnixTimestamp64Milli(last_seen_at), firings, status
+       toUnixTimestamp64Milli(last_seen_at), firings, status, observed_label, limit_label
 FROM gaming_alerts FINAL WHERE alert_id = {id:String}
 """
 _ALERT_COLS = ("alert_id", "dedup_key", "rule_id", "rule_name", "rule_revision", "entity_type", "entity_id",
                "related_entities", "plan", "grant_id", "window_start", "window_end", "severity", "score",
                "observed", "limit", "counter_signals", "evidence", "sample_event_ids",
                "estimated_credits_exposed_micro", "suggested_action", "first_seen_at", "last_seen_at",
-               "firings", "status")
+               "firings", "status", "observed_label", "limit_label")
 
 
 def _alert_from_clickhouse(client: Any, alert_id: str) -> dict[str, Any] | None:
@@ -274,7 +283,7 @@ def show(alert_id: str, n_events: int, as_json: bool) -> None:
                   f"grant {alert['grant_id'] or '-'}")
     console.print(f"window {_ts(alert['window_start'])} .. {_ts(alert['window_end'])}  first seen "
                   f"{_ts(alert['first_seen_at'])}  last seen {_ts(alert['last_seen_at'])}")
-    console.print(f"observed {alert['observed']} vs limit {alert['limit']}  score {alert['score']:.2f}  "
+    console.print(f"observed {_observed(alert)} vs limit {_limit(alert)}  score {alert['score']:.2f}  "
                   f"exposed {alert['estimated_credits_exposed_micro'] / 1e6:,.2f} credits")
     if alert["related_entities"]:
         console.print("related: " + ", ".join(alert["related_entities"]))

@@ -39,13 +39,19 @@ PATTERN_RECALL_TARGET = 0.80
 EARLY_TARGET = 0.80  # share of gamers alerted before 20% of their eventual credits were spent
 
 
+def _overall_failures(precision: float, recall: float) -> list[str]:
+    """The overall precision and recall targets, shared by the scenario set and the patterns."""
+    failed = []
+    if precision < PRECISION_TARGET:
+        failed.append(f"precision {precision:.3f} < {PRECISION_TARGET}")
+    if recall < RECALL_TARGET:
+        failed.append(f"recall {recall:.3f} < {RECALL_TARGET}")
+    return failed
+
+
 def targets_met(result: EvaluationResult) -> list[str]:
     """The targets that failed (empty = all hold)."""
-    failed = []
-    if result.precision < PRECISION_TARGET:
-        failed.append(f"precision {result.precision:.3f} < {PRECISION_TARGET}")
-    if result.recall < RECALL_TARGET:
-        failed.append(f"recall {result.recall:.3f} < {RECALL_TARGET}")
+    failed = _overall_failures(result.precision, result.recall)
     if result.decoy_flagged_high:
         failed.append("a decoy was flagged at HIGH or above")
     missed = sorted(rule for rule, ok in result.detectors_catch_own.items() if not ok)
@@ -56,11 +62,7 @@ def targets_met(result: EvaluationResult) -> list[str]:
 
 def pattern_targets_met(result: PatternsResult) -> list[str]:
     """The randomised-pattern targets that failed (empty = all hold)."""
-    failed = []
-    if result.precision < PRECISION_TARGET:
-        failed.append(f"precision {result.precision:.3f} < {PRECISION_TARGET}")
-    if result.recall < RECALL_TARGET:
-        failed.append(f"recall {result.recall:.3f} < {RECALL_TARGET}")
+    failed = _overall_failures(result.precision, result.recall)
     low = [f"{s.pattern} {s.recall:.2f}" for s in result.patterns if s.recall < PATTERN_RECALL_TARGET]
     if low:
         failed.append(f"pattern recall < {PATTERN_RECALL_TARGET}: {', '.join(low)}")

@@ -184,7 +184,8 @@ def query(sql: str, param_items: tuple[str, ...], fmt: str) -> None:
 
 # ---- report ------------------------------------------------------------------------------------
 
-# (title, SQL). Every window is "the last N UTC days including today", bound as {days:UInt32}.
+# (title, SQL). Every window is "the last N UTC days including today", bound as {days:UInt32}; the
+# active policy's priced models are bound as {priced_models:Array(String)} (``report_params``).
 REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
     ("programme scorecard: credit recipients vs the others", """
         SELECT metric, recipients, non_recipients, ratio, recipients_base, non_recipients_base
@@ -237,6 +238,16 @@ REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
         GROUP BY tool, surface
         ORDER BY errors + timeouts + aborts DESC, tool, surface
         LIMIT 15"""),
+    # Models the price table does not name were metered at its '*' fallback price (the processor
+    # counts them live: creditflow_unpriced_events_total). Judged against the active policy.
+    ("models metered at the '*' fallback price", """
+        SELECT model, sum(requests) AS events, sum(list_credits) AS list_credits,
+               sum(charged_credits) AS charged_credits, min(day) AS first_day, max(day) AS last_day
+        FROM v_credits_by_feature
+        WHERE toDate32(day) > toDate32(now('UTC')) - {days:UInt32}
+          AND NOT has({priced_models:Array(String)}, model)
+        GROUP BY model
+        ORDER BY events DESC, model"""),
     ("alert volume and verdicts", """
         SELECT rule_id, severity, sum(alerts) AS alerts, sum(reviewed) AS reviewed,
                sum(confirmed) AS confirmed, sum(false_positive) AS false_positive,
@@ -250,6 +261,24 @@ REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
 )
 
 
+def priced_models(policy_path: Any) -> list[str]:
+    """The models the credit policy prices by name (not through its '*' fallback)."""
+    from schemas.policy_file import PolicyError
+    from streams.credits.policy import load_policy
+
+    try:
+        policy = load_policy(policy_path)
+    except PolicyError as exc:
+        raise click.ClickException(str(exc)) from None
+    return sorted(m for m in policy.prices if policy.is_priced(m))
+
+
+def report_params(sql: str, days: int, priced: Sequence[str]) -> dict[str, Any]:
+    """The values a section's placeholders ask for, and only those."""
+    available: dict[str, Any] = {"days": days, "priced_models": list(priced)}
+    return {name: value for name, value in available.items() if "{" + name + ":" in sql}
+
+
 @click.command("report")
 @click.option("--days", type=int, default=30, show_default=True,
               help="window for time-based sections, in UTC days including today")
@@ -258,7 +287,7 @@ REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
               help="write the report as one self-contained HTML page of charts to this file instead")
 def report(days: int, fmt: str, html_path: str | None) -> None:
     """Canned analyst tables: the programme scorecard, credits by feature, adoption, grant
-    utilisation, conversion, failure modes, integration pain points, alerts."""
+    utilisation, conversion, failure modes, integration pain points, unpriced models, alerts."""
     if not 1 <= days <= 36_500:
         raise click.UsageError(f"--days must be between 1 and 36500, got {days}")
     client = _client()
@@ -274,9 +303,9 @@ def report(days: int, fmt: str, html_path: str | None) -> None:
         click.echo(f"wrote {html_path} ({len(text) // 1024 + 1} KiB, last {days} days)")
         return
     results = []
+    priced = priced_models(get_settings().policy_path)
     for title, sql in REPORT_SECTIONS:
-        params = {"days": days} if "{days:" in sql else {}
-        columns, rows = _run(client, sql, params)
+        columns, rows = _run(client, sql, report_params(sql, days, priced))
         results.append((title, columns, rows))
     if fmt == "json":
         click.echo(json.dumps(

@@ -154,12 +154,24 @@ _STATE_ONLY = frozenset({"sample_event_ids", "observed_value", "limit_value"})
 
 def to_avro(alert: Mapping[str, Any]) -> dict[str, Any]:
     """The GamingAlert record as the Avro schema names it: ``observed`` and ``limit`` are the rule's
-    measure and threshold as exact decimal strings, from the numbers the rule gave (the state also
-    keeps the rule's display labels); ``sample_event_ids`` lives in evidence."""
+    measure and threshold as exact decimal strings, from the numbers the rule gave; the state's
+    ``observed``/``limit`` are the rule's display labels and travel as ``observed_label`` /
+    ``limit_label`` (v2); ``sample_event_ids`` lives in evidence."""
     out = {k: v for k, v in alert.items() if k not in _STATE_ONLY}
     out["observed"] = decimal_text(alert.get("observed_value", 0.0))
     out["limit"] = decimal_text(alert.get("limit_value", 0.0))
+    out["observed_label"] = str(alert.get("observed", ""))
+    out["limit_label"] = str(alert.get("limit", ""))
     return out
+
+
+def measure_text(value: Any, label: str | None) -> str:
+    """A rule's number with its phrase for people, the way alerts are shown: ``84% of the grant
+    spent in 16.3h (16.3)``. The number alone when there is no label (an alert written before
+    GamingAlert v2) or the label says nothing more. ``value``: the wire's decimal string or the
+    table's float."""
+    number = decimal_text(value) if isinstance(value, float) else str(value)
+    return f"{label} ({number})" if label and label != number else number
 
 
 def is_suppressed(state: Mapping[str, Any], rule_id: str, entity_type: str, entity_id: str,

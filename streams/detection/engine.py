@@ -25,7 +25,9 @@ Inputs of the processor's consumer group that are detection's alone, both with t
 State (JSON, see ``streams/runtime/changelog.py``; detector states are typed records written and
 read by ``streams/detection/state.py``):
 - accounts: account id -> ``{"d": detector state, "o": last interaction-events offset applied}``;
-- fingerprints: ``kind|fp`` -> ``{"d": detector state, "o": {source partition: last offset}}``;
+- fingerprints: ``kind|fp`` -> ``{"d": detector state, "o": {source partition: last offset received},
+  "held": observations received but not folded yet}`` (``"p"``, a first sighting, until ``"d"``), and
+  ``~clock|<partition>`` -> that fingerprint partition's source clocks;
 - alerts: ``entity_type|entity_id`` -> ``streams.detection.alerts`` state (open alerts, suppression, verdicts).
 
 Replays: the offsets in the account and fingerprint state make a replayed batch skip what was
@@ -33,6 +35,12 @@ applied (an observation folded directly and later re-published, or re-published 
 not counted twice: one source partition's observations reach a fingerprint in offset order either
 way); alert ids are deterministic in their dedup key, so an alert re-emitted by a replay replaces
 itself at the sink.
+
+A fingerprint's observations come from every input partition, each read at its own pace: they are
+held until every source's clock has passed them and folded in event-time order
+(``streams/detection/source_clock.py``), so the interleaving of partitions does not change what
+the fingerprint rules see. Each source's owner tells every fingerprint partition its clock after a
+batch, and that it is idle after a timer tick without events.
 
 Evaluation happens in event time (see ``streams/detection/rulebook.py``): an entity's events not
 evaluated yet (its "tail") are evaluated at its last event time either by its next event, or by the
@@ -45,6 +53,7 @@ a quiet account's findings would otherwise wait for traffic.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
@@ -57,6 +66,7 @@ from streams.credits.policy import load_policy
 from streams.detection.alerts import apply_review, new_alert_state, process_firing, to_avro
 from streams.detection.rulebook import FINGERPRINT_FIELDS, DetectorEngine
 from streams.detection.rules.base import Firing, is_new_account
+from streams.detection.source_clock import SourceClocks, apply_clock_message, clock_message, insert_held
 from streams.detection.state import DETECTOR_TABLE_CODEC
 from streams.runtime.batch_send import KeyPartitions, Outgoing, send_partitioned
 from streams.runtime.changelog import ChangelogTable
@@ -108,6 +118,19 @@ def observation_from_pending(pending: Sequence[Any], kind: str) -> dict[str, Any
     return obs
 
 
+# A fingerprint's observations held for release (``Detection._receive``), under a key no rule uses,
+# so recovery finds the few fingerprints holding some by their changelog bytes alone.
+HELD = "held"
+HELD_MARKER = b'"held":['
+# Key of the source clocks' messages on ``detector-fingerprints`` (fingerprint keys are hex hashes).
+CLOCK_MESSAGE_KEY = b"~clock"
+
+
+def clock_state_key(partition: int) -> str:
+    """The fingerprint partition's source clocks, in the fingerprints table (kinds never start with ~)."""
+    return f"~clock|{partition}"
+
+
 def wire_alert(alert: Mapping[str, Any]) -> dict[str, Any]:
     """The GamingAlert as the schema promises it (see ``streams.detection.alerts.to_avro``)."""
     return to_avro(alert)
@@ -124,6 +147,8 @@ class DetectionBatch:
         self.alerts: list[tuple[str, dict[str, Any]]] = []  # (entity id key, GamingAlert)
         # fingerprint-topic partition -> (fingerprint, JSON observation) for other workers
         self.fingerprints: dict[int, list[tuple[str, bytes]]] = {}
+        # Fingerprint partitions whose source clocks changed: their state record is written.
+        self.clocks: set[int] = set()
         self.folded_here = 0  # fingerprint observations folded without the round trip
         self.accounts: dict[str, int] = {}  # key -> partition of touched state
         self.fps: dict[str, int] = {}
@@ -136,7 +161,7 @@ class Detection:
         self.accounts = ChangelogTable("detector-accounts", f"{app_id}-detector-accounts-changelog",
                                        settings.partitions, state_dir=settings.state_dir, codec=DETECTOR_TABLE_CODEC)
         self.fingerprints = ChangelogTable("detector-fingerprints", f"{app_id}-detector-fingerprints-changelog",
-                                           settings.partitions, state_dir=settings.state_dir,
+                                           settings.partitions, state_dir=settings.state_dir, marker=HELD_MARKER,
                                            codec=DETECTOR_TABLE_CODEC)
         self.alert_states = ChangelogTable("detector-alerts", f"{app_id}-detector-alerts-changelog",
                                            settings.partitions, state_dir=settings.state_dir)
@@ -160,6 +185,17 @@ class Detection:
         self.watermarks: dict[int, int] = {}
         self.fp_watermarks: dict[int, int] = {}
         self.active_since_tick = False
+        # Holding fingerprint observations until every source passed them (``source_clock``): the
+        # number of sources (interaction-events partitions; the processor sets it from the topic),
+        # each fingerprint partition's clocks, and a heap per partition of what it holds,
+        # (order time, source, offset, fingerprint key), rebuilt from the state on recovery.
+        self.source_partitions = 1
+        self.source_clocks: dict[int, SourceClocks] = {}
+        self.held: dict[int, list[tuple[int, int, int, str]]] = {}
+        # Sources this worker metered events of since the timer's last tick, and the clock last told
+        # to each other worker's fingerprint partition, (source, fp partition) -> time or None (idle).
+        self.sources_active: set[int] = set()
+        self.clock_sent: dict[tuple[int, int], int | None] = {}
         self.events = 0
         self.alerts_emitted = 0
         self.firings = 0
@@ -175,6 +211,23 @@ class Detection:
         for recent in (self.recent_accounts, self.recent_fps):
             for key in [k for k, p in recent.items() if p in partitions]:
                 del recent[key]
+        for p in partitions:
+            self.source_clocks.pop(p, None)
+            self.held.pop(p, None)
+            self.sources_active.discard(p)
+        # Whoever takes a source next tells every fingerprint partition its clock again.
+        self.clock_sent = {k: v for k, v in self.clock_sent.items() if k[0] not in partitions}
+
+    def on_recovered(self, partitions: Iterable[int]) -> None:
+        """After the tables recovered ``partitions``: index the observations their fingerprints hold."""
+        for p in partitions:
+            self.source_clocks.pop(p, None)
+            heap = self.held[p] = []
+            for fkey in self.fingerprints.marked.pop(p, ()):
+                wrapper = self.fingerprints.get(fkey)
+                for entry in (wrapper or {}).get(HELD, ()):
+                    heap.append((int(entry[0]), int(entry[1]), int(entry[2]), fkey))
+            heapq.heapify(heap)
 
     # -- folding one batch --------------------------------------------------------------------------
 
@@ -223,7 +276,8 @@ class Detection:
                 self.engine.mark_confirmed(self._account(batch, partition, eid)["d"])
             else:
                 fp = self.fingerprints.get(alert_state_key(etype, eid))
-                if fp is not None:
+                # A fingerprint whose observations are all still held has no detector state to mark.
+                if fp is not None and ("d" in fp or "p" in fp):
                     self.engine.mark_confirmed(self._expanded(etype, fp))
                     batch.fps[alert_state_key(etype, eid)] = partition
 
@@ -261,7 +315,7 @@ class Detection:
                     continue
                 target = where(fp_keys[fp])
                 if target in fp_partitions_here:
-                    self._observe_fingerprint(batch, target, kind, fp, partition, offset, obs)
+                    self._receive(batch, target, kind, fp, partition, offset, obs)
                     batch.folded_here += 1
                     continue
                 if obs_json is None:
@@ -270,31 +324,108 @@ class Detection:
                 # fingerprints (kind names are plain identifiers).
                 payload = f'{{"k":"{kind}","sp":{partition},"so":{offset},"obs":'.encode() + obs_json + b"}"
                 batch.fingerprints.setdefault(target, []).append((fp, payload))
+        sources = {rec["source_partition"] for rec in metered}
+        self.sources_active |= sources
+        self._tell_clocks(batch, sources, fp_partitions_here)
+        self.release(batch, fp_partitions_here)
 
     def on_fingerprint(self, batch: DetectionBatch, partition: int, key: bytes | None, value: bytes | None) -> None:
-        """A fingerprint observation another worker published for this one."""
+        """A fingerprint observation or a source's clock another worker published for this one
+        (``release`` folds what they let go)."""
         if value is None or key is None:
             return
         msg = orjson.loads(value)
-        self._observe_fingerprint(batch, partition, msg["k"], key.decode(), msg["sp"], msg["so"], msg["obs"])
+        if key == CLOCK_MESSAGE_KEY:
+            if apply_clock_message(self._clocks(partition), msg):
+                batch.clocks.add(partition)
+            return
+        self._receive(batch, partition, msg["k"], key.decode(), msg["sp"], msg["so"], msg["obs"])
 
-    def _observe_fingerprint(self, batch: DetectionBatch, partition: int, kind: str, fp: str,
-                             source_partition: int, source_offset: int, obs: Mapping[str, Any]) -> None:
+    def _clocks(self, partition: int) -> SourceClocks:
+        clocks = self.source_clocks.get(partition)
+        if clocks is None:
+            clocks = self.source_clocks[partition] = SourceClocks.from_json(
+                self.source_partitions, self.fingerprints.get(clock_state_key(partition)))
+        return clocks
+
+    def _receive(self, batch: DetectionBatch, partition: int, kind: str, fp: str,
+                 source_partition: int, source_offset: int, obs: Mapping[str, Any]) -> None:
+        """An observation reached its fingerprint's partition: held (in the fingerprint's state)
+        until its sources' clocks let it go, see ``streams/detection/source_clock.py``."""
         fkey = alert_state_key(kind, fp)
         wrapper = self.fingerprints.get(fkey)
         src = str(source_partition)
         if wrapper is None:
-            # Most fingerprints (prompts above all) are seen once, and no rule fires on one sighting:
-            # keep the few fields the rules need and build the state at the second sighting.
-            self.fingerprints.set(fkey, {"p": pending_observation(obs, kind), "o": {src: source_offset}})
-            batch.fps[fkey] = partition
-            return
+            wrapper = self.fingerprints.set(fkey, {"o": {}})
         # Observations from one source partition arrive in its order, so a replay is exactly what
         # is at or below the mark.
-        if source_offset <= wrapper["o"].get(src, -1):
+        elif source_offset <= wrapper["o"].get(src, -1):
             return
         wrapper["o"][src] = source_offset
         batch.fps[fkey] = partition
+        batch.clocks.add(partition)
+        order_time = self._clocks(partition).order_time(source_partition, int(obs["occurred_at"]))
+        # Only the few fields the fingerprint rules read are held (and kept for a first sighting).
+        insert_held(wrapper.setdefault(HELD, []),
+                    [order_time, source_partition, source_offset, pending_observation(obs, kind)])
+        heapq.heappush(self.held.setdefault(partition, []), (order_time, source_partition, source_offset, fkey))
+
+    def _tell_clocks(self, batch: DetectionBatch, sources: Iterable[int], fp_partitions_here: Collection[int],
+                     *, idle: bool = False) -> None:
+        """Each of ``sources`` (metered here) tells every fingerprint partition how far it has come,
+        or that it is idle: directly to those folded here, through the topic (after the
+        observations it sent, so in their order) to the others."""
+        assert self.fp_partitions is not None
+        for source in sources:
+            clock = None if idle else self.watermarks.get(source)
+            if clock is None and not idle:
+                continue
+            for target in range(self.fp_partitions.partitions):
+                if target in fp_partitions_here:
+                    clocks = self._clocks(target)
+                    if clocks.set_idle(source) if clock is None else clocks.advance(source, clock):
+                        batch.clocks.add(target)
+                elif self.clock_sent.get((source, target), -1) != clock:
+                    self.clock_sent[(source, target)] = clock
+                    batch.fingerprints.setdefault(target, []).append(
+                        (CLOCK_MESSAGE_KEY.decode(), orjson.dumps(clock_message(source, clock))))
+
+    def release(self, batch: DetectionBatch, fp_partitions_here: Collection[int]) -> None:
+        """Fold, in release order, every held observation the frontier of its partition lets go."""
+        for partition in list(self.held):
+            if partition not in fp_partitions_here:
+                continue
+            heap = self.held[partition]
+            frontier = self._clocks(partition).frontier()
+            if frontier is None:
+                continue
+            while heap and heap[0][0] <= frontier:
+                _t, _source, _offset, fkey = heapq.heappop(heap)
+                wrapper = self.fingerprints.get(fkey)
+                held = (wrapper or {}).get(HELD)
+                if not held or held[0][0] > frontier:
+                    continue  # released with an earlier entry of the same fingerprint
+                n = 1
+                while n < len(held) and held[n][0] <= frontier:
+                    n += 1
+                release, rest = held[:n], held[n:]
+                if rest:
+                    wrapper[HELD] = rest  # type: ignore[index]
+                else:
+                    del wrapper[HELD]  # type: ignore[attr-defined]
+                batch.fps[fkey] = partition
+                kind = fkey.split("|", 1)[0]
+                for entry in release:
+                    self._fold_fingerprint(batch, partition, kind, fkey, wrapper,  # type: ignore[arg-type]
+                                           observation_from_pending(entry[3], kind))
+
+    def _fold_fingerprint(self, batch: DetectionBatch, partition: int, kind: str, fkey: str,
+                          wrapper: dict[str, Any], obs: Mapping[str, Any]) -> None:
+        if "d" not in wrapper and "p" not in wrapper:
+            # Most fingerprints (prompts above all) are seen once, and no rule fires on one sighting:
+            # keep the few fields the rules need and build the state at the second sighting.
+            wrapper["p"] = pending_observation(obs, kind)
+            return
         t = int(obs["occurred_at"])
         if t > self.fp_watermarks.get(partition, t - 1):
             self.fp_watermarks[partition] = t
@@ -338,6 +469,16 @@ class Detection:
                 batch.alerts.append((f.entity_id, wire_alert(alert)))
 
     # -- timer flush ------------------------------------------------------------------------------
+
+    def tick(self, batch: DetectionBatch, sources: Iterable[int], fp_partitions_here: Collection[int],
+             *, all_idle: bool = False) -> None:
+        """The timer's turn for the source clocks: each of ``sources`` (metered here) with no event
+        since the previous tick is declared idle, every one of them when ``all_idle`` (the input is
+        complete); then what that lets go is folded."""
+        idle = set(sources) if all_idle else set(sources) - self.sources_active
+        self.sources_active.clear()
+        self._tell_clocks(batch, sorted(idle), fp_partitions_here, idle=True)
+        self.release(batch, fp_partitions_here)
 
     def evaluate_quiet(self, batch: DetectionBatch, limit: int | None = None, *, force: bool = False) -> int:
         """Evaluate the tails that are due (see the module docstring), at their last event time:
@@ -383,6 +524,10 @@ class Detection:
 
     def changes(self, batch: DetectionBatch) -> list[tuple[ChangelogTable, int, str, Any]]:
         """(table, partition, key, value) of every state the batch touched."""
+        for partition in batch.clocks:
+            key = clock_state_key(partition)
+            batch.fps[key] = partition
+            self.fingerprints.set(key, self._clocks(partition).to_json())
         return [(table, partition, key, table.get(key))
                 for table, touched in ((self.accounts, batch.accounts), (self.fingerprints, batch.fps),
                                        (self.alert_states, batch.alert_states))

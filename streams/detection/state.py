@@ -13,8 +13,9 @@ A rule slot written by another revision of its rule (``"_r"``), or by a rule tha
 is dropped on load: the rule starts afresh rather than misread it (``Detector.slot``).
 
 The detection tables' values keep their outer wrappers (``streams/detection/engine.py``): accounts
-``{"d": detector state, "o": offset}``, fingerprints ``{"d" | "p": ..., "o": {partition: offset}}``.
-``DETECTOR_TABLE_CODEC`` reads and writes those whole values for ``ChangelogTable``.
+``{"d": detector state, "o": offset}``, fingerprints ``{"d" | "p": ..., "o": ..., "held": ...}`` and
+the partitions' source clocks. ``DETECTOR_TABLE_CODEC`` reads and writes those whole values for
+``ChangelogTable``: only a wrapper's ``"d"`` is typed, the rest is JSON as the engine wrote it.
 """
 
 from __future__ import annotations
@@ -38,14 +39,9 @@ _DetectorStateDict: Any = _typed_dict(
     {"_": CommonState, **{rule_id: det.state_type for rule_id, det in DETECTORS_BY_ID.items()}},
     total=False,
 )
-# A detection table's value: the engine's wrapper around the detector state. "p" is a fingerprint's
-# first sighting before it has a state; "o" the offsets applied, an int (accounts) or
-# {source partition: offset} (fingerprints).
-_TableValue: Any = _typed_dict("_TableValue", {"d": _DetectorStateDict, "p": list[Any], "o": Any}, total=False)
-
 
 _encoder = msgspec.json.Encoder()
-_value_decoder = msgspec.json.Decoder(_TableValue)
+_json_decoder = msgspec.json.Decoder()  # any JSON; exact integers of any size, unlike orjson
 _state_decoder = msgspec.json.Decoder(_DetectorStateDict)
 
 
@@ -93,7 +89,9 @@ def _slot_by_slot(raw: dict[str, Any]) -> State:
 
 
 class DetectorTableCodec:
-    """``ChangelogTable`` codec of the detector-accounts and detector-fingerprints tables."""
+    """``ChangelogTable`` codec of the detector-accounts and detector-fingerprints tables. Their
+    values are the engine's, whatever their shape (wrappers with held observations, partitions'
+    source clocks): everything but a wrapper's ``"d"`` is plain JSON, read back as it was written."""
 
     @staticmethod
     def encode(value: Any, /) -> bytes:
@@ -101,15 +99,9 @@ class DetectorTableCodec:
 
     @staticmethod
     def decode(payload: bytes | memoryview, /) -> Any:
-        try:
-            value: dict[str, Any] = _value_decoder.decode(payload)
-        except msgspec.ValidationError:
-            value = msgspec.json.decode(payload)
-            if "d" in value:
-                value["d"] = _slot_by_slot(value["d"])
-            return value
-        if "d" in value:
-            _current_revisions(value["d"])
+        value = _json_decoder.decode(payload)
+        if type(value) is dict and "d" in value:
+            value["d"] = decode_detector_state(value["d"])
         return value
 
 

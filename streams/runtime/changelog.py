@@ -231,9 +231,12 @@ def _close_store(db: Rdict, path: str) -> None:
 
 class ChangelogTable:
     def __init__(self, name: str, topic: str, partitions: int, hot_max: int = DEFAULT_HOT_KEYS,
-                 *, state_dir: str | None = None, codec: ValueCodec = JSON_CODEC) -> None:
+                 *, state_dir: str | None = None, codec: ValueCodec = JSON_CODEC,
+                 marker: bytes | None = None) -> None:
         """``state_dir``: where the local store's directory is made; None = the system temp dir.
-        ``codec``: how values are written to the changelog (and the local store) and read back."""
+        ``codec``: how values are written to the changelog (and the local store) and read back.
+        ``marker``: recovery notes, per partition, the keys whose recovered value contains these
+        bytes (``marked``), so an owner can index a few keys without reading every value back."""
         if not 0 < partitions <= _MAX_PARTITIONS:
             raise ValueError(f"{name}: {partitions} partitions; at most {_MAX_PARTITIONS} are supported")
         self.name = name
@@ -263,6 +266,8 @@ class ChangelogTable:
         self._restoring_n = 0
         self.hydrated = 0
         self.evicted = 0
+        self.marker = marker
+        self.marked: dict[int, set[str]] = {}
 
     def _open_store(self) -> None:
         self.path = tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-", dir=self._base)
@@ -391,6 +396,8 @@ class ChangelogTable:
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget every key of ``partitions`` (a rebalance: reads the whole store)."""
         gone = set(partitions)
+        for p in gone:
+            self.marked.pop(p, None)
         if not gone or not self._held:  # nothing was written or recovered since the store was emptied
             return
         if gone >= self._held:
@@ -453,6 +460,8 @@ class ChangelogTable:
             header = self._raw_headers[partition] if partition < len(self._raw_headers) else _raw_header(partition)
             self._restoring.put(key or b"", header + value)
             self._held.add(partition)
+            if self.marker is not None and self.marker in value:
+                self.marked.setdefault(partition, set()).add(k)
         self._restoring_n += 1
         if self._restoring_n >= _RESTORE_BATCH:
             self._flush_restored()

@@ -55,8 +55,9 @@ before a fenced owner's last commit completed) and a *resend* count once:
   notifications recorded as sent are never derived again;
 - detector account state ``o``, the last offset folded (streams/detection/engine.py): detector state
   and the alerts it fires;
-- fingerprint state ``o``, the last offset per source partition (streams/detection/engine.py): an
-  observation arriving twice (replayed, or re-published by a replay);
+- fingerprint state ``o``, the last offset received per source partition (streams/detection/engine.py):
+  an observation arriving twice (replayed, or re-published by a replay); one received is in the
+  fingerprint's state from then on, held until the source clocks release it, then folded;
 - reviews are idempotent on ``decision_id`` and alert ids deterministic (streams/detection/alerts.py):
   alert state; an alert re-emitted replaces itself downstream;
 - dead letter id = topic:partition:offset (streams/wire/dead_letters.py): one dead letter per input

@@ -31,6 +31,10 @@ log = logging.getLogger("creditflow.metrics")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # How long a scrape may wait for the broker's end offsets before reporting lag as unknown.
 LAG_TIMEOUT_S = 3.0
+# Model names come from clients: past this many distinct unpriced models, the rest share one series
+# (the warning in the log and `creditflow report` still name each).
+UNPRICED_MODELS_MAX = 50
+UNPRICED_OTHER = "_other"
 
 
 class _Consumer(Protocol):
@@ -75,6 +79,9 @@ class Metrics:
                                   "(a replayed batch or a resent event)", registry=r)
         self.dead_letters = Counter("creditflow_dead_letters", "Inputs sent to dead-letters, by error kind",
                                     ["kind"], registry=r)
+        self.unpriced = Counter("creditflow_unpriced_events", "Interaction events metered at the policy's "
+                                "'*' fallback price because their model is not in its price table, by model",
+                                ["model"], registry=r)
         self.alerts = Counter("creditflow_alerts", "Gaming-alert emissions (an alert is re-emitted as it "
                               "accumulates firings)", ["rule", "severity"], registry=r)
         self.batch_seconds = Histogram("creditflow_batch_duration_seconds", "Wall time of one processor batch, "
@@ -163,10 +170,13 @@ class Metrics:
 
     def processor_batch(self, *, events: int, metered: int, skipped: int, dead: Iterable[Mapping[str, Any]],
                         alerts: Iterable[tuple[str, Mapping[str, Any]]], started: float,
-                        write_phases: Sequence[float]) -> None:
-        """One processor batch: counts, its ``time.perf_counter()`` start, and the seconds of the
-        checkpoint's phases (begin, send, acknowledged, commit; ``Checkpoint.last_phases``)."""
+                        write_phases: Sequence[float], unpriced: Mapping[str, int] | None = None) -> None:
+        """One processor batch: counts, its ``time.perf_counter()`` start, the seconds of the
+        checkpoint's phases (begin, send, acknowledged, commit; ``Checkpoint.last_phases``), and
+        events priced at the fallback by model (``MeterResult.unpriced``)."""
         self.events_metered.inc(metered)
+        for model, n in (unpriced or {}).items():
+            self.unpriced.labels(self._unpriced_label(model)).inc(n)
         if skipped:
             self.duplicates.inc(skipped)
         for kind, n in Tally(d["error_kind"] for d in dead).items():
@@ -179,6 +189,12 @@ class Metrics:
             self.publish_seconds.observe(begin + send)
             self.state_write_seconds.observe(acknowledged + commit)
         self.batch_seconds.observe(time.perf_counter() - started)
+
+    def _unpriced_label(self, model: str) -> str:
+        known = _label_sets(self.unpriced)
+        if (model,) in known or len(known) < UNPRICED_MODELS_MAX:
+            return model
+        return UNPRICED_OTHER
 
     def alerts_flushed(self, alerts: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
         for (rule, severity), n in Tally((a["rule_id"], a["severity"]) for _, a in alerts).items():
@@ -260,7 +276,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def _label_sets(gauge: Gauge) -> Iterable[tuple[str, ...]]:
+def _label_sets(gauge: Gauge | Counter) -> list[tuple[str, ...]]:
     # prometheus_client keeps the children of a labelled metric in ``_metrics``, keyed by label values.
     children: dict[tuple[str, ...], Any] = getattr(gauge, "_metrics", {})
     return list(children)

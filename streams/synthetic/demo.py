@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sinks.service import ClickHouseSink
 from streams.cli.terminal_tables import Fitted
+from streams.detection.alerts import measure_text
 from streams.processor import Processor
 from streams.producer import CreditflowProducer
 from streams.runtime.pipeline import build, prepare
@@ -90,7 +91,7 @@ LIMIT 8
 ALERTS = """
 SELECT alert_id, rule_id, rule_name, entity_type, entity_id, related_entities, severity, score, observed,
        limit_value, counter_signals, evidence, estimated_credits_exposed_micro, suggested_action,
-       toUnixTimestamp64Milli(window_start), toUnixTimestamp64Milli(window_end)
+       toUnixTimestamp64Milli(window_start), toUnixTimestamp64Milli(window_end), observed_label, limit_label
 FROM gaming_alerts FINAL
 WHERE startsWith(entity_id, {prefix:String})
    OR arrayExists(x -> startsWith(x, concat('account:', {prefix:String})), related_entities)
@@ -98,7 +99,7 @@ ORDER BY rule_id, alert_id
 """
 _ALERT_FIELDS = ("alert_id", "rule_id", "rule_name", "entity_type", "entity_id", "related_entities", "severity",
                  "score", "observed", "limit", "counter_signals", "evidence", "exposed_micro",
-                 "suggested_action", "window_start", "window_end")
+                 "suggested_action", "window_start", "window_end", "observed_label", "limit_label")
 SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 
 
@@ -164,7 +165,8 @@ def explain(alert: dict[str, Any], labels: dict[str, Label]) -> list[str]:
     ]
     if rule is not None:
         lines.append(f"  why it fires: {rule.signal}")
-    lines.append(f"  observed {alert['observed']:g} against a limit of {alert['limit']:g}; "
+    lines.append(f"  observed {measure_text(alert['observed'], alert.get('observed_label'))} against a limit of "
+                 f"{measure_text(alert['limit'], alert.get('limit_label'))}; "
                  f"{_credits(int(alert['exposed_micro']))} credits exposed")
     if len(accounts) > 1 or alert["entity_type"] != "account":
         lines.append(f"  accounts behind it: {', '.join(accounts[:5])}{' ...' if len(accounts) > 5 else ''}")

@@ -82,6 +82,8 @@ def run_in_process(scenarios: ScenarioSet, *, policy_path: Path | None = None, p
         settings = Settings(data_dir=data_dir or Path(tmp), policy_path=policy_path)
         detection = Detection(settings, topic_names(settings))
         detection.fp_partitions = KeyPartitions(FP_PARTITIONS)
+        detection.source_partitions = partitions
+        sources = range(partitions)
         detection.record_firings = []
         every_fp_partition = set(range(FP_PARTITIONS))
         where = KeyPartitions(partitions) if partitions > 1 else None
@@ -125,10 +127,12 @@ def run_in_process(scenarios: ScenarioSet, *, policy_path: Path | None = None, p
             found = DetectionBatch()
             detection.on_metered(found, metered.enriched, every_fp_partition)
             if paced:
+                detection.tick(found, sources, every_fp_partition)
                 detection.evaluate_quiet(found)
             publish(found)
             batches += 1
         found = DetectionBatch()
+        detection.tick(found, sources, every_fp_partition, all_idle=True)
         detection.evaluate_quiet(found, force=True)
         publish(found)
         for table in detection.tables:

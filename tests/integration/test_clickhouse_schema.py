@@ -33,6 +33,7 @@ from sinks.columns import (
     dedup_settings,
 )
 from sinks.migrations import apply_migrations, discover, pending
+from streams.cli.query import REPORT_SECTIONS, report_params
 
 pytestmark = pytest.mark.integration
 
@@ -230,8 +231,8 @@ def test_views_compute_exact_numbers(fresh_db: Any) -> None:
         # acc2 (team T1, no grant): plain chat twice.
         event("e3", "acc2", d + timedelta(hours=1), team_id="T1"),
         event("e4", "acc2", d + timedelta(hours=2), team_id="T1"),
-        # acc3 (no team, no grant).
-        event("e5", "acc3", d + timedelta(hours=3), plan="PRO"),
+        # acc3 (no team, no grant), on a model the policy may not price.
+        event("e5", "acc3", d + timedelta(hours=3), plan="PRO", model="nova-preview"),
     ])
     far = NOW + timedelta(days=30)
     insert(c, "credit_grants", [
@@ -280,7 +281,8 @@ def test_views_compute_exact_numbers(fresh_db: Any) -> None:
              "related_entities": [], "plan": "FREE", "grant_id": None, "window_start": d,
              "window_end": d + timedelta(hours=1), "severity": "HIGH", "score": 0.9, "observed": 10.0,
              "limit_value": 5.0, "counter_signals": [], "evidence": "{}", "sample_event_ids": ["e1"],
-             "suggested_action": "REVIEW", "first_seen_at": d, "last_seen_at": d, "status": "OPEN"}
+             "suggested_action": "REVIEW", "first_seen_at": d, "last_seen_at": d, "status": "OPEN",
+             "observed_label": "10 requests in 1h", "limit_label": "5"}
     insert(c, "gaming_alerts", [
         {**alert, "alert_id": "a1", "rule_id": "velocity", "entity_id": "acc1", "firings": 1,
          "estimated_credits_exposed_micro": 1_500_000, "updated_at": d},
@@ -316,7 +318,7 @@ def test_views_compute_exact_numbers(fresh_db: Any) -> None:
          Decimal("2.500001"), Decimal("1"), Decimal("0")),
         ("STANDARD_CHAT", "FREE", "m-large", 2, 0, Decimal("2"), Decimal("2"), Decimal("0"), Decimal("0"),
          Decimal("2")),
-        ("STANDARD_CHAT", "PRO", "m-large", 1, 0, Decimal("1"), Decimal("1"), Decimal("0"), Decimal("0"),
+        ("STANDARD_CHAT", "PRO", "nova-preview", 1, 0, Decimal("1"), Decimal("1"), Decimal("0"), Decimal("0"),
          Decimal("1")),
     ]
     assert isinstance(rows[0][5], Decimal)
@@ -354,6 +356,16 @@ def test_views_compute_exact_numbers(fresh_db: Any) -> None:
         ("credit_recipient", 2, 1, Decimal("0.5")),
         ("non_recipient", 2, 1, Decimal("0.5")),
     ]
+
+    # The report's unpriced models: every model the policy's price table does not name.
+    unpriced = dict(REPORT_SECTIONS)["models metered at the '*' fallback price"]
+    assert c.query(unpriced, parameters=report_params(unpriced, 30, ["atlas-small", "m-large"])).result_rows == [
+        ("nova-preview", 1, Decimal("1"), Decimal("1"), day, day)]
+    assert c.query(unpriced, parameters=report_params(unpriced, 30, [])).result_rows == [
+        ("m-large", 4, Decimal("5.500004"), Decimal("3.000002"), day, day),
+        ("nova-preview", 1, Decimal("1"), Decimal("1"), day, day)]
+    assert c.query(unpriced, parameters=report_params(unpriced, 30, ["m-large", "nova-preview"])).result_rows == []
+    assert c.query(unpriced, parameters=report_params(unpriced, 7, [])).result_rows == []  # 20 days ago
 
     alerts = c.query("SELECT rule_id, severity, alerts, firings, credits_exposed, reviewed, confirmed, "
                      "false_positive, precision FROM v_alert_volume WHERE day = {d:Date}",
@@ -428,7 +440,7 @@ def test_cli_migrate_query_report(tmp_path: Path) -> None:
         "programme scorecard: credit recipients vs the others", "credits by feature", "feature adoption by week",
         "grant utilisation by campaign", "conversion to paid plans", "failure modes (refinement samples)",
         "failure rate by reasoning depth and context size", "integration pain points by tool and surface",
-        "alert volume and verdicts"]
+        "models metered at the '*' fallback price", "alert volume and verdicts"]
 
     for args in (("query", "DROP TABLE events"), ("query", "SELECT 1", "-p", "x"),
                  ("query", "SELECT 1", "-p", "x=1"), ("report", "--days", "0")):

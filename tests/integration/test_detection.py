@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from schemas.catalogue import versions
 from sinks.client import connect
 from streams.cli.alerts import build_decision, publish_decision
 from streams.cli.evaluate import read_topic, targets_met
@@ -20,8 +21,10 @@ from streams.settings import Settings
 from streams.synthetic.evaluation import score
 from streams.synthetic.in_process import latest_alerts
 from streams.synthetic.scenarios import SCENARIO_RULE, ScenarioSet, build
+from streams.wire.codec import encode_single_object_with
 from tests.integration.harness import Worker, group_lag
 from tests.integration.test_pipeline import _produce, _wait_grants_applied
+from tests.unit.schemas.test_schemas import V1_ALERT
 
 pytestmark = pytest.mark.integration
 FLUSH_SECONDS = 2
@@ -87,6 +90,18 @@ def _again(events: list[dict[str, Any]], account: str, gap_ms: int) -> list[dict
     return [{**e, "event_id": f"{e['event_id']}-again", "occurred_at": e["occurred_at"] + shift} for e in mine]
 
 
+async def _publish_v1_alert(bootstrap: str, topic: str) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, encode_single_object_with(V1_ALERT, versions("GamingAlert")[0]),
+                                     key=V1_ALERT["entity_id"].encode())
+    finally:
+        await producer.stop()
+
+
 def test_scenarios_through_a_crashing_worker_then_review(settings: Settings, worker: Worker,
                                                          scenarios: ScenarioSet) -> None:
     started = time.monotonic()
@@ -136,6 +151,12 @@ def test_scenarios_through_a_crashing_worker_then_review(settings: Settings, wor
              and (a["alert_id"], a["firings"], a["last_seen_at"]) not in before]
     assert any(a["entity_id"] == control for a in later), "the unreviewed twin must alert again"
     assert not any(a["entity_id"] == reviewed for a in later), "a false positive must suppress re-alerting"
+    # Every alert says its numbers in the rule's words too (GamingAlert v2)...
+    assert all(a["observed_label"] and a["limit_label"] for a in emitted), [a for a in emitted
+                                                                            if not a["observed_label"]][:1]
+    # ...and an alert a v1 writer left on the topic (before an upgrade) still lands, with empty labels.
+    asyncio.run(_publish_v1_alert(b, settings.topic("gaming-alerts")))
+    _wait_settled(settings, worker)
     worker.stop()
 
     # ClickHouse (after the worker let go of the chDB path): one row per finding, the verdict stored.
@@ -145,7 +166,15 @@ def test_scenarios_through_a_crashing_worker_then_review(settings: Settings, wor
     assert rows and all(n == 1 and ids == 1 for _, n, ids in rows), [r for r in rows if r[1] != 1]
     topic_ids = {a["alert_id"] for a in _alerts(settings)}
     ch_ids = {r[0] for r in ch.query("SELECT alert_id FROM gaming_alerts FINAL").result_rows}
-    assert ch_ids == topic_ids
+    assert ch_ids == topic_ids and V1_ALERT["alert_id"] in ch_ids
+    stored = {r[0]: r[1:] for r in ch.query("SELECT alert_id, observed, limit_value, observed_label, limit_label "
+                                            "FROM gaming_alerts FINAL").result_rows}
+    assert stored.pop(V1_ALERT["alert_id"]) == (16.3, 24.0, "", "")
+    said = {(a["alert_id"], float(a["observed"]), float(a["limit"]), a["observed_label"], a["limit_label"])
+            for a in _alerts(settings)}
+    for alert_id, (observed, limit, observed_label, limit_label) in stored.items():
+        assert observed_label and limit_label, alert_id
+        assert (alert_id, observed, limit, observed_label, limit_label) in said, alert_id
     verdicts = ch.query("SELECT verdict, entity_id, allow_until IS NOT NULL FROM alert_reviews "
                         "WHERE decision_id = {d:String}", parameters={"d": decision["decision_id"]}).result_rows
     assert verdicts == [("FALSE_POSITIVE", reviewed, True)]

@@ -33,6 +33,7 @@ from tests.metered import metered
 
 pytestmark = pytest.mark.integration
 GARBAGE = 7
+UNPRICED_MODEL = "nova-preview"  # not in the shipped policy's price table: metered at its '*' price
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -113,6 +114,14 @@ def _produce_garbage(settings: Settings, n: int) -> None:
     asyncio.run(run())
 
 
+def _unpriced_events(scenarios: ScenarioSet, n: int) -> list[dict[str, Any]]:
+    """``n`` requests to a model the policy does not price, from accounts of their own (so no
+    scenario's detection changes)."""
+    template = scenarios.events[0]
+    return [{**template, "event_id": f"unpriced-{i}", "account_id": f"unpriced-acct-{i % 3}",
+             "model": UNPRICED_MODEL, "occurred_at": template["occurred_at"] + i * 1000} for i in range(n)]
+
+
 @pytest.fixture(scope="module")
 def scenarios() -> ScenarioSet:
     return build("small", seed=11)
@@ -155,8 +164,10 @@ def test_metrics_and_probes_follow_the_stream(settings: Settings, worker: Worker
         flowing.join()
     assert seen == sorted(seen) and seen[-1] > seen[0], seen
     assert lag_series >= settings.partitions
+    unpriced = _unpriced_events(scenarios, 9)
+    _produce(settings, [], unpriced)
 
-    total_in = len(scenarios.events) + GARBAGE
+    total_in = len(scenarios.events) + GARBAGE + len(unpriced)
     events_topic = settings.topic("interaction-events")
 
     def settled() -> Samples | None:
@@ -172,6 +183,10 @@ def test_metrics_and_probes_follow_the_stream(settings: Settings, worker: Worker
     assert value(final, "creditflow_dead_letters_total", kind="BAD_MAGIC") == GARBAGE
     assert value(final, "creditflow_sink_rows_total", table="dead_letters") >= GARBAGE
     assert value(final, "creditflow_duplicates_skipped_total") == 0
+    # Unpriced models are counted by model; the scenarios' priced models never appear.
+    unpriced_series = {dict(ls)["model"]: v for (n, ls), v in final.items()
+                       if n == "creditflow_unpriced_events_total"}
+    assert unpriced_series == {UNPRICED_MODEL: len(unpriced)}, unpriced_series
     alerts = {dict(ls)["rule"]: v for (n, ls), v in final.items() if n == "creditflow_alerts_total" and v}
     assert alerts and set(alerts) <= set(SCENARIO_RULE.values()) | {f"CF-{i:03d}" for i in range(1, 20)}, alerts
     assert value(final, "creditflow_sink_rows_total", table="gaming_alerts") >= 1

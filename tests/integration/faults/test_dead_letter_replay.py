@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,13 +36,6 @@ from tests.integration.harness import REPO, Worker, wait_drained
 pytestmark = pytest.mark.integration
 
 LATE_ID = 4_242  # the id producers used before anyone registered the schema under it
-
-
-@pytest.fixture
-def registry() -> Iterator[FakeRegistry]:
-    fake = FakeRegistry()
-    yield fake
-    fake.close()
 
 
 def _cli(worker: Worker, *args: str) -> str:

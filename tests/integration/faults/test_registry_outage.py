@@ -12,7 +12,6 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +39,6 @@ from tests.integration.harness import Worker, wait_drained
 pytestmark = pytest.mark.integration
 
 HELD = {0, 1}  # partitions whose accounts send events with a schema id the worker has not fetched
-
-
-@pytest.fixture
-def registry() -> Iterator[FakeRegistry]:
-    fake = FakeRegistry()
-    yield fake
-    fake.close()
 
 
 def test_registry_outage_holds_only_what_needs_it_and_meters_it_once_when_back(

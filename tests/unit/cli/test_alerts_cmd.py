@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,59 @@ def test_false_positive_allow_list_runs_on_event_time() -> None:
     assert d["entity_id"] == "u-1" and d["dedup_key"] == ALERT["dedup_key"]
     assert build_decision(ALERT, "confirmed", "ok", "rv", None, now)["allow_until"] is None
     assert build_decision(ALERT, "benign", "ok", "rv", 2, now)["allow_until"] == ALERT["last_seen_at"] + 2 * DAY_MS
+
+
+def test_a_line_shows_the_rules_phrase_next_to_each_number() -> None:
+    labelled = {**ALERT, "observed_label": "CV 0.05 over 40 gaps", "limit_label": "CV <= 0.2"}
+    line = human_line(labelled)
+    assert "observed CV 0.05 over 40 gaps (0.05) vs limit CV <= 0.2 (0.2)" in line
+    # An alert written before GamingAlert v2 has no labels: the numbers alone.
+    assert "observed 0.05 vs limit 0.2 " in human_line(ALERT)
+    assert "observed 0.05 vs limit 0.2 " in human_line({**ALERT, "observed_label": "", "limit_label": ""})
+
+
+class _Rows:
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self.result_rows = rows
+
+
+class _FakeClickHouse:
+    """Answers the alert lookup with one stored row (v2 columns) and the usage query with none."""
+
+    def __init__(self, labels: tuple[str, str]) -> None:
+        self.labels = labels
+        self.queries: list[tuple[str, dict[str, Any]]] = []
+
+    def query(self, sql: str, parameters: dict[str, Any]) -> _Rows:
+        self.queries.append((sql, parameters))
+        if "FROM gaming_alerts" not in sql:
+            return _Rows([])
+        return _Rows([(ALERT["alert_id"], ALERT["dedup_key"], "CF-003", "fast depletion", 1, "account", "u-1",
+                       [], "FREE", "g1", 1_793_000_000_000, 1_793_003_600_000, "HIGH", 0.8, 16.3, 24.0, [],
+                       '{"counts": {"events": 3}}', ["e1"], 2_000_000, "Hold the grant.", 1_793_003_600_000,
+                       1_793_003_600_000, 1, "OPEN", *self.labels)])
+
+
+def test_show_prints_the_stored_labels_with_the_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from streams.cli import alerts as cmd
+
+    fake = _FakeClickHouse(("84% of the grant spent in 16.3h", "80% within 24h"))
+    monkeypatch.setattr(cmd, "_settings", lambda: None)
+    monkeypatch.setattr(cmd, "_clickhouse", lambda settings: fake)
+    res = CliRunner().invoke(cmd.alerts, ["show", ALERT["alert_id"]], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "observed 84% of the grant spent in 16.3h (16.3) vs limit 80% within 24h (24)" in res.output
+    assert fake.queries[0][1] == {"id": ALERT["alert_id"]}
+
+    res = CliRunner().invoke(cmd.alerts, ["show", ALERT["alert_id"], "--json"])
+    assert res.exit_code == 0, res.output
+    stored = json.loads(res.output)["alert"]
+    assert (stored["observed"], stored["observed_label"], stored["limit_label"]) == (
+        16.3, "84% of the grant spent in 16.3h", "80% within 24h")
+
+    # A v1 alert's row: empty labels, the numbers alone.
+    monkeypatch.setattr(cmd, "_clickhouse", lambda settings: _FakeClickHouse(("", "")))
+    res = CliRunner().invoke(cmd.alerts, ["show", ALERT["alert_id"]], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "observed 16.3 vs limit 24 " in res.output, res.output

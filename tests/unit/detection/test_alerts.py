@@ -152,11 +152,37 @@ def test_the_wire_alert_carries_the_rules_numbers_not_parsed_text() -> None:
     assert alert["observed"] == "22 active hours of 24" and alert["observed_value"] == 22
     wire = to_avro(alert)
     assert (wire["observed"], wire["limit"]) == ("22", "20")
+    # The rule's phrases travel next to the numbers (GamingAlert v2), never instead of them.
+    assert (wire["observed_label"], wire["limit_label"]) == ("22 active hours of 24", "20")
     assert "observed_value" not in wire and "sample_event_ids" not in wire
-    assert Decoder("GamingAlert").decode(encode_single_object(wire, "GamingAlert"))["observed"] == "22"
+    decoded = Decoder("GamingAlert").decode(encode_single_object(wire, "GamingAlert"))
+    assert (decoded["observed"], decoded["observed_label"]) == ("22", "22 active hours of 24")
     # A label whose first number is not the measure ("top 3 of ...") no longer decides the value.
     labelled = firing(T0 + HOUR_MS)
     odd = process_firing(new_alert_state(), Firing(**{**labelled.to_dict(), "observed": "top 3 prompts: 0.91",
                                                       "observed_value": 0.91, "counter_signals": (),
                                                       "related_entities": ()}))
     assert odd is not None and to_avro(odd)["observed"] == "0.91"
+
+
+def test_an_updated_alert_carries_the_labels_of_its_strongest_firing() -> None:
+    from streams.detection.alerts import to_avro
+
+    state = new_alert_state()
+    process_firing(state, firing(T0 + HOUR_MS))
+    stronger = Firing(**{**firing(T0 + 2 * HOUR_MS, severity="CRITICAL", score=0.95).to_dict(),
+                         "observed": "24 active hours of 24", "observed_value": 24.0,
+                         "counter_signals": (), "related_entities": ()})
+    up = process_firing(state, stronger)
+    assert up is not None
+    wire = to_avro(up)
+    assert (wire["observed"], wire["observed_label"]) == ("24", "24 active hours of 24")
+
+
+def test_measure_text_puts_the_phrase_first_and_keeps_the_number() -> None:
+    from streams.detection.alerts import measure_text
+
+    assert measure_text("16.3", "84% of the grant spent in 16.3h") == "84% of the grant spent in 16.3h (16.3)"
+    assert measure_text(24.0, "80% within 24h") == "80% within 24h (24)"  # the table's Float64
+    assert measure_text("20", "20") == "20"  # a label that is the number says nothing more
+    assert measure_text("0.05", "") == "0.05" and measure_text(0.05, None) == "0.05"  # v1: no label

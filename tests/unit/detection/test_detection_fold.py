@@ -13,7 +13,7 @@ import pytest
 
 from streams.credits.meter import Meter, RawRecord
 from streams.credits.policy import load_policy
-from streams.detection.engine import Detection, DetectionBatch
+from streams.detection.engine import CLOCK_MESSAGE_KEY, Detection, DetectionBatch
 from streams.runtime.batch_send import KeyPartitions
 from streams.runtime.changelog import ChangelogTable
 from streams.runtime.topics import topic_names
@@ -67,13 +67,20 @@ def test_folding_here_equals_the_round_trip_through_kafka(tmp_path: Path, enrich
     sent = DetectionBatch()
     remote.on_metered(sent, enriched, set())
     assert sent.folded_here == 0
+    clock_messages = [(p, json.loads(payload)) for p, items in sent.fingerprints.items()
+                      for fp, payload in items if fp.encode() == CLOCK_MESSAGE_KEY]
+    # Each fingerprint partition hears, after the observations, how far the one source has come.
+    last = max(rec["occurred_at"] for rec in enriched)
+    assert sorted(clock_messages, key=lambda m: m[0]) == [(p, {"source": 0, "time": last}) for p in range(PARTITIONS)]
     messages = sum(len(v) for v in sent.fingerprints.values())
-    assert messages == direct.folded_here
+    assert messages == direct.folded_here + len(clock_messages)
     received = DetectionBatch()
     for partition, items in sent.fingerprints.items():
         for fp, payload in items:
-            assert json.loads(payload)["sp"] == 0
+            if fp.encode() != CLOCK_MESSAGE_KEY:
+                assert json.loads(payload)["sp"] == 0
             remote.on_fingerprint(received, partition, fp.encode(), payload)
+    remote.release(received, set(range(PARTITIONS)))
 
     # As their changelogs hold them (a first sighting's debits are tuples here, lists after JSON).
     assert _json(_contents(here.fingerprints)) == _json(_contents(remote.fingerprints))
@@ -157,3 +164,44 @@ def test_the_timer_remembers_only_entities_with_events_not_evaluated(tmp_path: P
     assert all(pending(d.accounts, k) == 0 for k in waiting)
     # Every value the tick read is one it evaluated (and will write): none decoded only to be skipped.
     assert d.accounts.hydrated + d.fingerprints.hydrated - hydrated <= len(waiting) + len(fps_waiting)
+
+
+def test_held_observations_survive_a_restart_and_fold_as_if_never_held(tmp_path: Path,
+                                                                        enriched: list[dict[str, Any]]) -> None:
+    """With a second source not heard from, every observation is held. The held ones, written to the
+    changelog and recovered by another worker, are indexed again from the changelog bytes and,
+    once the second source goes idle, fold to the state of a worker that never held them."""
+    import orjson
+
+    every = set(range(PARTITIONS))
+    reference = _detection(tmp_path)
+    ref_batch = DetectionBatch()
+    reference.on_metered(ref_batch, enriched, every)
+
+    first = _detection(tmp_path)
+    first.source_partitions = 2  # source 1 sends nothing: its clock is unknown
+    batch = DetectionBatch()
+    first.on_metered(batch, enriched, every)
+    assert not any(a["entity_type"] != "account" for _e, a in batch.alerts)  # nothing folded, nothing fired
+    held = {k for k, w in _contents(first.fingerprints).items() if "held" in w}
+    assert held and not any("d" in first.fingerprints.get(k) or "p" in first.fingerprints.get(k) for k in held)
+
+    second = _detection(tmp_path)
+    second.source_partitions = 2
+    for table, partition, key, value in first.changes(batch):
+        target = {first.accounts: second.accounts, first.fingerprints: second.fingerprints,
+                  first.alert_states: second.alert_states}[table]
+        target.restore(partition, key.encode(), orjson.dumps(value))
+    assert set().union(*second.fingerprints.marked.values()) == held
+    second.on_recovered(every)
+    assert sum(len(h) for h in second.held.values()) == sum(len(second.fingerprints.get(k)["held"]) for k in held)
+
+    after = DetectionBatch()
+    second.tick(after, [1], every, all_idle=True)
+    contents = _contents(second.fingerprints)
+    assert not any("held" in w for w in contents.values())
+    fingerprints = {k: w for k, w in contents.items() if not k.startswith("~")}
+    expected = {k: w for k, w in _contents(reference.fingerprints).items() if not k.startswith("~")}
+    assert _json(fingerprints) == _json(expected)
+    fp_alerts = {(a["alert_id"], a["rule_id"]) for _e, a in ref_batch.alerts if a["entity_type"] != "account"}
+    assert fp_alerts and fp_alerts == {(a["alert_id"], a["rule_id"]) for _e, a in after.alerts}

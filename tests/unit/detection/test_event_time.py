@@ -46,6 +46,20 @@ def test_backlog_and_paced_give_the_same_alerts(backlog: InProcessRun, paced: In
     assert _emissions(backlog) == _emissions(paced)
 
 
+@pytest.mark.parametrize("paced,batch_size", [(False, 5000), (False, 700), (True, 0)],
+                         ids=["backlog", "backlog-small-batches", "paced"])
+def test_six_partitions_read_in_any_order_give_the_alerts_of_one(traffic: ScenarioSet, backlog: InProcessRun,
+                                                                 paced: bool, batch_size: int) -> None:
+    """Accounts spread over six input partitions, each batch read partition by partition (one
+    partition's events all before the next's, hours of event time apart in a backlog): the
+    fingerprint rules, whose observations come from every partition, still see each fingerprint's
+    observations in event order, so the alerts are those of one partition read in order."""
+    spread = (run_in_process(traffic, paced=True, pace_ms=10 * MINUTE_MS, partitions=6) if paced
+              else run_in_process(traffic, paced=False, batch_size=batch_size, partitions=6))
+    assert any(a["entity_type"] in ("device", "payment", "prompt") for a in spread.alerts)
+    assert _emissions(spread) == _emissions(backlog)
+
+
 def test_no_alert_names_an_account_first_seen_after_it(traffic: ScenarioSet, backlog: InProcessRun) -> None:
     first = {}
     for ev in traffic.events:

@@ -167,6 +167,16 @@ def test_a_pending_fingerprint_sighting_passes_through() -> None:
     assert orjson.loads(DETECTOR_TABLE_CODEC.encode(value)) == orjson.loads(payload)
 
 
+def test_whatever_else_the_engine_keeps_in_the_tables_passes_through_as_json() -> None:
+    # Held observations beside a fingerprint's state, a partition's source clocks: the engine's.
+    observation = {"event_id": "e1", "debits": [["g", 1, 0]]}
+    held = {"d": {}, "o": {"0": 7, "3": 2}, "held": [[1767225600000, 0, 7, observation]]}
+    clocks = {"time": {"0": 1767225600000, "5": 1767225700000}, "idle": [2, 4]}
+    for value in (held, clocks, {"o": -1}, {"d": {}, "o": 12345678901234567890123}):
+        assert DETECTOR_TABLE_CODEC.decode(DETECTOR_TABLE_CODEC.encode(value)) == value
+    assert b'"held":[' in DETECTOR_TABLE_CODEC.encode(held)  # the recovery marker of held observations
+
+
 def test_encode_detector_state_gives_builtins_with_the_short_keys_and_decodes_back() -> None:
     state = _account_state(DetectorEngine(eval_every_events=4))
     raw = encode_detector_state(state)

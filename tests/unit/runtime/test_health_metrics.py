@@ -60,6 +60,38 @@ def test_a_processor_batch_counts_by_kind_rule_and_severity() -> None:
     assert s[("creditflow_state_write_duration_seconds_sum", frozenset())] == 0.25
 
 
+def test_unpriced_events_are_counted_by_model_once_the_batch_is_written() -> None:
+    m = Metrics()
+    batch = {"events": 3, "metered": 3, "skipped": 0, "dead": [], "alerts": [], "started": 0.0,
+             "write_phases": ()}
+    m.processor_batch(**batch)
+    text = m.exposition().decode()
+    assert "# TYPE creditflow_unpriced_events_total counter" in text  # declared before any traffic
+    assert "creditflow_unpriced_events_total{" not in text
+    m.processor_batch(**batch, unpriced={"nova-preview": 2, "atlas-xl": 1})
+    m.processor_batch(**batch, unpriced={"nova-preview": 1})
+    s = _samples(m)
+    assert s[("creditflow_unpriced_events_total", frozenset({("model", "nova-preview")}))] == 3
+    assert s[("creditflow_unpriced_events_total", frozenset({("model", "atlas-xl")}))] == 1
+    assert 'creditflow_unpriced_events_total{model="nova-preview"} 3.0' in m.exposition().decode()
+
+
+def test_unpriced_models_past_the_cap_share_one_series() -> None:
+    from streams.runtime.metrics import UNPRICED_MODELS_MAX, UNPRICED_OTHER
+
+    m = Metrics()
+    batch = {"events": 1, "metered": 1, "skipped": 0, "dead": [], "alerts": [], "started": 0.0,
+             "write_phases": ()}
+    for i in range(UNPRICED_MODELS_MAX + 5):
+        m.processor_batch(**batch, unpriced={f"m-{i}": 1})
+    m.processor_batch(**batch, unpriced={"m-0": 1})  # a model already shown keeps its series
+    s = _samples(m)
+    series = {dict(ls)["model"]: v for (n, ls), v in s.items() if n == "creditflow_unpriced_events_total"}
+    assert len(series) == UNPRICED_MODELS_MAX + 1
+    assert series[UNPRICED_OTHER] == 5 and series["m-0"] == 2
+    assert sum(series.values()) == UNPRICED_MODELS_MAX + 6
+
+
 def test_sink_stores_and_failures() -> None:
     m = Metrics()
     m.sink_failed(RuntimeError("Code: 210. connection refused\nstack"))

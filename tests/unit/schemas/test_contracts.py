@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from schemas import contracts, generate
-from sinks.columns import EVENTS_COLUMNS, REFINEMENT_SAMPLES_COLUMNS
+from sinks.columns import EVENTS_COLUMNS, GAMING_ALERTS_COLUMNS, REFINEMENT_SAMPLES_COLUMNS
 from streams.wire.validation import PLANS
 
 
@@ -17,6 +17,15 @@ def test_enums_and_fields_come_from_the_avro_files() -> None:
     assert contracts.USAGE_ENRICHED_FIELDS[:3] == ("event_id", "occurred_at", "processed_at")
     assert "debits" in contracts.USAGE_ENRICHED_FIELDS and "debits" not in EVENTS_COLUMNS
     assert REFINEMENT_SAMPLES_COLUMNS == contracts.REFINEMENT_SAMPLE_FIELDS
+
+
+def test_every_alert_field_is_a_gaming_alerts_column() -> None:
+    # ``limit`` is a keyword in ClickHouse: its column is ``limit_value`` (sinks/routing.py).
+    wanted = {"limit_value" if f == "limit" else f for f in contracts.GAMING_ALERT_FIELDS}
+    assert wanted <= set(GAMING_ALERTS_COLUMNS)
+    assert len(set(GAMING_ALERTS_COLUMNS)) == len(GAMING_ALERTS_COLUMNS)
+    # Fields added after v1 are appended, in contract order, as their migrations append columns.
+    assert GAMING_ALERTS_COLUMNS[-3:] == ("updated_at", "observed_label", "limit_label")
 
 
 def test_an_enum_with_two_meanings_is_refused() -> None:

@@ -74,6 +74,7 @@ def test_catalogue_holds_every_contract() -> None:
     assert set(get_catalogue().names()) == EXPECTED_RECORDS
     assert [sv.version for sv in get_catalogue().versions("InteractionEvent")] == [1, 2]
     assert [sv.version for sv in get_catalogue().versions("RefinementSample")] == [1, 2, 3]
+    assert [sv.version for sv in get_catalogue().versions("GamingAlert")] == [1, 2]
 
 
 @pytest.mark.parametrize("path", SCHEMA_FILES, ids=lambda p: p.name)
@@ -312,3 +313,25 @@ def test_v1_events_are_read_by_the_v2_reader_with_defaults() -> None:
         "context_uniqueness": None,
         "attributes": {},
     }
+
+
+V1_ALERT: dict[str, Any] = {
+    "alert_id": "al-1", "dedup_key": "CF-003|r1|account|a1|20000", "rule_id": "CF-003",
+    "rule_name": "Fast grant depletion", "rule_revision": 1, "entity_type": "account", "entity_id": "a1",
+    "related_entities": [], "plan": "FREE", "grant_id": "g1", "window_start": 1_700_000_000_000,
+    "window_end": 1_700_003_600_000, "severity": "HIGH", "score": 0.8, "observed": "16.3", "limit": "24",
+    "counter_signals": [], "evidence": {"counts": {"events": 3}, "credits_by_category": {},
+                                        "sample_event_ids": ["e1"]},
+    "estimated_credits_exposed_micro": 1_000_000, "suggested_action": "Hold the grant.",
+    "first_seen_at": 1_700_003_600_000, "last_seen_at": 1_700_003_600_000, "firings": 1, "status": "OPEN",
+}
+
+
+def test_v1_alerts_are_read_by_the_v2_reader_with_empty_labels() -> None:
+    from schemas.catalogue import versions
+    from streams.wire.codec import Decoder, encode_single_object_with
+
+    v1, v2 = versions("GamingAlert")[:2]
+    assert [f["name"] for f in v2.schema_json["fields"]][-2:] == ["observed_label", "limit_label"]
+    decoded = Decoder("GamingAlert").decode(encode_single_object_with(V1_ALERT, v1))
+    assert decoded == {**V1_ALERT, "observed_label": "", "limit_label": ""}

@@ -74,3 +74,5 @@ def test_one_alert_explained_names_the_rule_signal_scheme_and_next_command() -> 
     assert "why it fires: Requests in at least" in text
     assert "observed 24 against a limit of 20; 3.39 credits exposed" in text
     assert "evidence: active_hours=24" in text and "creditflow alerts show al-1" in text
+    labelled = {**alert, "observed_label": "24 active hours of 24", "limit_label": "20"}
+    assert "observed 24 active hours of 24 (24) against a limit of 20; " in "\n".join(explain(labelled, labels))

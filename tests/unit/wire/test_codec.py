@@ -6,10 +6,7 @@ import io
 import json
 import re
 import socket
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import avro.io
@@ -28,6 +25,7 @@ from streams.wire.codec import (
     encode_single_object_with,
 )
 from streams.wire.dead_letters import build_dead_letter, encode_dead_letter
+from tests.fake_registry import FakeRegistry
 
 NOW_MS = 1_700_000_000_000
 
@@ -273,67 +271,6 @@ def test_v1_writer_is_resolved_to_v2_reader_with_defaults() -> None:
 
 
 # -- the registry path ---------------------------------------------------------------------------
-
-
-class FakeRegistry:
-    """Just enough of the Confluent schema-registry REST API, in a thread."""
-
-    def __init__(self) -> None:
-        self.schemas: dict[int, str] = {}
-        self.ids: dict[str, int] = {}
-        self.requests: list[tuple[str, str]] = []
-        self.fail_with: int | None = None
-        registry = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _reply(self, status: int, body: dict[str, Any]) -> None:
-                raw = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def do_GET(self) -> None:
-                registry.requests.append(("GET", self.path))
-                if registry.fail_with:
-                    return self._reply(registry.fail_with, {"error_code": 50001, "message": "down"})
-                m = re.fullmatch(r"/schemas/ids/(\d+)", self.path)
-                if m and int(m[1]) in registry.schemas:
-                    return self._reply(200, {"schema": registry.schemas[int(m[1])]})
-                return self._reply(404, {"error_code": 40403, "message": "Schema not found"})
-
-            def do_POST(self) -> None:
-                registry.requests.append(("POST", self.path))
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if registry.fail_with:
-                    return self._reply(registry.fail_with, {"error_code": 50001, "message": "down"})
-                if not re.fullmatch(r"/subjects/[^/]+/versions", self.path):
-                    return self._reply(404, {"error_code": 404, "message": "no route"})
-                canonical = json.dumps(json.loads(body["schema"]), sort_keys=True)
-                if canonical not in registry.ids:
-                    registry.ids[canonical] = len(registry.ids) + 100
-                    registry.schemas[registry.ids[canonical]] = body["schema"]
-                return self._reply(200, {"id": registry.ids[canonical]})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def registry() -> Iterator[FakeRegistry]:
-    fake = FakeRegistry()
-    yield fake
-    fake.close()
 
 
 def test_confluent_round_trip_through_registry_with_cached_lookups(registry: FakeRegistry) -> None:

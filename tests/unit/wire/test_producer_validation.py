@@ -14,7 +14,8 @@ from schemas.catalogue import latest
 from streams.producer import CreditflowProducer, DeliveryError, InvalidEventError, SyncCreditflowProducer
 from streams.settings import Settings
 from streams.wire.codec import Decoder
-from tests.unit.wire.test_codec import NOW_MS, FakeRegistry, sample_event
+from tests.fake_registry import FakeRegistry
+from tests.unit.wire.test_codec import NOW_MS, sample_event
 
 
 class FakeKafkaProducer:

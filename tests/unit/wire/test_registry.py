@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,6 @@ from streams.wire.registry import (
     confluent_schema_id,
 )
 from tests.fake_registry import FakeRegistry
-
-
-@pytest.fixture
-def registry() -> Iterator[FakeRegistry]:
-    fake = FakeRegistry()
-    yield fake
-    fake.close()
 
 
 def _schemas(url: str, data_dir: Path | None, **kwargs: object) -> RegistrySchemas:
