@@ -171,7 +171,6 @@ def test_held_observations_survive_a_restart_and_fold_as_if_never_held(tmp_path:
     """With a second source not heard from, every observation is held. The held ones, written to the
     changelog and recovered by another worker, are indexed again from the changelog bytes and,
     once the second source goes idle, fold to the state of a worker that never held them."""
-    import orjson
 
     every = set(range(PARTITIONS))
     reference = _detection(tmp_path)
@@ -191,7 +190,7 @@ def test_held_observations_survive_a_restart_and_fold_as_if_never_held(tmp_path:
     for table, partition, key, value in first.changes(batch):
         target = {first.accounts: second.accounts, first.fingerprints: second.fingerprints,
                   first.alert_states: second.alert_states}[table]
-        target.restore(partition, key.encode(), orjson.dumps(value))
+        target.restore(partition, key.encode(), table.codec.encode(value))  # as the changelog holds it
     assert set().union(*second.fingerprints.marked.values()) == held
     second.on_recovered(every)
     assert sum(len(h) for h in second.held.values()) == sum(len(second.fingerprints.get(k)["held"]) for k in held)
