@@ -88,6 +88,9 @@ class Route:
     guarded: bool = False
     # Inputs no processor reads: the sink itself turns what it cannot decode into dead letters.
     dead_letters_here: bool = False
+    # Written by platform services or operators, not by creditflow: with a schema registry their
+    # records may be Confluent-framed, so they pass the schema gate and decode with registry schemas.
+    registry_framed: bool = False
 
 
 ROUTES: tuple[Route, ...] = (
@@ -95,9 +98,11 @@ ROUTES: tuple[Route, ...] = (
     Route(REFINEMENT_FEED, "RefinementSample", (("refinement_samples", _one),)),
     Route(DEAD_LETTERS, "DeadLetter", (("dead_letters", dead_letter_rows),)),
     Route(GAMING_ALERTS, "GamingAlert", (("gaming_alerts", _alert),)),
-    Route(GAMING_REVIEWS, "ReviewDecision", (("alert_reviews", _one),), dead_letters_here=True),
-    Route(CREDIT_GRANTS, "CreditGrant", (("credit_grants", _one),)),
-    Route(SUBSCRIPTION_CHANGES, "SubscriptionChange", (("subscription_changes", _one),), dead_letters_here=True),
+    Route(GAMING_REVIEWS, "ReviewDecision", (("alert_reviews", _one),), dead_letters_here=True,
+          registry_framed=True),
+    Route(CREDIT_GRANTS, "CreditGrant", (("credit_grants", _one),), registry_framed=True),
+    Route(SUBSCRIPTION_CHANGES, "SubscriptionChange", (("subscription_changes", _one),), dead_letters_here=True,
+          registry_framed=True),
     Route(CREDIT_BALANCES, "CreditBalance", (("credit_balances", _balance),)),
     Route(CREDIT_NOTIFICATIONS, "CreditNotification", (("credit_notifications", _one),)),
 )

@@ -10,11 +10,19 @@ rebalances, and how a member that lost its partitions is fenced, is written down
 
 It is a plain aiokafka consumer run as a Faust service rather than an agent because it needs what
 agents hide: per-partition offset ranges, manual commits and pausing while ClickHouse is away.
+
+Topics that platform services or operators write (``Route.registry_framed``) may carry
+Confluent-framed records. With a schema registry configured they pass the processor's schema gate
+(``streams/runtime/schema_gate.py``) before they are buffered: a record whose schema id is undecided
+(the registry is unreachable) is not buffered, its partition is sought back to it and paused, so no
+store takes it or anything after it and no commit passes it; the partition resumes once the id is
+decided. Only a definitive "not found" makes such a record undecodable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
@@ -38,8 +46,9 @@ from sinks.routing import ROUTES, Route, dead_letter_rows
 from sinks.store_plan import TP, Piece, RecordedBatch, Store, StorePlanner, Unit
 from streams.runtime.kafka_clients import KafkaClients
 from streams.runtime.metrics import Metrics
+from streams.runtime.schema_gate import SchemaGate, registry_schemas
 from streams.settings import Settings
-from streams.wire.codec import DecodeError, Decoder
+from streams.wire.codec import DecodeError, Decoder, RegistryUnavailable
 from streams.wire.dead_letters import build_dead_letter
 
 log = logging.getLogger("creditflow.sink")
@@ -96,6 +105,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         # Uncommitted buffers are dropped and in-flight stores fenced: whoever gets the partition
         # re-reads them from Kafka and re-forms what was recorded.
         self.sink.planner.revoke(revoked)
+        if self.sink.gate is not None:
+            self.sink.gate.release(revoked)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self.sink.metrics.assigned(self.sink.group, assigned)
@@ -120,6 +131,10 @@ class ClickHouseSink(Service):
         self.group = f"{settings.app_id}-sink"
         self.routes: dict[str, Route] = {names[r.topic_key]: r for r in ROUTES}
         self.decoders: dict[str, Decoder] = {}
+        # Registry schemas are fetched without blocking; records waiting for one hold their partition.
+        self.schemas = registry_schemas(settings)
+        self.gate = (SchemaGate(self.schemas, [t for t, r in self.routes.items() if r.registry_framed],
+                                settings.registry_wait_seconds) if self.schemas is not None else None)
         self.columns: dict[str, list[str]] = {}
         self.stats = SinkStats()
         # The app's metrics once registered (streams/runtime/health.py watch_service); a private set before.
@@ -176,8 +191,7 @@ class ClickHouseSink(Service):
         if self.avro_direct:
             self.spool_dir = tempfile.mkdtemp(prefix="creditflow-sink-")
         await self.ch(self._client_sync)
-        for topic, route in self.routes.items():
-            self.decoders[topic] = Decoder(route.schema, None)
+        self.make_decoders()
         self.consumer = AIOKafkaConsumer(
             **self.kafka.common(),
             group_id=self.group,
@@ -193,6 +207,12 @@ class ClickHouseSink(Service):
         await self.consumer.start()
         self.consumer.subscribe(topics=list(self.routes), listener=_Listener(self))
 
+    def make_decoders(self) -> None:
+        for topic, route in self.routes.items():
+            # Only gated topics read registry schemas: an ungated Confluent record (creditflow never
+            # writes one) must not meet an undecided id at decode time.
+            self.decoders[topic] = Decoder(route.schema, self.schemas if route.registry_framed else None)
+
     async def on_stop(self) -> None:
         if self.consumer is not None:
             try:
@@ -200,6 +220,8 @@ class ClickHouseSink(Service):
             except Exception:  # shutting down: replay will redo whatever did not land
                 log.exception("final sink flush failed; the batch will be replayed")
             await self.consumer.stop()
+        if self.schemas is not None:
+            await self.schemas.close()
         self.executor.shutdown(wait=True)
         if self.spool_dir:
             shutil.rmtree(self.spool_dir, ignore_errors=True)
@@ -328,6 +350,11 @@ class ClickHouseSink(Service):
         consumer = self.consumer
         while not self.should_stop:
             batches = await consumer.getmany(timeout_ms=200, max_records=self.settings.sink_batch_rows)
+            if self.gate is not None and batches:
+                # Records waiting for a registry schema are cut here: never buffered, so never stored
+                # or committed. A rebalance while the gate waited makes the whole fetch stale.
+                batches = await self.gate.admit(consumer, batches,
+                                                current=functools.partial(self._in_epoch, self.planner.epoch))
             self.metrics.consumed(self.group, batches)
             now = time.monotonic()
             for tp, records in batches.items():
@@ -345,6 +372,17 @@ class ClickHouseSink(Service):
                         consumer.seek(tp, records[0].offset)
                 # Otherwise revoked meanwhile: its owner reads them from the committed offset.
             await self._flush(force=False)
+
+    def _in_epoch(self, epoch: int) -> bool:
+        return self.planner.epoch == epoch
+
+    @Service.task
+    async def _resume_held(self) -> None:
+        """Resume partitions held for registry schemas as soon as their ids are decided."""
+        while not self.should_stop:
+            await asyncio.sleep(0.2)
+            if self.gate is not None and self.consumer is not None and self.gate.held:
+                self.gate.resume_ready(self.consumer)
 
     async def _flush(self, force: bool) -> None:
         # Each store takes records out of the buffers and nothing is fetched meanwhile, so this ends.
@@ -459,6 +497,11 @@ class ClickHouseSink(Service):
         for rec in records:
             try:
                 value = decoder.decode(rec.value)
+            except RegistryUnavailable:
+                # The gate decided every id before the record was buffered, so this cannot be an
+                # outage; never dead-letter a record that may yet decode. Nothing of this store is
+                # recorded yet: failing here replays it from the committed offset.
+                raise
             except DecodeError as exc:
                 self.stats.undecodable += 1
                 if route.dead_letters_here:

@@ -8,12 +8,16 @@ paused: nothing at or after it is decoded, metered or committed, so the partitio
 where it stopped once the registry answers. Other partitions, and the records before the cut, go on
 (single-object records need no registry). Only a definitive "not found" lets a record through to
 be dead-lettered as UNKNOWN_SCHEMA.
+
+Both consumers use it: the processor for its inputs, the sink for the topics it reads that platform
+services or operators write (``sinks/routing.py`` ``registry_framed``). Each resumes held partitions
+from a task calling :meth:`SchemaGate.resume_ready`, and releases them when they are revoked.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -42,9 +46,14 @@ class SchemaGate:
         # Paused partitions -> the undecided ids in the records held back there.
         self.held: dict[TopicPartition, set[int]] = {}
 
-    async def admit(self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, Sequence[Any]]
-                    ) -> dict[TopicPartition, Sequence[Any]]:
-        """The part of ``fetched`` that can be decoded now; the rest is sought back and paused."""
+    async def admit(self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, Sequence[Any]],
+                    current: Callable[[], bool] | None = None) -> dict[TopicPartition, Sequence[Any]]:
+        """The part of ``fetched`` that can be decoded now; the rest is sought back and paused.
+
+        ``current`` tells, after the wait for the registry, whether the fetch is still of this
+        assignment. A rebalance during the wait reset the positions to the committed offsets, so a
+        stale fetch must be neither used nor cut: seeking to its cut would skip whatever lies between
+        the committed offset and that cut. Then nothing is sought or paused and nothing admitted."""
         needed: set[int] = set()
         for tp, records in fetched.items():
             if tp.topic in self.topics:
@@ -61,6 +70,8 @@ class SchemaGate:
         if not undecided:
             return fetched
         undecided = await self.schemas.resolve(undecided, self.wait)
+        if current is not None and not current():
+            return {}
         if not undecided:
             return fetched
         admitted = dict(fetched)
@@ -105,8 +116,15 @@ class SchemaGate:
         return resumed
 
     def forget(self, partitions: Collection[int]) -> None:
-        for tp in [tp for tp in self.held if tp.partition in partitions]:
-            del self.held[tp]
+        """Released partition numbers: that partition of every gated topic (the processor's inputs
+        are co-partitioned)."""
+        self.release([tp for tp in self.held if tp.partition in partitions])
+
+    def release(self, tps: Iterable[TopicPartition]) -> None:
+        """Released topic partitions (the sink's topics are not co-partitioned). Their next owner
+        starts from the committed offset, which never passed a cut."""
+        for tp in tps:
+            self.held.pop(tp, None)
 
 
 def registry_schemas(settings: Settings) -> RegistrySchemas | None:
