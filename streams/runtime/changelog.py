@@ -235,8 +235,9 @@ class ChangelogTable:
                  marker: bytes | None = None) -> None:
         """``state_dir``: where the local store's directory is made; None = the system temp dir.
         ``codec``: how values are written to the changelog (and the local store) and read back.
-        ``marker``: recovery notes, per partition, the keys whose recovered value contains these
-        bytes (``marked``), so an owner can index a few keys without reading every value back."""
+        ``marker``: recovery notes, per partition, the keys whose recovered value (as the codec
+        wrote it) contains these bytes (``marked``), so an owner can index a few keys without
+        reading every value back."""
         if not 0 < partitions <= _MAX_PARTITIONS:
             raise ValueError(f"{name}: {partitions} partitions; at most {_MAX_PARTITIONS} are supported")
         self.name = name
