@@ -22,7 +22,8 @@ Inputs of the processor's consumer group that are detection's alone, both with t
   entity's alert state, in this same worker. A review keyed otherwise is still applied, to state
   kept under the review's partition, but will not meet the entity's open alerts.
 
-State (JSON, see ``streams/runtime/changelog.py``):
+State (JSON, see ``streams/runtime/changelog.py``; detector states are typed records written and
+read by ``streams/detection/state.py``):
 - accounts: account id -> ``{"d": detector state, "o": last interaction-events offset applied}``;
 - fingerprints: ``kind|fp`` -> ``{"d": detector state, "o": {source partition: last offset received},
   "held": observations received but not folded yet}`` (``"p"``, a first sighting, until ``"d"``), and
@@ -66,6 +67,7 @@ from streams.detection.alerts import apply_review, new_alert_state, process_firi
 from streams.detection.rulebook import FINGERPRINT_FIELDS, DetectorEngine
 from streams.detection.rules.base import Firing, is_new_account
 from streams.detection.source_clock import SourceClocks, apply_clock_message, clock_message, insert_held
+from streams.detection.state import DETECTOR_TABLE_CODEC
 from streams.runtime.batch_send import KeyPartitions, Outgoing, send_partitioned
 from streams.runtime.changelog import ChangelogTable
 from streams.runtime.topics import DETECTOR_FINGERPRINTS, GAMING_ALERTS, GAMING_REVIEWS
@@ -157,9 +159,10 @@ class Detection:
     def __init__(self, settings: Settings, names: Mapping[str, str]) -> None:
         app_id = settings.app_id
         self.accounts = ChangelogTable("detector-accounts", f"{app_id}-detector-accounts-changelog",
-                                       settings.partitions, state_dir=settings.state_dir)
+                                       settings.partitions, state_dir=settings.state_dir, codec=DETECTOR_TABLE_CODEC)
         self.fingerprints = ChangelogTable("detector-fingerprints", f"{app_id}-detector-fingerprints-changelog",
-                                           settings.partitions, state_dir=settings.state_dir, marker=HELD_MARKER)
+                                           settings.partitions, state_dir=settings.state_dir, marker=HELD_MARKER,
+                                           codec=DETECTOR_TABLE_CODEC)
         self.alert_states = ChangelogTable("detector-alerts", f"{app_id}-detector-alerts-changelog",
                                            settings.partitions, state_dir=settings.state_dir)
         self.engine = DetectorEngine(policy=load_policy(settings.policy_path))
@@ -446,10 +449,10 @@ class Detection:
         # every tick decode up to 2 x _RECENT_MAX states only to skip them, all held in the tables'
         # hot sets until the next write: +150-180 MiB for ~1 s, with 300k one-event accounts.
         common = state.get("_")  # absent when no rule watches the entity's kind
-        if not common or not common["ne"]:
+        if not common or not common.events_since_evaluation:
             recent.pop(key, None)
             return
-        recent[key] = (partition, int(common["last"]))
+        recent[key] = (partition, int(common.last_event_at))
         recent.move_to_end(key)
         if len(recent) > _RECENT_MAX:
             recent.popitem(last=False)
@@ -497,11 +500,11 @@ class Detection:
                 partition, _last = recent.pop(key)
                 wrapper = table.get(key)
                 common = (wrapper or {}).get("d", {}).get("_")
-                if not common or not common.get("ne") or common.get("last") is None:
+                if not common or not common.events_since_evaluation or common.last_event_at is None:
                     continue
                 n += 1
                 target[key] = partition
-                self._fold(batch, partition, evaluate(wrapper["d"], int(common["last"])))  # type: ignore[index]
+                self._fold(batch, partition, evaluate(wrapper["d"], common.last_event_at))  # type: ignore[index]
         return n
 
     # -- output -----------------------------------------------------------------------------------

@@ -16,8 +16,10 @@ account's events in order; per-fingerprint rules, whose observations come from s
 count only accounts first seen at or before t.
 
 State: per-account state lives in a table keyed by account id, per-fingerprint state in a table
-keyed by ``kind|fingerprint``; both are JSON-able dicts that the engine mutates in place (an empty
-dict is initialised on first use).
+keyed by ``kind|fingerprint``; both are dicts of typed records (``"_"`` -> ``CommonState``, each
+rule's id -> its ``RuleState``; see ``streams/detection/rules/base.py``) that the engine mutates in
+place (an empty dict is initialised on first use). ``streams/detection/state.py`` writes them to the
+changelog and reads them back, including what earlier versions wrote.
 """
 
 from __future__ import annotations
@@ -64,15 +66,17 @@ from streams.detection.rules import (
 )
 from streams.detection.rules.base import (
     DAY_MS,
+    CommonState,
     Detector,
     Firing,
     State,
+    common_of,
     new_common,
     observe_common,
     observe_grant_common,
 )
 
-DETECTORS: tuple[Detector, ...] = (
+DETECTORS: tuple[Detector[Any], ...] = (
     round_the_clock.DETECTOR,
     cadence.DETECTOR,
     depletion.DETECTOR,
@@ -86,7 +90,7 @@ DETECTORS: tuple[Detector, ...] = (
     spike.DETECTOR,
     account_sharing.DETECTOR,
 )
-DETECTORS_BY_ID: dict[str, Detector] = {d.id: d for d in DETECTORS}
+DETECTORS_BY_ID: dict[str, Detector[Any]] = {d.id: d for d in DETECTORS}
 # Fingerprint kind -> the observation field that carries it.
 FINGERPRINT_FIELDS: dict[str, str] = {"device": "device_hash", "payment": "payment_hash",
                                       "prompt": "prompt_fingerprint"}
@@ -101,7 +105,7 @@ class DetectorEngine:
         eval_every_events: int = 16,
         eval_every_ms: int = 60_000,
         flag_ms: int = DAY_MS,
-        detectors: Sequence[Detector] = DETECTORS,
+        detectors: Sequence[Detector[Any]] = DETECTORS,
     ) -> None:
         if policy_detectors_cfg is None and policy is not None:
             policy_detectors_cfg = policy.detectors
@@ -127,7 +131,7 @@ class DetectorEngine:
     @staticmethod
     def new_fingerprint_state(kind: str, fingerprint: str) -> State:
         common = new_common(fingerprint)
-        common["kind"] = kind
+        common.kind = kind
         return {"_": common}
 
     # -- per event --------------------------------------------------------------------------------
@@ -137,7 +141,9 @@ class DetectorEngine:
         rules only when due. Mutates ``account_state``."""
         if not account_state:
             account_state.update(self.new_account_state(obs["account_id"]))
-        common = account_state["_"]
+        common = common_of(account_state)
+        if not common.entity_id:  # a state made by ``mark_confirmed`` before the account's first event
+            common.entity_id = obs["account_id"]
         t = int(obs["occurred_at"])
         out = self._tail(account_state, t, self._account)
         observe_common(common, obs)
@@ -159,7 +165,7 @@ class DetectorEngine:
             if not fp:
                 return []
             fp_state.update(self.new_fingerprint_state(kind, fp))
-        common = fp_state["_"]
+        common = common_of(fp_state)
         t = int(obs["occurred_at"])
         out = [] if first else self._tail(fp_state, t, rules)
         observe_common(common, obs, with_grants=False)
@@ -169,7 +175,7 @@ class DetectorEngine:
             # Every fingerprint rule needs several accounts or events behind one fingerprint; most
             # fingerprints (prompts above all) are seen once, and evaluating those was the bulk of
             # the fingerprint rules' cost. The first evaluation comes with the clock as usual.
-            common["ea"] = t
+            common.evaluated_at = t
             return []
         if self._due(common, t):
             out += self.evaluate_fingerprint(fp_state, t)
@@ -180,51 +186,54 @@ class DetectorEngine:
         need the grant's dates, which the debits alone do not carry."""
         if not account_state:
             account_state.update(self.new_account_state(grant["account_id"]))
-        observe_grant_common(account_state["_"], grant)
+        observe_grant_common(common_of(account_state), grant)
         return []
 
     # -- evaluation -------------------------------------------------------------------------------
 
-    def tail_due(self, common: State, t: int) -> bool:
+    def tail_due(self, common: CommonState, t: int) -> bool:
         """Whether the entity's events not evaluated yet are to be evaluated (at its last event) now
         that event time ``t`` was reached, by its next event or by its partition."""
-        last = common["last"]
-        return bool(common["ne"]) and last is not None and t - last >= self.eval_every_ms
+        last = common.last_event_at
+        return bool(common.events_since_evaluation) and last is not None and t - last >= self.eval_every_ms
 
-    def _tail(self, state: State, t: int, rules: Sequence[tuple[Detector, dict[str, Any]]]) -> list[Firing]:
-        common = state["_"]
+    def _tail(self, state: State, t: int, rules: Sequence[tuple[Detector[Any], dict[str, Any]]]) -> list[Firing]:
+        common = common_of(state)
         if self.tail_due(common, t):
-            return self._evaluate(state, int(common["last"]), rules)
+            return self._evaluate(state, int(common.last_event_at), rules)  # type: ignore[arg-type]
         return []
 
-    def _due(self, common: State, t: int) -> bool:
+    def _due(self, common: CommonState, t: int) -> bool:
         # Time alone never makes an event due: the tail rule evaluates the events before a pause.
-        return common["ea"] is None or common["ne"] >= self.eval_every_events
+        return common.evaluated_at is None or common.events_since_evaluation >= self.eval_every_events
 
     def evaluate_account(self, account_state: State, now_ms: int) -> list[Firing]:
         """Run every account rule now (event time). Also callable from a timer to flush quiet accounts."""
         return self._evaluate(account_state, now_ms, self._account)
 
     def evaluate_fingerprint(self, fp_state: State, now_ms: int) -> list[Firing]:
-        return self._evaluate(fp_state, now_ms, self._fingerprint[fp_state["_"]["kind"]])
+        return self._evaluate(fp_state, now_ms, self._fingerprint[common_of(fp_state).kind or ""])
 
-    def _evaluate(self, state: State, now_ms: int, rules: Sequence[tuple[Detector, dict[str, Any]]]
+    def _evaluate(self, state: State, now_ms: int, rules: Sequence[tuple[Detector[Any], dict[str, Any]]]
                   ) -> list[Firing]:
-        common = state["_"]
+        common = common_of(state)
         # Never evaluate before an earlier evaluation: alert times of an entity do not go backwards.
-        now_ms = max(now_ms, common["ea"] or now_ms)
-        common["ne"] = 0
-        common["ea"] = now_ms
+        now_ms = max(now_ms, common.evaluated_at or now_ms)
+        common.events_since_evaluation = 0
+        common.evaluated_at = now_ms
         out: list[Firing] = []
         for det, cfg in rules:
             firing = det.evaluate(state, now_ms, cfg)
             if firing is not None:
                 out.append(firing)
         if out:
-            common["flag"] = max(common.get("flag", 0), now_ms + self.flag_ms)
+            common.flagged_until = max(common.flagged_until, now_ms + self.flag_ms)
         return out
 
     @staticmethod
     def mark_confirmed(account_state: State) -> None:
         """A reviewer confirmed gaming: keep this entity's traffic out of every baseline from now on."""
-        account_state.setdefault("_", {})["flag"] = 1 << 62
+        common = account_state.get("_")
+        if common is None:  # no event seen yet: the first one names the entity (``observe_account``)
+            common = account_state["_"] = new_common("")
+        common.flagged_until = 1 << 62

@@ -155,6 +155,9 @@ class MemoryConsumer:
     async def commit(self, offsets: Any) -> None:
         return None
 
+    async def position(self, tp: TopicPartition) -> int:
+        return -1  # no transaction markers in memory: never past a batch's last record
+
 
 def fetched(records: list[RawRecord]) -> dict[TopicPartition, list[RawRecord]]:
     out: dict[TopicPartition, list[RawRecord]] = {}

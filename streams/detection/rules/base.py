@@ -1,26 +1,31 @@
 """What every credit-gaming detector shares: the Detector contract, the Firing it produces, the
-account-wide "common" slot the engine maintains, and small bounded-state helpers.
+entity-wide common state the engine maintains, and small bounded-state helpers.
 
-State is always a plain JSON-able dict (it lives in a changelog-backed Faust table), so:
-- keys are strings (a JSON round trip turns int keys into strings, so we never use int keys);
+State is typed records (``msgspec.Struct``) with descriptive field names: ``CommonState`` here,
+and one ``RuleState`` subclass per rule, next to the rule that owns it. Each field also has a short
+wire name (``msgspec.field(name=...)``), the key earlier versions used in their JSON dicts, so the
+changelog stays compact and what those versions wrote still loads (``rulebook.decode_detector_state``).
+State lives in a changelog-backed table, so:
 - every collection is capped (ring buffers, top-k, capped maps evicting the oldest entry);
+- map keys are strings (JSON object keys);
 - credits are integer micro-credits; only scores and ratios are floats.
 
-Layout of an account state (``engine.new_account_state``)::
+Layout of an entity's detector state (``engine.new_account_state`` / ``new_fingerprint_state``),
+a dict with one slot per detector id::
 
-    {"_": common, "CF-001": {...}, "CF-002": {...}, ...}   # one slot per detector id
+    {"_": CommonState, "CF-001": RoundTheClockState, "CF-002": CadenceState, ...}
 
-and of a fingerprint state (``engine.new_fingerprint_state(kind)``)::
-
-    {"_": {"kind": "device"|"payment"|"prompt", "n": int, "ne": int, "ea": ms}, "CF-004": {...}, ...}
+A fingerprint's ``CommonState`` has ``kind`` set ("device" | "payment" | "prompt").
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+import msgspec
 
 from schemas.contracts import FEATURE_CATEGORY_SYMBOLS, SEVERITY_SYMBOLS
 
@@ -38,9 +43,12 @@ CATEGORIES = FEATURE_CATEGORY_SYMBOLS
 WEIGHTED = frozenset({"EXTENDED_CONTEXT", "COMPLEX_REASONING", "TOOL_USE"})
 SAMPLE_IDS = 8
 
+# An entity's detector state: "_" -> CommonState, detector id -> that rule's RuleState.
 State = dict[str, Any]
 Obs = Mapping[str, Any]
 Cfg = Mapping[str, Any]
+
+_S = TypeVar("_S", bound="RuleState")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +86,12 @@ class Firing:
         return d
 
 
-class Detector:
+class Detector(Generic[_S]):
     """Base class of the twelve rules. Subclasses set the class attributes and implement
     ``observe`` (O(1) state update per event) and ``evaluate`` (run at most every few events)."""
+
+    # The rule's own state record (a ``RuleState``): its slot in the entity's state.
+    state_type: type[_S]
 
     id: str = ""
     revision: int = 1
@@ -110,17 +121,14 @@ class Detector:
     def prepare(self, cfg: dict[str, Any]) -> None:
         """Hook for precomputing derived settings once (not per event)."""
 
-    def slot(self, state: State) -> State:
+    def slot(self, state: State) -> _S:
         s = state.get(self.id)
-        if s is None or s.get("_r", 1) != self.revision:
-            # A new revision may keep its state differently: it starts afresh rather than misread it.
+        if s is None:
             s = state[self.id] = self.initial()
-            if self.revision != 1:
-                s["_r"] = self.revision
         return s  # type: ignore[no-any-return]
 
-    def initial(self) -> State:
-        return {}
+    def initial(self) -> _S:
+        return self.state_type(revision=self.revision)
 
     def observe(self, state: State, obs: Obs, cfg: Cfg) -> None:
         raise NotImplementedError
@@ -160,13 +168,13 @@ class Detector:
         score = round(max(0.0, min(1.0, score)), 4)
         if score < float(cfg.get("min_score", 0.5)):
             return None
-        common = state["_"]
+        common = common_of(state)
         return Firing(
             rule_id=self.id,
             rule_name=self.name,
             rule_revision=self.revision,
             entity_type=entity_type,
-            entity_id=entity_id if entity_id is not None else common.get("id", ""),
+            entity_id=entity_id if entity_id is not None else common.entity_id,
             score=score,
             severity=severity_for(score),
             observed=observed,
@@ -179,13 +187,13 @@ class Detector:
                 "credits_by_category": dict(
                     credits_by_category if credits_by_category is not None else window_credits(common)
                 ),
-                "sample_event_ids": list(sample_ids if sample_ids is not None else common.get("ids", []))[
+                "sample_event_ids": list(sample_ids if sample_ids is not None else common.recent_event_ids)[
                     -SAMPLE_IDS:
                 ],
             },
             estimated_credits_exposed_micro=int(exposed_micro),
             related_entities=related,
-            plan=common.get("plan") if entity_type == "account" else None,
+            plan=common.plan if entity_type == "account" else None,
             grant_id=grant_id,
             suggested_action=self.suggested_action,
             observed_value=float(value),
@@ -240,104 +248,159 @@ def credits_text(micro: int) -> str:
 
 # -- the common slot ------------------------------------------------------------------------------
 
-def new_common(entity_id: str) -> State:
-    return {
-        "id": entity_id,
-        "plan": None,
-        "first": None,  # first event time seen
-        "last": None,
-        "n": 0,  # events seen
-        "ne": 0,  # events since the last evaluation
-        "ea": None,  # event time of the last evaluation
-        "flag": 0,  # flagged until (event time): flagged traffic does not train baselines
-        "ids": [],  # ring of recent event ids (evidence; never content)
-        # Two day-buckets of charged micro-credits by category plus subsidy / grant-funded totals.
-        "win": {"b": None, "cur": {}, "prev": {}},
-        # Grants seen on this account: gid -> {"amt", "gat", "exp", "sp", "t80", "exh", "first", "nd"}
-        # (gat/exp only once the grant event was observed; nd = number of debits)
-        "g": {},
-    }
+class TwoBuckets(msgspec.Struct, gc=False):
+    """Two-bucket sliding window of named counters (see ``bucket``): ``current`` counts bucket
+    ``index``, ``previous`` the one before it. Rules pick the bucket width (a day, minutes)."""
+
+    index: int | None = msgspec.field(name="b", default=None)
+    current: dict[str, int] = msgspec.field(name="cur", default_factory=dict)
+    previous: dict[str, int] = msgspec.field(name="prev", default_factory=dict)
 
 
-def observe_common(common: State, obs: Obs, with_grants: bool = True) -> None:
+class GrantSeen(msgspec.Struct, gc=False):
+    """A grant of the account as the detectors know it: from its CreditGrant event (size and dates)
+    and from the ledger's debits (spend, and the size again when the event was not seen)."""
+
+    # Size in micro-credits; from the event, or at least spent + balance as the debits report it.
+    amount_micro: int | None = msgspec.field(name="amt", default=None)
+    granted_at: int | None = msgspec.field(name="gat", default=None)  # only once the grant event was seen
+    expires_at: int | None = msgspec.field(name="exp", default=None)  # likewise
+    spent_micro: int = msgspec.field(name="sp", default=0)
+    # Event time of the debit that took spend to 80% / the balance to zero (fast depletion's measure).
+    reached_80_percent_at: int | None = msgspec.field(name="t80", default=None)
+    exhausted_at: int | None = msgspec.field(name="exh", default=None)
+    # Grant time, or the first debit's time when the event was not seen: the oldest is evicted first.
+    first_seen_at: int = msgspec.field(name="first", default=0)
+    debits: int = msgspec.field(name="nd", default=0)  # one huge request emptying a grant is no pattern
+    revoked_at: int | None = msgspec.field(name="rev", default=None)
+    campaign: str | None = msgspec.field(name="camp", default=None)
+
+
+class CommonState(msgspec.Struct, gc=False):
+    """The slot every rule of an entity shares (``"_"``), kept by the engine. Every field has a
+    default so that any state an earlier version wrote (even partial) loads."""
+
+    entity_id: str = msgspec.field(name="id", default="")
+    plan: str | None = None  # the account's latest plan: paying plans are counter-signals
+    # Fingerprints only: "device" | "payment" | "prompt" (picks the rules; names the alert's entity).
+    kind: str | None = None
+    first_event_at: int | None = msgspec.field(name="first", default=None)
+    last_event_at: int | None = msgspec.field(name="last", default=None)  # where a tail is evaluated
+    events: int = msgspec.field(name="n", default=0)
+    # Events since the last evaluation: the engine evaluates every ``eval_every_events`` of them,
+    # and a tail (see rulebook.py) only when some are waiting.
+    events_since_evaluation: int = msgspec.field(name="ne", default=0)
+    # Event time of the last evaluation: alert times of an entity never go backwards; None = never.
+    evaluated_at: int | None = msgspec.field(name="ea", default=None)
+    # Flagged until this event time (after a firing, or for ever once a reviewer confirmed gaming):
+    # flagged traffic does not train the rules' baselines.
+    flagged_until: int = msgspec.field(name="flag", default=0)
+    # Ring of the latest event ids: an alert's evidence (ids only, never content).
+    recent_event_ids: list[str] = msgspec.field(name="ids", default_factory=list)
+    # Charged micro-credits by category per day (two days), plus "sub" (the multipliers' subsidy)
+    # and "gf" (grant-funded): what an alert says the programme paid for.
+    credits_by_day: TwoBuckets = msgspec.field(name="win", default_factory=TwoBuckets)
+    grants: dict[str, GrantSeen] = msgspec.field(name="g", default_factory=dict)  # grant id -> grant
+    # First request within SIGNUP_MS of one of its grants being issued (see ``is_new_account``).
+    new_account: bool = msgspec.field(name="new", default=False)
+
+
+class RuleState(msgspec.Struct, gc=False):
+    """Base of each rule's own state record (defined next to the rule)."""
+
+    # The rule revision that wrote the state: a state of another revision is not loaded (the rule
+    # starts afresh rather than misread it; see ``rulebook.decode_detector_state``).
+    revision: int = msgspec.field(name="_r", default=1)
+
+
+def common_of(state: State) -> CommonState:
+    return state["_"]  # type: ignore[no-any-return]
+
+
+def new_common(entity_id: str) -> CommonState:
+    return CommonState(entity_id=entity_id)
+
+
+def observe_common(common: CommonState, obs: Obs, with_grants: bool = True) -> None:
     t = int(obs["occurred_at"])
-    common["plan"] = obs.get("plan") or common["plan"]
-    if common["first"] is None or t < common["first"]:
-        common["first"] = t
+    common.plan = obs.get("plan") or common.plan
+    if common.first_event_at is None or t < common.first_event_at:
+        common.first_event_at = t
         if with_grants:
             _mark_new(common)
-    if common["last"] is None or t > common["last"]:
-        common["last"] = t
-    common["n"] += 1
-    common["ne"] += 1
-    ids = common["ids"]
+    if common.last_event_at is None or t > common.last_event_at:
+        common.last_event_at = t
+    common.events += 1
+    common.events_since_evaluation += 1
+    ids = common.recent_event_ids
     ids.append(obs["event_id"])
     if len(ids) > SAMPLE_IDS:
         del ids[0]
     charged = int(obs["charged_micro"])
-    cur = bucket(common["win"], t // DAY_MS)
+    cur = bucket(common.credits_by_day, t // DAY_MS)
     cat = obs["category"]
     cur[cat] = cur.get(cat, 0) + charged
     cur["sub"] = cur.get("sub", 0) + int(obs["list_micro"]) - charged
     cur["gf"] = cur.get("gf", 0) + int(obs.get("grant_funded_micro") or 0)
     debits = obs.get("debits") if with_grants else None
     if debits:
-        grants = common["g"]
+        grants = common.grants
         for gid, amount, balance in debits:
             g = grants.get(gid)
             if g is None:
-                g = grants[gid] = {"amt": None, "gat": None, "exp": None, "sp": 0, "t80": None, "exh": None,
-                                   "first": t}
-                cap_map(grants, 16, "first")
-            g["sp"] += int(amount)
-            g["nd"] = g.get("nd", 0) + 1
-            if g["amt"] is None or g["amt"] < g["sp"] + int(balance):
+                g = grants[gid] = GrantSeen(first_seen_at=t)
+                cap_map(grants, 16, _first_seen)
+            g.spent_micro += int(amount)
+            g.debits += 1
+            if g.amount_micro is None or g.amount_micro < g.spent_micro + int(balance):
                 # Without the grant event we still know its size from the ledger's balance.
-                g["amt"] = g["sp"] + int(balance)
-            if g["t80"] is None and g["sp"] * 5 >= g["amt"] * 4:
-                g["t80"] = t
-            if int(balance) == 0 and g["exh"] is None:
-                g["exh"] = t
+                g.amount_micro = g.spent_micro + int(balance)
+            if g.reached_80_percent_at is None and g.spent_micro * 5 >= g.amount_micro * 4:
+                g.reached_80_percent_at = t
+            if int(balance) == 0 and g.exhausted_at is None:
+                g.exhausted_at = t
 
 
-def observe_grant_common(common: State, grant: Mapping[str, Any]) -> None:
+def _first_seen(g: GrantSeen) -> int:
+    return g.first_seen_at
+
+
+def observe_grant_common(common: CommonState, grant: Mapping[str, Any]) -> None:
     gid = grant["grant_id"]
-    grants = common["g"]
+    grants = common.grants
     g = grants.get(gid)
     if grant["event_type"] == "REVOKED":
         if g is not None:
-            g["rev"] = int(grant["occurred_at"])
+            g.revoked_at = int(grant["occurred_at"])
         return
     if g is None:
-        g = grants[gid] = {"amt": None, "gat": None, "exp": None, "sp": 0, "t80": None, "exh": None,
-                           "first": int(grant["granted_at"])}
-    g["amt"] = int(grant["amount_micro"])
-    g["gat"] = int(grant["granted_at"])
-    g["exp"] = int(grant["expires_at"])
-    g["camp"] = grant.get("campaign")
-    cap_map(grants, 16, "first")
+        g = grants[gid] = GrantSeen(first_seen_at=int(grant["granted_at"]))
+    g.amount_micro = int(grant["amount_micro"])
+    g.granted_at = int(grant["granted_at"])
+    g.expires_at = int(grant["expires_at"])
+    g.campaign = grant.get("campaign")
+    cap_map(grants, 16, _first_seen)
     _mark_new(common)
 
 
-
-
-def is_new_account(common: State) -> bool:
+def is_new_account(common: CommonState) -> bool:
     """The account's first request came within ``SIGNUP_MS`` of one of its grants being issued: a
     sign-up redeeming a welcome grant, not merely our first sight of an old account. Decided when
     the first request or a grant is seen (``_mark_new``), so reading it costs one lookup."""
-    return bool(common.get("new"))
+    return common.new_account
 
 
-def _mark_new(common: State) -> None:
-    first = common.get("first")
-    common["new"] = first is not None and any(
-        g.get("gat") is not None and 0 <= first - g["gat"] <= SIGNUP_MS for g in common["g"].values())
+def _mark_new(common: CommonState) -> None:
+    first = common.first_event_at
+    common.new_account = first is not None and any(
+        g.granted_at is not None and 0 <= first - g.granted_at <= SIGNUP_MS for g in common.grants.values())
 
 
-def plan_counters(common: State, paid_factor: float, org_factor: float | None = None) -> list[tuple[str, float]]:
+def plan_counters(common: CommonState, paid_factor: float, org_factor: float | None = None
+                  ) -> list[tuple[str, float]]:
     """Counter-signals of a paying account: automation, heavy use and shared seats are what paid
     plans are for, and the programme's exposure is small when the subscription pays."""
-    plan = common.get("plan")
+    plan = common.plan
     out: list[tuple[str, float]] = []
     if plan in ORG_PLANS and org_factor is not None:
         out.append((f"{plan} plan (an organisation's automation and shared seats)", org_factor))
@@ -348,27 +411,26 @@ def plan_counters(common: State, paid_factor: float, org_factor: float | None = 
     return out
 
 
-def subscription_funded(common: State) -> bool:
+def subscription_funded(common: CommonState) -> bool:
     charged = sum(window_total(common, c) for c in CATEGORIES)
     return charged > 0 and window_total(common, "gf") * 2 < charged
 
 
-def window_credits(common: State) -> dict[str, int]:
-    win = common["win"]
+def window_credits(common: CommonState) -> dict[str, int]:
+    win = common.credits_by_day
     out: dict[str, int] = {}
-    for part in (win["prev"], win["cur"]):
+    for part in (win.previous, win.current):
         for k, v in part.items():
             if k in CATEGORIES:
                 out[k] = out.get(k, 0) + int(v)
     return out
 
 
-def window_total(common: State, key: str) -> int:
-    win = common["win"]
-    return int(win["prev"].get(key, 0)) + int(win["cur"].get(key, 0))
+def window_total(common: CommonState, key: str) -> int:
+    return both(common.credits_by_day, key)
 
 
-def window_exposed(common: State) -> int:
+def window_exposed(common: CommonState) -> int:
     """Credits the programme paid for in the window: grant-funded debits plus the multiplier
     subsidy. That is what is lost if the usage is gaming."""
     return window_total(common, "gf") + window_total(common, "sub")
@@ -376,29 +438,29 @@ def window_exposed(common: State) -> int:
 
 # -- bounded-state helpers ------------------------------------------------------------------------
 
-def bucket(win: State, index: int) -> State:
-    """Two-bucket sliding window: ``cur`` is the bucket ``index``, ``prev`` the one before. Returns
-    ``cur``. A late event (older bucket) is added to ``cur`` rather than reopening history."""
-    b = win["b"]
+def bucket(win: TwoBuckets, index: int) -> dict[str, int]:
+    """Two-bucket sliding window: ``current`` is the bucket ``index``, ``previous`` the one before.
+    Returns ``current``. A late event (older bucket) is added to ``current`` rather than reopening
+    history."""
+    b = win.index
     if b is None:
-        win["b"] = index
+        win.index = index
     elif index > b:
-        win["prev"] = win["cur"] if index == b + 1 else {}
-        win["cur"] = {}
-        win["b"] = index
-    return win["cur"]  # type: ignore[no-any-return]
+        win.previous = win.current if index == b + 1 else {}
+        win.current = {}
+        win.index = index
+    return win.current
 
 
-def both(win: State, key: str) -> int:
-    return int(win["prev"].get(key, 0)) + int(win["cur"].get(key, 0))
+def both(win: TwoBuckets, key: str) -> int:
+    return int(win.previous.get(key, 0)) + int(win.current.get(key, 0))
 
 
-def cap_map(m: MutableMapping[str, Any], cap: int, key: str | int | None = None) -> None:
-    """Keep at most ``cap`` entries, evicting the one with the smallest value (or the smallest
-    value[key] for dict entries / value[index] for list entries): the oldest, by convention."""
+_K = TypeVar("_K")
+_E = TypeVar("_E")
+
+
+def cap_map(m: MutableMapping[_K, _E], cap: int, age: Callable[[_E], Any]) -> None:
+    """Keep at most ``cap`` entries, evicting the one with the smallest ``age(value)``: the oldest."""
     while len(m) > cap:
-        if key is None:
-            victim = min(m, key=lambda k: m[k])
-        else:
-            victim = min(m, key=lambda k: m[k][key] if m[k][key] is not None else 0)
-        del m[victim]
+        del m[min(m, key=lambda k: age(m[k]))]

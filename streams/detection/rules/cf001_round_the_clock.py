@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from .base import (
     HOUR_MS,
     Cfg,
     Detector,
     Firing,
     Obs,
+    RuleState,
     State,
+    common_of,
     plan_counters,
     ramp,
     window_exposed,
 )
 
 
-class RoundTheClock(Detector):
+class RoundTheClockState(RuleState):
+    """A ring of 24 hour slots: slot i counts the events of the absolute hour ``hours[i]``
+    (``hours[i] % 24 == i``), so the last 24 hours are read without keeping timestamps."""
+
+    hours: list[int] = msgspec.field(name="hr", default_factory=lambda: [-1] * 24)
+    counts: list[int] = msgspec.field(name="c", default_factory=lambda: [0] * 24)
+
+
+class RoundTheClock(Detector[RoundTheClockState]):
     id = "CF-001"
+    state_type = RoundTheClockState
     revision = 2
     name = "Round-the-clock bot"
     signal = ("Requests in at least `min_active_hours` of the last 24 hours (and at least `min_events` "
@@ -30,33 +43,30 @@ class RoundTheClock(Detector):
                 "rhythm_ratio": "0.25",
                 "min_score": "0.5"}
 
-    def initial(self) -> State:
-        # slot i holds the count of absolute hour hr[i] (hour % 24 == i)
-        return {"hr": [-1] * 24, "c": [0] * 24}
-
     def observe(self, state: State, obs: Obs, cfg: Cfg) -> None:
         s = self.slot(state)
         h = int(obs["occurred_at"]) // HOUR_MS
         i = h % 24
-        if s["hr"][i] != h:
-            if s["hr"][i] > h:
+        hours, counts = s.hours, s.counts
+        if hours[i] != h:
+            if hours[i] > h:
                 return  # a very late event; its hour already left the ring
-            s["hr"][i] = h
-            s["c"][i] = 0
-        s["c"][i] += 1
+            hours[i] = h
+            counts[i] = 0
+        counts[i] += 1
 
     def evaluate(self, state: State, now_ms: int, cfg: Cfg) -> Firing | None:
         s = self.slot(state)
-        common = state["_"]
-        if common["first"] is None or now_ms - common["first"] < cfg["min_history_hours"] * HOUR_MS:
+        common = common_of(state)
+        if common.first_event_at is None or now_ms - common.first_event_at < cfg["min_history_hours"] * HOUR_MS:
             return None
         now_h = now_ms // HOUR_MS
         active = events = run = longest_quiet = 0
         for h in range(now_h - 23, now_h + 1):
             i = h % 24
-            if s["hr"][i] == h and s["c"][i] > 0:
+            if s.hours[i] == h and s.counts[i] > 0:
                 active += 1
-                events += s["c"][i]
+                events += s.counts[i]
                 run = 0
             else:
                 run += 1
@@ -66,7 +76,7 @@ class RoundTheClock(Detector):
         counters: list[tuple[str, float]] = []
         # People who use the product at all hours still have a night: their six quietest hours are
         # a small fraction of their six busiest, where a script's are of the same order.
-        counts = sorted(s["c"][h % 24] if s["hr"][h % 24] == h else 0 for h in range(now_h - 23, now_h + 1))
+        counts = sorted(s.counts[h % 24] if s.hours[h % 24] == h else 0 for h in range(now_h - 23, now_h + 1))
         rhythm = sum(counts[:6]) / max(1, sum(counts[-6:]))
         if rhythm < cfg["rhythm_ratio"]:
             text = f"strong daily rhythm: quietest 6 hours at {round(rhythm * 100)}% of the busiest 6"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import msgspec
+
 from .base import (
     HOUR_MS,
     MINUTE_MS,
@@ -12,7 +14,9 @@ from .base import (
     Detector,
     Firing,
     Obs,
+    RuleState,
     State,
+    common_of,
     plan_counters,
     ramp,
     ratio_text,
@@ -22,8 +26,18 @@ from .base import (
 GAP_RING = 48
 
 
-class Cadence(Detector):
+class CadenceState(RuleState):
+    last_event_at: int | None = msgspec.field(name="last", default=None)
+    # The last GAP_RING gaps (ms) between consecutive requests inside runs: their spread is the measure.
+    gaps: list[int] = msgspec.field(default_factory=list)
+    # Requests per hour of day, halved when ``hour_events`` reaches 4000 (keeps it recent and small).
+    hour_of_day: list[int] = msgspec.field(name="hod", default_factory=lambda: [0] * 24)
+    hour_events: int = msgspec.field(name="hn", default=0)  # the histogram's total
+
+
+class Cadence(Detector[CadenceState]):
     id = "CF-002"
+    state_type = CadenceState
     revision = 2
     name = "Scripted cadence"
     signal = ("Spread (median absolute deviation / median) of the last 48 gaps between requests inside "
@@ -39,31 +53,28 @@ class Cadence(Detector):
     defaults = {"max_spread": "0.08", "min_gaps": 30, "min_gap_ms": 500, "break_minutes": 30,
                 "min_entropy": "0.985", "min_events_entropy": 200, "min_score": "0.5"}
 
-    def initial(self) -> State:
-        return {"last": None, "gaps": [], "hod": [0] * 24, "hn": 0}
-
     def observe(self, state: State, obs: Obs, cfg: Cfg) -> None:
         s = self.slot(state)
         t = int(obs["occurred_at"])
-        last = s["last"]
+        last = s.last_event_at
         if last is not None and last <= t <= last + cfg["break_minutes"] * MINUTE_MS:
-            gaps = s["gaps"]
+            gaps = s.gaps
             gaps.append(t - last)
             if len(gaps) > GAP_RING:
                 del gaps[0]
         if last is None or t > last:
-            s["last"] = t
-        s["hod"][(t // HOUR_MS) % 24] += 1
-        s["hn"] += 1
-        if s["hn"] >= 4000:
+            s.last_event_at = t
+        s.hour_of_day[(t // HOUR_MS) % 24] += 1
+        s.hour_events += 1
+        if s.hour_events >= 4000:
             # Halving keeps the histogram recent and its numbers small.
-            s["hod"] = [c // 2 for c in s["hod"]]
-            s["hn"] = sum(s["hod"])
+            s.hour_of_day = [c // 2 for c in s.hour_of_day]
+            s.hour_events = sum(s.hour_of_day)
 
     def evaluate(self, state: State, now_ms: int, cfg: Cfg) -> Firing | None:
         s = self.slot(state)
-        common = state["_"]
-        gaps = s["gaps"]
+        common = common_of(state)
+        gaps = s.gaps
         best: tuple[float, float, str, str, dict[str, int], int] | None = None
         if len(gaps) >= cfg["min_gaps"]:
             ordered = sorted(gaps)
@@ -76,14 +87,14 @@ class Cadence(Detector):
                     best = (base, spread, f"gap spread {ratio_text(spread)} (median gap {median / 1000:g}s)",
                             f"spread <= {cfg['max_spread']}", {"gaps": len(gaps), "median_gap_ms": median},
                             now_ms - sum(gaps))
-        hn = s["hn"]
+        hn = s.hour_events
         if hn >= cfg["min_events_entropy"]:
-            ent = -sum((c / hn) * math.log(c / hn) for c in s["hod"] if c) / math.log(24)
+            ent = -sum((c / hn) * math.log(c / hn) for c in s.hour_of_day if c) / math.log(24)
             if ent >= cfg["min_entropy"]:
                 base = ramp(ent, cfg["min_entropy"], 1.0)
                 if best is None or base > best[0]:
                     best = (base, ent, f"hour-of-day entropy {ratio_text(ent)}", f">= {cfg['min_entropy']}",
-                            {"events": hn}, common["first"] or now_ms)
+                            {"events": hn}, common.first_event_at or now_ms)
         if best is None:
             return None
         base, measure, observed, limit, counts, start = best

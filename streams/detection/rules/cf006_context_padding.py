@@ -3,11 +3,35 @@ outputs or mostly repeated context, i.e. filler added to earn the 3.5x multiplie
 
 from __future__ import annotations
 
-from .base import DAY_MS, Cfg, Detector, Firing, Obs, State, both, bucket, ramp, ratio_text, window_exposed
+import msgspec
+
+from .base import (
+    DAY_MS,
+    Cfg,
+    Detector,
+    Firing,
+    Obs,
+    RuleState,
+    State,
+    TwoBuckets,
+    both,
+    bucket,
+    common_of,
+    ramp,
+    ratio_text,
+    window_exposed,
+)
 
 
-class ContextPadding(Detector):
+class ContextPaddingState(RuleState):
+    # Extended-context requests per day (two days): "ext" all of them, "near" those near the window
+    # limit, "small" those with small outputs, "lowu" those with low context uniqueness.
+    days: TwoBuckets = msgspec.field(name="win", default_factory=TwoBuckets)
+
+
+class ContextPadding(Detector[ContextPaddingState]):
     id = "CF-006"
+    state_type = ContextPaddingState
     revision = 1
     name = "Context padding"
     signal = ("Of at least `min_ext` extended-context requests, a share >= `min_near_share` sized within "
@@ -20,14 +44,11 @@ class ContextPadding(Detector):
                 "small_output_tokens": 200, "low_uniqueness": "0.35", "min_filler_share": "0.5",
                 "min_score": "0.5"}
 
-    def initial(self) -> State:
-        return {"win": {"b": None, "cur": {}, "prev": {}}}
-
     def observe(self, state: State, obs: Obs, cfg: Cfg) -> None:
         if obs["category"] != "EXTENDED_CONTEXT":
             return
         s = self.slot(state)
-        cur = bucket(s["win"], int(obs["occurred_at"]) // DAY_MS)
+        cur = bucket(s.days, int(obs["occurred_at"]) // DAY_MS)
         ctx = int(obs["context_window_tokens"])
         threshold = cfg["threshold_tokens"]
         cur["ext"] = cur.get("ext", 0) + 1
@@ -41,8 +62,8 @@ class ContextPadding(Detector):
 
     def evaluate(self, state: State, now_ms: int, cfg: Cfg) -> Firing | None:
         s = self.slot(state)
-        win = s["win"]
-        if win["b"] is None:
+        win = s.days
+        if win.index is None:
             return None
         ext = both(win, "ext")
         if ext < cfg["min_ext"]:
@@ -63,10 +84,10 @@ class ContextPadding(Detector):
             observed=f"{ratio_text(near)} near-threshold share, {ratio_text(filler)} filler share",
             limit=f"{cfg['min_near_share']} and {cfg['min_filler_share']}",
             value=near * filler, threshold=cfg["min_near_share"] * cfg["min_filler_share"],
-            window_start=(win["b"] - 1) * DAY_MS, window_end=now_ms,
+            window_start=(win.index - 1) * DAY_MS, window_end=now_ms,
             counts={"extended_requests": ext, "near_threshold": both(win, "near"),
                     "small_outputs": both(win, "small"), "low_uniqueness": both(win, "lowu")},
-            exposed_micro=window_exposed(state["_"]),
+            exposed_micro=window_exposed(common_of(state)),
         )
 
 

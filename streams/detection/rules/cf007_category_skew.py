@@ -4,15 +4,20 @@ every dimension maxed out, and in both cases little output."""
 
 from __future__ import annotations
 
+import msgspec
+
 from .base import (
     DAY_MS,
     Cfg,
     Detector,
     Firing,
     Obs,
+    RuleState,
     State,
+    TwoBuckets,
     both,
     bucket,
+    common_of,
     plan_counters,
     ramp,
     ratio_text,
@@ -20,8 +25,15 @@ from .base import (
 )
 
 
-class CategorySkew(Detector):
+class CategorySkewState(RuleState):
+    # Requests per day (two days): "n" all, "w" in multiplied categories, "min" those barely
+    # qualifying, "small" those with small outputs; "list" / "charged" their micro-credits.
+    days: TwoBuckets = msgspec.field(name="win", default_factory=TwoBuckets)
+
+
+class CategorySkew(Detector[CategorySkewState]):
     id = "CF-007"
+    state_type = CategorySkewState
     revision = 2
     name = "Weighted-category skew"
     signal = ("Share of requests in multiplied categories at least `cohort_ratio` x the plan cohort's share "
@@ -38,12 +50,9 @@ class CategorySkew(Detector):
                 "min_minimal_share": "0.6", "min_tool_calls": 1, "min_reasoning_steps": 3,
                 "small_output_tokens": 300, "min_score": "0.5"}
 
-    def initial(self) -> State:
-        return {"win": {"b": None, "cur": {}, "prev": {}}}
-
     def observe(self, state: State, obs: Obs, cfg: Cfg) -> None:
         s = self.slot(state)
-        cur = bucket(s["win"], int(obs["occurred_at"]) // DAY_MS)
+        cur = bucket(s.days, int(obs["occurred_at"]) // DAY_MS)
         cur["n"] = cur.get("n", 0) + 1
         cat = obs["category"]
         cur["list"] = cur.get("list", 0) + int(obs["list_micro"])
@@ -61,19 +70,19 @@ class CategorySkew(Detector):
 
     def evaluate(self, state: State, now_ms: int, cfg: Cfg) -> Firing | None:
         s = self.slot(state)
-        win = s["win"]
+        win = s.days
         n = both(win, "n")
         w = both(win, "w")
         if n < cfg["min_requests"] or w == 0:
             return None
-        plan = state["_"].get("plan")
+        plan = common_of(state).plan
         cohort = float(cfg.get(f"cohort_weighted_share_{plan}", cfg["cohort_weighted_share"]))
         limit = min(0.95, cohort * cfg["cohort_ratio"])
         share = w / n
         minimal = both(win, "min") / w
         if share < limit or minimal < cfg["min_minimal_share"]:
             return None
-        counters = plan_counters(state["_"], 0.6, 0.5)
+        counters = plan_counters(common_of(state), 0.6, 0.5)
         small = both(win, "small") / w
         if small < 0.3:
             counters.append(("substantial outputs on most weighted requests", 0.7))
@@ -88,10 +97,10 @@ class CategorySkew(Detector):
             value=minimal, threshold=cfg["min_minimal_share"],
             limit=f"weighted share {ratio_text(limit)} (cohort {cohort}), "
                   f"minimum share {cfg['min_minimal_share']}",
-            window_start=(win["b"] - 1) * DAY_MS, window_end=now_ms,
+            window_start=(win.index - 1) * DAY_MS, window_end=now_ms,  # type: ignore[operator]  # counted
             counts={"requests": n, "weighted_requests": w, "minimal_qualifiers": both(win, "min"),
                     "list_micro": lst, "charged_micro": charged},
-            exposed_micro=window_exposed(state["_"]),
+            exposed_micro=window_exposed(common_of(state)),
         )
 
 

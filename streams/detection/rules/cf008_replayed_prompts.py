@@ -3,6 +3,8 @@ fingerprint replayed by many accounts (watched per prompt fingerprint after a re
 
 from __future__ import annotations
 
+import msgspec
+
 from .base import (
     DAY_MS,
     WEIGHTED,
@@ -10,7 +12,9 @@ from .base import (
     Detector,
     Firing,
     Obs,
+    RuleState,
     State,
+    common_of,
     plan_counters,
     ramp,
     ratio_text,
@@ -20,8 +24,19 @@ from .base import (
 TOP_K = 8
 
 
-class ReplayedPrompts(Detector):
+class ReplayedPromptsState(RuleState):
+    # Requests, and of them in multiplied categories (halved every 1000 on accounts).
+    requests: int = msgspec.field(name="n", default=0)
+    weighted_requests: int = msgspec.field(name="w", default=0)
+    # Accounts: prompt fingerprint -> [requests, weighted requests], the TOP_K heaviest (space-saving).
+    top_prompts: dict[str, list[int]] = msgspec.field(name="k", default_factory=dict)
+    # Prompt fingerprints: account id -> [first seen, last seen] (event time), the 64 latest.
+    accounts: dict[str, list[int]] = msgspec.field(name="a", default_factory=dict)
+
+
+class ReplayedPrompts(Detector[ReplayedPromptsState]):
     id = "CF-008"
+    state_type = ReplayedPromptsState
     revision = 2
     name = "Replayed prompts"
     entity_types = ("account", "prompt")
@@ -35,17 +50,13 @@ class ReplayedPrompts(Detector):
     defaults = {"min_top_share": "0.5", "min_requests": 30, "min_accounts": 8, "full_accounts": 20,
                 "window_hours": 24, "min_score": "0.5"}
 
-    def initial(self) -> State:
-        # k: fingerprint -> [count, weighted_count] (top-k); n: requests; a: account -> last_seen (prompt)
-        return {"k": {}, "n": 0, "w": 0, "a": {}}
-
     def observe(self, state: State, obs: Obs, cfg: Cfg) -> None:
         s = self.slot(state)
         weighted = 1 if obs["category"] in WEIGHTED else 0
-        s["n"] += 1
-        s["w"] += weighted
-        if state["_"].get("kind", "account") == "prompt":
-            a = s["a"]
+        s.requests += 1
+        s.weighted_requests += weighted
+        if common_of(state).kind == "prompt":
+            a = s.accounts
             t = int(obs["occurred_at"])
             seen = a.get(obs["account_id"])
             # [first, last] seen: an evaluation at t names only accounts seen at or before t.
@@ -56,7 +67,7 @@ class ReplayedPrompts(Detector):
         fp = obs.get("prompt_fingerprint")
         if not fp:
             return
-        k = s["k"]
+        k = s.top_prompts
         entry = k.get(fp)
         if entry is None:
             if len(k) >= TOP_K:
@@ -68,22 +79,22 @@ class ReplayedPrompts(Detector):
             k[fp] = entry
         entry[0] += 1
         entry[1] += weighted
-        if s["n"] >= 1000:
-            s["n"] //= 2
-            s["w"] //= 2
+        if s.requests >= 1000:
+            s.requests //= 2
+            s.weighted_requests //= 2
             for e in k.values():
                 e[0] //= 2
                 e[1] //= 2
 
     def evaluate(self, state: State, now_ms: int, cfg: Cfg) -> Firing | None:
         s = self.slot(state)
-        common = state["_"]
-        if common.get("kind", "account") == "prompt":
+        common = common_of(state)
+        if common.kind == "prompt":
             return self._evaluate_prompt(state, s, now_ms, cfg)
-        n = s["n"]
-        if n < cfg["min_requests"] or not s["k"]:
+        n = s.requests
+        if n < cfg["min_requests"] or not s.top_prompts:
             return None
-        fp, (top, top_w) = max(s["k"].items(), key=lambda kv: kv[1][0])
+        fp, (top, top_w) = max(s.top_prompts.items(), key=lambda kv: kv[1][0])
         share = top / n
         if share < cfg["min_top_share"]:
             return None
@@ -95,21 +106,21 @@ class ReplayedPrompts(Detector):
             state, cfg, base=ramp(share, cfg["min_top_share"], 0.9), counters=counters,
             observed=f"top prompt share {ratio_text(share)}", limit=str(cfg["min_top_share"]),
             value=share, threshold=cfg["min_top_share"],
-            window_start=common["first"] or now_ms, window_end=now_ms,
+            window_start=common.first_event_at or now_ms, window_end=now_ms,
             counts={"requests": n, "top_prompt_requests": top},
             exposed_micro=window_exposed(common),
             related=(f"prompt:{fp}",),
         )
 
-    def _evaluate_prompt(self, state: State, s: State, now_ms: int, cfg: Cfg) -> Firing | None:
-        common = state["_"]
+    def _evaluate_prompt(self, state: State, s: ReplayedPromptsState, now_ms: int, cfg: Cfg) -> Firing | None:
+        common = common_of(state)
         since = now_ms - cfg["window_hours"] * DAY_MS // 24
-        accounts = sorted((a for a, (first, last) in s["a"].items() if last >= since and first <= now_ms),
-                          key=lambda a: -s["a"][a][1])
+        accounts = sorted((a for a, (first, last) in s.accounts.items() if last >= since and first <= now_ms),
+                          key=lambda a: -s.accounts[a][1])
         if len(accounts) < cfg["min_accounts"]:
             return None
         counters: list[tuple[str, float]] = []
-        if s["w"] * 2 < s["n"]:
+        if s.weighted_requests * 2 < s.requests:
             counters.append(("replays mostly plain 1.0x chat (a common prompt)", 0.4))
         return self.fire(
             state, cfg, base=ramp(len(accounts), cfg["min_accounts"], cfg["full_accounts"]),
@@ -117,9 +128,9 @@ class ReplayedPrompts(Detector):
             observed=f"{len(accounts)} accounts replayed one prompt fingerprint",
             limit=str(cfg["min_accounts"]), value=len(accounts), threshold=cfg["min_accounts"],
             window_start=since, window_end=now_ms,
-            counts={"accounts": len(accounts), "requests": s["n"], "weighted_requests": s["w"]},
+            counts={"accounts": len(accounts), "requests": s.requests, "weighted_requests": s.weighted_requests},
             exposed_micro=window_exposed(common),
-            entity_type="prompt", entity_id=common["id"],
+            entity_type="prompt", entity_id=common.entity_id,
             related=tuple(f"account:{a}" for a in accounts[:20]),
         )
 

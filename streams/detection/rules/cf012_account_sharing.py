@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
-from .base import DAY_MS, ORG_PLANS, PAID_PLANS, Cfg, Detector, Firing, Obs, State, ramp, window_exposed
+import msgspec
+
+from .base import (
+    DAY_MS,
+    ORG_PLANS,
+    PAID_PLANS,
+    Cfg,
+    Detector,
+    Firing,
+    Obs,
+    RuleState,
+    State,
+    common_of,
+    ramp,
+    window_exposed,
+)
 
 CAP = 32
 
 
-class AccountSharing(Detector):
+class AccountSharingState(RuleState):
+    # Device / IP fingerprint -> last seen (event time), the CAP most recent of each.
+    devices: dict[str, int] = msgspec.field(name="dev", default_factory=dict)
+    ips: dict[str, int] = msgspec.field(name="ip", default_factory=dict)
+
+
+class AccountSharing(Detector[AccountSharingState]):
     id = "CF-012"
+    state_type = AccountSharingState
     revision = 1
     name = "Account sharing"
     signal = ("At least `min_devices` device fingerprints, or at least `min_ips` IPs together with two or "
@@ -19,16 +41,12 @@ class AccountSharing(Detector):
     suggested_action = "Ask the account holder to verify devices; limit concurrent sessions on free grants."
     defaults = {"min_devices": 4, "full_devices": 10, "min_ips": 8, "window_hours": 24, "min_score": "0.5"}
 
-    def initial(self) -> State:
-        return {"dev": {}, "ip": {}}
-
     def observe(self, state: State, obs: Obs, cfg: Cfg) -> None:
         s = self.slot(state)
         t = int(obs["occurred_at"])
-        for key, value in (("dev", obs.get("device_hash")), ("ip", obs.get("ip_hash"))):
+        for m, value in ((s.devices, obs.get("device_hash")), (s.ips, obs.get("ip_hash"))):
             if not value:
                 continue
-            m = s[key]
             if m.get(value, -1) < t:
                 m[value] = t
             if len(m) > CAP:
@@ -37,8 +55,8 @@ class AccountSharing(Detector):
     def evaluate(self, state: State, now_ms: int, cfg: Cfg) -> Firing | None:
         s = self.slot(state)
         since = now_ms - cfg["window_hours"] * DAY_MS // 24
-        devices = [d for d, t in s["dev"].items() if t >= since]
-        ips = [i for i, t in s["ip"].items() if t >= since]
+        devices = [d for d, t in s.devices.items() if t >= since]
+        ips = [i for i, t in s.ips.items() if t >= since]
         nd, ni = len(devices), len(ips)
         if nd >= cfg["min_devices"]:
             base = ramp(nd, cfg["min_devices"], cfg["full_devices"])
@@ -47,7 +65,7 @@ class AccountSharing(Detector):
         else:
             return None
         counters: list[tuple[str, float]] = []
-        plan = state["_"].get("plan")
+        plan = common_of(state).plan
         if plan in ORG_PLANS:
             counters.append((f"{plan} plan (seats shared by design)", 0.3))
         elif plan in PAID_PLANS:
@@ -61,7 +79,7 @@ class AccountSharing(Detector):
             threshold=cfg["min_devices"] if nd >= cfg["min_devices"] else cfg["min_ips"],
             window_start=since, window_end=now_ms,
             counts={"devices": nd, "ips": ni},
-            exposed_micro=window_exposed(state["_"]),
+            exposed_micro=window_exposed(common_of(state)),
             related=tuple(f"device:{d}" for d in devices[:10]),
         )
 

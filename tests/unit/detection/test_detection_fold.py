@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from streams.credits.meter import Meter, RawRecord
@@ -44,7 +45,8 @@ def _detection(tmp_path: Path) -> Detection:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
+    # Detector states hold typed records: compared as the builtins they are written as.
+    return json.dumps(msgspec.to_builtins(value), sort_keys=True)
 
 
 def _contents(table: ChangelogTable) -> dict[str, Any]:
@@ -146,7 +148,7 @@ def test_the_timer_remembers_only_entities_with_events_not_evaluated(tmp_path: P
     d.on_metered(batch, enriched, set(range(PARTITIONS)))
 
     def pending(table: ChangelogTable, key: str) -> int:
-        return int(table.get(key)["d"]["_"]["ne"])
+        return int(table.get(key)["d"]["_"].events_since_evaluation)
 
     waiting = {k for k in d.accounts if pending(d.accounts, k)}
     assert waiting and len(waiting) < len(list(d.accounts))  # some accounts were evaluated with their events
@@ -169,7 +171,6 @@ def test_held_observations_survive_a_restart_and_fold_as_if_never_held(tmp_path:
     """With a second source not heard from, every observation is held. The held ones, written to the
     changelog and recovered by another worker, are indexed again from the changelog bytes and,
     once the second source goes idle, fold to the state of a worker that never held them."""
-    import orjson
 
     every = set(range(PARTITIONS))
     reference = _detection(tmp_path)
@@ -189,7 +190,7 @@ def test_held_observations_survive_a_restart_and_fold_as_if_never_held(tmp_path:
     for table, partition, key, value in first.changes(batch):
         target = {first.accounts: second.accounts, first.fingerprints: second.fingerprints,
                   first.alert_states: second.alert_states}[table]
-        target.restore(partition, key.encode(), orjson.dumps(value))
+        target.restore(partition, key.encode(), table.codec.encode(value))  # as the changelog holds it
     assert set().union(*second.fingerprints.marked.values()) == held
     second.on_recovered(every)
     assert sum(len(h) for h in second.held.values()) == sum(len(second.fingerprints.get(k)["held"]) for k in held)

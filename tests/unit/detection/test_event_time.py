@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+import msgspec
 import pytest
 
 from streams.detection.rulebook import DetectorEngine
@@ -95,8 +96,8 @@ def test_a_fingerprint_rule_counts_only_accounts_seen_by_its_event_time() -> Non
     for o in late:
         eng.observe_fingerprint("device", state, o)
     # Evaluated at an event time before any late account's first request: nothing to count yet.
-    assert not [f for f in eng.evaluate_fingerprint({**state, "_": {**state["_"], "ea": None}}, START)
-                if f.rule_id == "CF-004"]
+    never_evaluated = {**state, "_": msgspec.structs.replace(state["_"], evaluated_at=None)}
+    assert not [f for f in eng.evaluate_fingerprint(never_evaluated, START) if f.rule_id == "CF-004"]
     # Once the late accounts' time is reached, they are counted.
     fired = [f for f in eng.evaluate_fingerprint(state, START + 11 * HOUR_MS) if f.rule_id == "CF-004"]
     assert fired and {r for r in fired[0].related_entities} == {f"account:late{k}" for k in range(4)}
