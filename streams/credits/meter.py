@@ -174,8 +174,6 @@ class Meter:
             if owner is not None and owner(account) != rec.partition:
                 out.forward.append((rec, account))
                 continue
-            if ev["model"] not in prices:
-                out.unpriced[ev["model"]] = out.unpriced.get(ev["model"], 0) + 1
             pending = updates.get(account)
             state = copy_usage(usage(account)) if pending is None else pending[1]
             if state.input_partition == rec.partition and rec.offset <= state.applied_offset:
@@ -199,6 +197,9 @@ class Meter:
                 updates[account] = (rec.partition, state)
                 continue
             ids.add(digest, occurred, window_s, max_ids)
+            # Counted once metered: a replay or a resend is not another event on the model.
+            if ev["model"] not in prices:
+                out.unpriced[ev["model"]] = out.unpriced.get(ev["model"], 0) + 1
 
             cls, pr = price_event(policy, price, ev)
             category = cls.category

@@ -100,3 +100,20 @@ def test_events_on_a_model_missing_from_the_price_table_are_counted() -> None:
     fallback = load_policy().price_for("*")
     assert not load_policy().is_priced("nova-preview") and load_policy().is_priced("atlas-small")
     assert load_policy().price_for("nova-preview") == fallback
+
+
+def test_a_replayed_or_resent_unpriced_event_is_not_counted_again() -> None:
+    events = list(Generator(accounts=3, seed=6).events(30))
+    for ev in events:
+        ev["model"] = "nova-preview"
+    meter = _meter()
+    usage: dict[str, Any] = {}
+    first = meter.meter(_records(events), usage.get, {}.get, NOW)
+    assert first.unpriced == {"nova-preview": 30}
+    usage.update({a: s for a, (_p, s) in first.usage_updates.items()})
+    replay = meter.meter(_records(events), usage.get, {}.get, NOW)
+    assert replay.skipped_replays == 30 and replay.unpriced == {}
+    resent = [RawRecord("in", 0, 100 + i, ev["account_id"].encode(), encode_single_object(ev, "InteractionEvent"))
+              for i, ev in enumerate(events[:5])]
+    again = meter.meter(resent, usage.get, {}.get, NOW)
+    assert again.duplicates == 5 and again.unpriced == {}
