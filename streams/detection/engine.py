@@ -187,11 +187,11 @@ class Detection:
         self.active_since_tick = False
         # Holding fingerprint observations until every source passed them (``source_clock``): the
         # number of sources (interaction-events partitions; the processor sets it from the topic),
-        # each fingerprint partition's clocks, and a heap per partition of what it holds,
-        # (order time, source, offset, fingerprint key), rebuilt from the state on recovery.
+        # each fingerprint partition's clocks, and a heap per partition of the fingerprints holding
+        # observations, (earliest order time held, fingerprint key), rebuilt from the state on recovery.
         self.source_partitions = 1
         self.source_clocks: dict[int, SourceClocks] = {}
-        self.held: dict[int, list[tuple[int, int, int, str]]] = {}
+        self.held: dict[int, list[tuple[int, str]]] = {}
         # Sources this worker metered events of since the timer's last tick, and the clock last told
         # to each other worker's fingerprint partition, (source, fp partition) -> time or None (idle).
         self.sources_active: set[int] = set()
@@ -224,9 +224,9 @@ class Detection:
             self.source_clocks.pop(p, None)
             heap = self.held[p] = []
             for fkey in self.fingerprints.marked.pop(p, ()):
-                wrapper = self.fingerprints.get(fkey)
-                for entry in (wrapper or {}).get(HELD, ()):
-                    heap.append((int(entry[0]), int(entry[1]), int(entry[2]), fkey))
+                held = (self.fingerprints.get(fkey) or {}).get(HELD)
+                if held:
+                    heap.append((int(held[0][0]), fkey))
             heapq.heapify(heap)
 
     # -- folding one batch --------------------------------------------------------------------------
@@ -365,10 +365,12 @@ class Detection:
         batch.fps[fkey] = partition
         batch.clocks.add(partition)
         order_time = self._clocks(partition).order_time(source_partition, int(obs["occurred_at"]))
-        # Only the few fields the fingerprint rules read are held (and kept for a first sighting).
-        insert_held(wrapper.setdefault(HELD, []),
-                    [order_time, source_partition, source_offset, pending_observation(obs, kind)])
-        heapq.heappush(self.held.setdefault(partition, []), (order_time, source_partition, source_offset, fkey))
+        # Held as it came; ``changes`` keeps only the fields the rules read of those still held when
+        # the state is written (most are released in the batch that brought them).
+        held = wrapper.setdefault(HELD, [])
+        if insert_held(held, [order_time, source_partition, source_offset, obs]) == 0:
+            # The heap has an entry per fingerprint for its earliest held observation.
+            heapq.heappush(self.held.setdefault(partition, []), (order_time, fkey))
 
     def _tell_clocks(self, batch: DetectionBatch, sources: Iterable[int], fp_partitions_here: Collection[int],
                      *, idle: bool = False) -> None:
@@ -400,24 +402,26 @@ class Detection:
             if frontier is None:
                 continue
             while heap and heap[0][0] <= frontier:
-                _t, _source, _offset, fkey = heapq.heappop(heap)
+                t, fkey = heapq.heappop(heap)
                 wrapper = self.fingerprints.get(fkey)
                 held = (wrapper or {}).get(HELD)
-                if not held or held[0][0] > frontier:
-                    continue  # released with an earlier entry of the same fingerprint
+                if not held or held[0][0] != t:
+                    continue  # stale: the fingerprint's earliest held observation changed since
                 n = 1
                 while n < len(held) and held[n][0] <= frontier:
                     n += 1
                 release, rest = held[:n], held[n:]
                 if rest:
                     wrapper[HELD] = rest  # type: ignore[index]
+                    heapq.heappush(heap, (rest[0][0], fkey))
                 else:
                     del wrapper[HELD]  # type: ignore[attr-defined]
                 batch.fps[fkey] = partition
                 kind = fkey.split("|", 1)[0]
                 for entry in release:
+                    obs = entry[3]
                     self._fold_fingerprint(batch, partition, kind, fkey, wrapper,  # type: ignore[arg-type]
-                                           observation_from_pending(entry[3], kind))
+                                           observation_from_pending(obs, kind) if isinstance(obs, list) else obs)
 
     def _fold_fingerprint(self, batch: DetectionBatch, partition: int, kind: str, fkey: str,
                           wrapper: dict[str, Any], obs: Mapping[str, Any]) -> None:
@@ -524,6 +528,14 @@ class Detection:
 
     def changes(self, batch: DetectionBatch) -> list[tuple[ChangelogTable, int, str, Any]]:
         """(table, partition, key, value) of every state the batch touched."""
+        fingerprints = self.fingerprints
+        for fkey in batch.fps:
+            wrapper = fingerprints.get(fkey)
+            if wrapper and HELD in wrapper:
+                kind = fkey.split("|", 1)[0]
+                for entry in wrapper[HELD]:
+                    if not isinstance(entry[3], list):
+                        entry[3] = pending_observation(entry[3], kind)
         for partition in batch.clocks:
             key = clock_state_key(partition)
             batch.fps[key] = partition

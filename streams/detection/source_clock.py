@@ -26,7 +26,7 @@ event later than the frontier, from a source that was idle, is folded at once, o
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,23 +98,14 @@ def apply_clock_message(clocks: SourceClocks, message: Mapping[str, Any]) -> boo
     return clocks.advance(int(message["source"]), int(message["time"]))
 
 
-def insert_held(held: list[list[Any]], entry: list[Any]) -> None:
+def insert_held(held: list[list[Any]], entry: list[Any]) -> int:
     """Insert ``[order time, source, offset, observation]`` keeping ``held`` in release order (a
-    fingerprint holds a few observations at a time: a linear scan from the end is enough)."""
+    fingerprint holds a few observations at a time: a linear scan from the end is enough); returns
+    where it went."""
     key = entry[:3]
     i = len(held)
     while i and held[i - 1][:3] > key:
         i -= 1
     held.insert(i, entry)
+    return i
 
-
-def releasable(held: Iterable[list[Any]], frontier: int | None) -> int:
-    """How many of ``held`` (in release order) the frontier lets go."""
-    if frontier is None:
-        return 0
-    n = 0
-    for entry in held:
-        if entry[0] > frontier:
-            break
-        n += 1
-    return n
