@@ -122,6 +122,8 @@ def observation_from_pending(pending: Sequence[Any], kind: str) -> dict[str, Any
 # so recovery finds the few fingerprints holding some by their changelog bytes alone.
 HELD = "held"
 HELD_MARKER = b'"held":['
+# A kept first sighting's place in the release order: [order time, source, offset].
+FIRST_KEY = "pk"
 # Key of the source clocks' messages on ``detector-fingerprints`` (fingerprint keys are hex hashes).
 CLOCK_MESSAGE_KEY = b"~clock"
 
@@ -356,10 +358,19 @@ class Detection:
         wrapper = self.fingerprints.get(fkey)
         src = str(source_partition)
         if wrapper is None:
-            wrapper = self.fingerprints.set(fkey, {"o": {}})
+            # Most fingerprints (prompts above all) are seen once, and no rule fires on one sighting:
+            # it is kept, as the few fields the rules read and its place in the release order, and
+            # the state is built at the second sighting. Nothing is folded, so it needs no holding:
+            # an earlier observation released later takes its place (``_fold_fingerprint``).
+            order_time = self._clocks(partition).order_time(source_partition, int(obs["occurred_at"]))
+            self.fingerprints.set(fkey, {"o": {src: source_offset}, "p": pending_observation(obs, kind),
+                                         FIRST_KEY: [order_time, source_partition, source_offset]})
+            batch.fps[fkey] = partition
+            batch.clocks.add(partition)
+            return
         # Observations from one source partition arrive in its order, so a replay is exactly what
         # is at or below the mark.
-        elif source_offset <= wrapper["o"].get(src, -1):
+        if source_offset <= wrapper["o"].get(src, -1):
             return
         wrapper["o"][src] = source_offset
         batch.fps[fkey] = partition
@@ -407,6 +418,12 @@ class Detection:
                 held = (wrapper or {}).get(HELD)
                 if not held or held[0][0] != t:
                     continue  # stale: the fingerprint's earliest held observation changed since
+                first = wrapper.get(FIRST_KEY)  # type: ignore[union-attr]
+                if first is not None and "d" not in wrapper and held[0][:3] < first:  # type: ignore[operator]
+                    # The kept first sighting is not the first in event-time order: it is held
+                    # like the others, and the earliest released becomes the first sighting.
+                    insert_held(held, [*first, wrapper.pop("p")])  # type: ignore[union-attr]
+                    del wrapper[FIRST_KEY]  # type: ignore[attr-defined]
                 n = 1
                 while n < len(held) and held[n][0] <= frontier:
                     n += 1
@@ -420,15 +437,13 @@ class Detection:
                 kind = fkey.split("|", 1)[0]
                 for entry in release:
                     obs = entry[3]
-                    self._fold_fingerprint(batch, partition, kind, fkey, wrapper,  # type: ignore[arg-type]
+                    self._fold_fingerprint(batch, partition, kind, fkey, wrapper, entry[:3],  # type: ignore[arg-type]
                                            observation_from_pending(obs, kind) if isinstance(obs, list) else obs)
 
     def _fold_fingerprint(self, batch: DetectionBatch, partition: int, kind: str, fkey: str,
-                          wrapper: dict[str, Any], obs: Mapping[str, Any]) -> None:
+                          wrapper: dict[str, Any], key: list[int], obs: Mapping[str, Any]) -> None:
         if "d" not in wrapper and "p" not in wrapper:
-            # Most fingerprints (prompts above all) are seen once, and no rule fires on one sighting:
-            # keep the few fields the rules need and build the state at the second sighting.
-            wrapper["p"] = pending_observation(obs, kind)
+            wrapper["p"], wrapper[FIRST_KEY] = pending_observation(obs, kind), key
             return
         t = int(obs["occurred_at"])
         if t > self.fp_watermarks.get(partition, t - 1):
@@ -439,6 +454,7 @@ class Detection:
     def _expanded(self, kind: str, wrapper: dict[str, Any]) -> dict[str, Any]:
         """The fingerprint's detector state, built from its first sighting if that is all there is."""
         pending = wrapper.pop("p", None)
+        wrapper.pop(FIRST_KEY, None)
         if pending is not None:
             wrapper["d"] = {}
             # A first observation never fires (it only seeds the state and its evaluation clock).
