@@ -26,7 +26,8 @@ State (JSON, see ``streams/runtime/changelog.py``; detector states are typed rec
 read by ``streams/detection/state.py``):
 - accounts: account id -> ``{"d": detector state, "o": last interaction-events offset applied}``;
 - fingerprints: ``kind|fp`` -> ``{"d": detector state, "o": {source partition: last offset received},
-  "held": observations received but not folded yet}`` (``"p"``, a first sighting, until ``"d"``), and
+  "held": observations received but not folded yet}`` (``"p"``/``"pk"``, a first sighting and its
+  place in the release order, until ``"d"``), and
   ``~clock|<partition>`` -> that fingerprint partition's source clocks;
 - alerts: ``entity_type|entity_id`` -> ``streams.detection.alerts`` state (open alerts, suppression, verdicts).
 
