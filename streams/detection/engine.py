@@ -155,6 +155,8 @@ class DetectionBatch:
         self.folded_here = 0  # fingerprint observations folded without the round trip
         self.accounts: dict[str, int] = {}  # key -> partition of touched state
         self.fps: dict[str, int] = {}
+        # Fingerprints that took a held observation: ``changes`` compacts what they still hold.
+        self.holding: set[str] = set()
         self.alert_states: dict[str, int] = {}
 
 
@@ -380,6 +382,7 @@ class Detection:
         # Held as it came; ``changes`` keeps only the fields the rules read of those still held when
         # the state is written (most are released in the batch that brought them).
         held = wrapper.setdefault(HELD, [])
+        batch.holding.add(fkey)
         if insert_held(held, [order_time, source_partition, source_offset, obs]) == 0:
             # The heap has an entry per fingerprint for its earliest held observation.
             heapq.heappush(self.held.setdefault(partition, []), (order_time, fkey))
@@ -546,7 +549,7 @@ class Detection:
     def changes(self, batch: DetectionBatch) -> list[tuple[ChangelogTable, int, str, Any]]:
         """(table, partition, key, value) of every state the batch touched."""
         fingerprints = self.fingerprints
-        for fkey in batch.fps:
+        for fkey in batch.holding:
             wrapper = fingerprints.get(fkey)
             if wrapper and HELD in wrapper:
                 kind = fkey.split("|", 1)[0]
