@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 
 from schemas.contracts import CreditBalance
 from schemas.policy_file import MICRO
-from streams.balance_lookup import balance_path
+from streams.balance_lookup import balance_url
 from streams.balance_view import BalanceView
 from streams.runtime.web import running_workers
 from streams.settings import Settings, get_settings
@@ -51,7 +51,7 @@ async def _from_workers(settings: Settings, account: str) -> tuple[int, dict[str
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_HTTP_TIMEOUT)) as session:
         for w in workers:
             try:
-                async with session.get(w.url + balance_path(account)) as resp:
+                async with session.get(balance_url(w.url, account)) as resp:
                     if resp.status in (200, 404):
                         return resp.status, await resp.json()
             except (aiohttp.ClientError, TimeoutError, ValueError):
