@@ -19,7 +19,6 @@ import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
-
 from urllib.parse import quote
 
 import aiohttp
