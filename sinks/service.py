@@ -51,6 +51,7 @@ from sinks.dead_letter_out import SinkDeadLetters
 from sinks.routing import ROUTES, Route
 from sinks.store_plan import TP, Piece, RecordedBatch, Store, StorePlanner, Unit
 from streams.runtime.kafka_clients import KafkaClients
+from streams.runtime.markers import known_position
 from streams.runtime.metrics import Metrics
 from streams.runtime.schema_gate import SchemaGate, registry_schemas
 from streams.runtime.topics import DEAD_LETTERS
@@ -60,6 +61,8 @@ from streams.wire.codec import DecodeError, Decoder, RegistryUnavailable
 log = logging.getLogger("creditflow.sink")
 
 _RETRY_MAX_S = 30.0
+# How often idle partitions are checked for a position past trailing transaction markers.
+_MARKERS_EVERY_S = 1.0
 # After a stall, long enough for a heartbeat (every second) to learn whether the session survived.
 _STALL_SETTLE_S = 3.0
 # (table, column names, column-oriented data, deduplication token)
@@ -167,6 +170,10 @@ class ClickHouseSink(Service):
         # a VM freeze) longer than the session before it inserts anything more.
         self._loop_alive_at = time.monotonic()
         self._restoring = asyncio.Lock()
+        self._markers_checked_at = 0.0
+        # Stores whose records left the buffers and whose commit has not come yet (the final flush
+        # on stop runs beside the loop): no idle commit while one is, its records are not stored.
+        self._storing = 0
 
     @property
     def combine(self) -> bool:
@@ -391,6 +398,9 @@ class ClickHouseSink(Service):
                         consumer.seek(tp, records[0].offset)
                 # Otherwise revoked meanwhile: its owner reads them from the committed offset.
             await self._flush(force=False)
+            if time.monotonic() - self._markers_checked_at >= _MARKERS_EVERY_S:
+                self._markers_checked_at = time.monotonic()
+                await self._commit_past_markers()
 
     def _in_epoch(self, epoch: int) -> bool:
         return self.planner.epoch == epoch
@@ -410,6 +420,41 @@ class ClickHouseSink(Service):
         if self.planner.skipped:
             await self._commit_skipped()
 
+    async def _commit_past_markers(self) -> None:
+        """Commit the position of idle partitions whose last records are followed by transaction
+        markers (a dead-letter replay writes in transactions): no record carries a marker's offset,
+        so without this their lag stays at one until another record arrives (``StorePlanner
+        .idle_commits`` says when that is safe). Checked at most once a second; a commit only when
+        a position moved past what is committed, so a partition commits once per marker."""
+        consumer = self.consumer
+        assert consumer is not None
+        if self._storing or self.should_stop:
+            return
+        positions: dict[TP, int] = {}
+        for tp in consumer.assignment():
+            part = self.planner.parts.get((tp.topic, tp.partition))
+            if part is None or part.records or part.chain:
+                continue
+            position = known_position(consumer, tp)
+            if position is not None and position > part.committed:
+                positions[(tp.topic, tp.partition)] = position
+        owed = self.planner.idle_commits(positions)
+        if not owed:
+            return
+        epoch, member = self.planner.epoch, self._membership()
+        try:
+            # Same fence as a store's commit, in the same loop step as the commit reads the generation.
+            self._fence(epoch, member)
+            if not member[2]:
+                raise _Fenced("coordinator unknown")
+            offsets = {TopicPartition(*tp): OffsetAndMetadata(o, "") for tp, o in owed.items()}
+            await consumer.commit(offsets)
+        except Exception as exc:  # tried again at the next check: the planner still owes it
+            log.debug("committing past transaction markers failed: %r", exc)
+            return
+        self.planner.committed_to(owed)
+        self.metrics.committed(self.group, offsets)
+
     async def _commit_skipped(self) -> None:
         """Commit past landed batches skipped on arming (stores that landed but whose own commit
         was fenced): our partitions, this epoch, nothing to insert."""
@@ -422,12 +467,20 @@ class ClickHouseSink(Service):
                 raise _Fenced("coordinator unknown")
             offsets = {TopicPartition(*tp): OffsetAndMetadata(o, "") for tp, o in owed.items()}
             await self.consumer.commit(offsets)
+            self.planner.committed_to(owed)
             self.metrics.committed(self.group, offsets)
         except Exception as exc:  # the next owner skips them again
             log.warning("committing past %d landed sink batches failed: %r", len(owed), exc)
 
     async def _execute(self, store: Store) -> None:
         """Build the store's rows, record its plans, insert, and commit: unless fenced."""
+        self._storing += 1
+        try:
+            await self._execute_store(store)
+        finally:
+            self._storing -= 1
+
+    async def _execute_store(self, store: Store) -> None:
         member = self._membership()
         after_guard: dict[TP, int] = {}
         rows_per_piece: dict[TP, int] = {}
@@ -476,6 +529,7 @@ class ClickHouseSink(Service):
         commits = {TopicPartition(*tp): OffsetAndMetadata(offset, "") for tp, offset in store.commits().items()}
         try:
             await self.consumer.commit(commits)
+            self.planner.committed_to(store.commits())
             self.metrics.committed(self.group, commits)
         except Exception as exc:  # a rebalance took the partition: its new owner replays the same plan
             log.warning("offset commit failed after a stored batch (will be deduplicated): %r", exc)

@@ -23,7 +23,9 @@ For every partition P of the sink's group, with ``c`` its committed offset:
 2. *The recorded batches of P at or after c form a chain*: ordered, contiguous, each naming its
    store. Stores run one after the other and a store is planned only after the previous one
    completed or its member was re-armed, so a later store never lands before an earlier one of the
-   same partition.
+   same partition. A batch starts where the previous one ended (or at ``c``), not at its first
+   record: transaction markers and aborted records take offsets no consumer is handed, and a batch
+   starting after one would not meet ``c`` (a replay would give the chain up).
 3. *A replay re-forms the chain exactly.* A re-armed partition first re-stores each chained batch
    as its recorded store: the same members, the same ``start``/``end``, the same ``guard_before``,
    hence the same token; it waits until every member has read up to its end. Records after the
@@ -35,7 +37,16 @@ For every partition P of the sink's group, with ``c`` its committed offset:
    dropped by offset and the guard continues from its ``guard_after``. The same holds when a
    partition's records resume beyond a chained batch (only a commit past it can move the fetch
    position there).
-5. *Fencing.* Every arming and revocation starts a new epoch; a store remembers the epoch it was
+5. *Idle partitions commit past transaction markers.* A transactional producer upstream (a
+   dead-letter replay) leaves a marker after its records; the consumer's position passes it, but no
+   record carries its offset, so a partition ending in one would keep a lag of one until its next
+   record. When a partition of this epoch has nothing buffered and no chain, everything below its
+   position is stored or is markers and aborted records (the only offsets a read_committed
+   consumer passes without handing them over), so its position is committed
+   (``StorePlanner.idle_commits``). A record fetched but not buffered never leaves the position
+   past it: the schema gate and an unarmed partition seek back to it, and a fetch made stale by a
+   rebalance belongs to an older epoch.
+6. *Fencing.* Every arming and revocation starts a new epoch; a store remembers the epoch it was
    planned in, and the service neither inserts (checked before each insert) nor commits for a
    store of an older epoch, and ``stored`` ignores it. The revoked partitions' buffers are dropped:
    their next owner (perhaps this sink again) re-reads them from the committed offset and, by 3,
@@ -105,6 +116,11 @@ class PartitionState:
     chain: list[RecordedBatch] = field(default_factory=list)
     records: list[Any] = field(default_factory=list)
     first_at: float = 0.0
+    # Where the next batch starts: the end of the last one taken + 1 (markers included), or where
+    # the partition was armed. -1: at its first record (a state made by hand, in a test).
+    taken_to: int = -1
+    # Highest offset known committed for it (at arming, then by this sink's commits).
+    committed: int = -1
 
 
 @dataclass(frozen=True)
@@ -163,7 +179,8 @@ def arm_partition(tp: TP, epoch: int, committed: int, before: RecordedBatch | No
     ending before it (``before``) and the recorded batches ending at or after it (``pending``).
     Returns the state and whether the recorded chain had to be given up (it does not start at the
     committed offset: offsets moved by hand)."""
-    state = PartitionState(tp, epoch, committed, before.guard_after if before is not None else -1)
+    state = PartitionState(tp, epoch, committed, before.guard_after if before is not None else -1,
+                           committed=committed)
     chain = sorted(pending, key=lambda b: b.start)
     # 4: a landed batch proves every batch chained before it landed too.
     last_landed = max((i for i, b in enumerate(chain) if b.landed or (b.store and b.store in landed)),
@@ -174,6 +191,7 @@ def arm_partition(tp: TP, epoch: int, committed: int, before: RecordedBatch | No
     broken = bool(chain) and (chain[0].start != state.next_offset or any(
         nxt.start <= cur.end for cur, nxt in itertools.pairwise(chain)))
     state.chain = [] if broken else chain
+    state.taken_to = state.next_offset
     return state, broken
 
 
@@ -234,6 +252,28 @@ class StorePlanner:
         if state.next_offset > committed:
             self.skipped[tp] = state.next_offset
         return not broken
+
+    def committed_to(self, offsets: Mapping[TP, int]) -> None:
+        """This sink committed ``offsets`` (for partitions still of this epoch)."""
+        for tp, offset in offsets.items():
+            part = self.parts.get(tp)
+            if part is not None and part.epoch == self.epoch:
+                part.committed = max(part.committed, offset)
+
+    def idle_commits(self, positions: Mapping[TP, int]) -> dict[TP, int]:
+        """Offsets to commit past trailing transaction markers (5): the consumer's ``positions`` of
+        partitions of this epoch with nothing buffered, no chain, and a position beyond what is
+        committed. Everything below such a position is stored, or is offsets no record has."""
+        out: dict[TP, int] = {}
+        for tp, position in positions.items():
+            part = self.parts.get(tp)
+            if (part is None or part.epoch != self.epoch or part.records or part.chain
+                    or position < part.next_offset or position <= part.committed):
+                continue
+            out[tp] = position
+            # The next batch starts here, where the commit leaves the committed offset (2).
+            part.next_offset = part.taken_to = position
+        return out
 
     def take_skipped(self) -> dict[TP, int]:
         """Commits owed for skipped landed batches, handed out once."""
@@ -302,8 +342,12 @@ class StorePlanner:
         part.records = [r for r in part.records if r.offset > end]
         part.first_at = now
         if recorded is not None:
+            part.taken_to = recorded.end + 1
             return Piece(part.tp, take, recorded.start, recorded.end, recorded.guard_before, recorded)
-        return Piece(part.tp, take, take[0].offset, take[-1].offset, guard, None)
+        # From where the previous batch ended (2): markers before the first record belong to it.
+        start = part.taken_to if 0 <= part.taken_to <= take[0].offset else take[0].offset
+        part.taken_to = take[-1].offset + 1
+        return Piece(part.tp, take, start, take[-1].offset, guard, None)
 
     def _skip_landed(self) -> None:
         """Drop chained batches proven landed: their store is landed, or the partition's records
@@ -319,6 +363,7 @@ class StorePlanner:
                 part.chain.pop(0)
                 part.guard = head.guard_after
                 part.records = [r for r in part.records if r.offset > head.end]
+                part.taken_to = max(part.taken_to, head.end + 1)
                 self.skipped[part.tp] = max(self.skipped.get(part.tp, 0), head.end + 1)
 
     def _replay(self, now: float) -> Store | None:

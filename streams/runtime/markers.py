@@ -10,6 +10,8 @@ is further is exact.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError
 
@@ -25,3 +27,16 @@ async def past_markers(consumer: AIOKafkaConsumer, offsets: dict[int, dict[Topic
             if position > end:
                 by_tp[tp] = position
     return offsets
+
+
+def known_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The consumer's position in ``tp`` if it holds a valid one now, without waiting (``position``
+    waits for a reset, a round trip to the group coordinator, which a loop running while Kafka is
+    away must not do); None when ``tp`` is not assigned or has no position yet. aiokafka keeps
+    positions in its subscription state and publishes only the waiting call."""
+    subscription: Any = getattr(getattr(consumer, "_subscription", None), "subscription", None)
+    assignment = getattr(subscription, "assignment", None)
+    if assignment is None or tp not in assignment.tps:
+        return None
+    state = assignment.state_value(tp)
+    return int(state.position) if state.has_valid_position else None

@@ -76,7 +76,8 @@ def test_a_server_sink_stores_each_partition_batch_under_its_own_token() -> None
     planner.add((T, 2), _recs(range(1)), now=0.0)
     store = planner.next_store(now=5.0, force=False)
     assert store is not None and store.store == ""
-    assert [u.token_prefix for u in store.units] == [f"{G}:{T}:0:3-7", f"{G}:{T}:2:0-0"]
+    # A batch starts at the committed offset (0), not its first record: 0-2 may be markers.
+    assert [u.token_prefix for u in store.units] == [f"{G}:{T}:0:0-7", f"{G}:{T}:2:0-0"]
 
 
 def test_guards_carry_from_store_to_store() -> None:
@@ -286,3 +287,48 @@ def test_skipped_landed_batches_are_owed_a_commit_once() -> None:
     planner.arm((T, 1), 0, None, [])
     assert planner.take_skipped() == {(T, 0): 10}
     assert planner.take_skipped() == {}
+
+
+def test_a_batch_starts_where_the_previous_one_ended_so_a_chain_spans_markers() -> None:
+    planner = _planner(parts=1, committed=10)
+    planner.add((T, 0), _recs(range(10, 20)), now=0.0)
+    first = planner.next_store(now=0.0, force=True)
+    assert first is not None and _ranges(first) == {(T, 0): (10, 19)}
+    _done(planner, first)
+    planner.add((T, 0), _recs(range(21, 30)), now=0.0)  # 20 is a transaction marker
+    second = planner.next_store(now=0.0, force=True)
+    assert second is not None and _ranges(second) == {(T, 0): (20, 29)}
+    # Recorded, then a crash before its commit: re-armed at the first store's commit (20), the
+    # chain starts there and is re-formed, not given up.
+    b = second.pieces[0]
+    state, broken = arm_partition((T, 0), 1, 20, None, [_recorded(0, b.start, b.end)], set())
+    assert not broken and [(c.start, c.end) for c in state.chain] == [(20, 29)]
+
+
+def test_an_idle_partition_commits_past_trailing_markers_and_nothing_else() -> None:
+    planner = _planner(parts=3, committed=0)
+    for p in range(3):
+        planner.add((T, p), _recs(range(5)), now=0.0)
+    store = planner.next_store(now=0.0, force=True)
+    assert store is not None
+    _done(planner, store)
+    planner.committed_to(store.commits())
+    planner.add((T, 1), _recs(range(7, 9)), now=0.0)  # buffered, not stored: never committed past
+    planner.parts[(T, 2)].chain = [_recorded(2, 5, 9)]  # a recorded batch to re-form first
+    # Positions: 0 is past a marker at 5; 1 past a marker at 9; 2 past its chain's start.
+    positions = {(T, 0): 6, (T, 1): 10, (T, 2): 10}
+    assert planner.idle_commits(positions) == {(T, 0): 6}
+    assert planner.idle_commits(positions) == {(T, 0): 6}, "owed until its commit is known to have landed"
+    planner.committed_to({(T, 0): 6})
+    assert planner.idle_commits({(T, 0): 6}) == {}
+    # A position behind what was buffered (the schema gate sought back): nothing to commit.
+    assert planner.idle_commits({(T, 0): 3}) == {}
+    # The next batch of 0 starts at the commit, so a chain recorded from it meets the committed offset.
+    planner.add((T, 0), _recs(range(7, 9)), now=0.0)
+    planner.parts[(T, 1)].records.clear()
+    planner.parts[(T, 2)].chain.clear()
+    nxt = planner.next_store(now=0.0, force=True)
+    assert nxt is not None and _ranges(nxt)[(T, 0)] == (6, 8)
+    # A stale epoch's partitions commit nothing.
+    planner.revoke([])
+    assert planner.idle_commits({(T, 0): 20}) == {}
