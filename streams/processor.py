@@ -39,6 +39,7 @@ from streams.runtime.checkpoint import BatchWrites, Checkpoint, next_offsets
 from streams.runtime.markers import past_markers
 from streams.runtime.partitioned import Fetched, PartitionedService
 from streams.runtime.repartition import Owners, forwards
+from streams.runtime.rewind import retriable
 from streams.runtime.schema_gate import SchemaGate, registry_schemas
 from streams.runtime.topics import (
     CREDIT_GRANTS,
@@ -130,6 +131,9 @@ class Processor(PartitionedService):
             await self.checkpoint.acquire(new)  # the fence comes before reading the state
         await super().recover(new)
         self.detection.on_recovered(new)
+
+    def held_partitions(self) -> set[int]:
+        return super().held_partitions() | set(self.checkpoint.producers)
 
     def on_release(self, partitions: set[int]) -> None:
         self.detection.on_release(partitions)
@@ -315,11 +319,19 @@ class Processor(PartitionedService):
     async def _timer(self) -> None:
         while not self.should_stop:
             await self.sleep(self.flush_every)
-            if self.producer is None or self.should_stop:
+            # Deferred while the cluster is away (a heartbeat could not reach the group coordinator):
+            # a flush would only run into timeouts, holding the lock, and then be rewound.
+            if self.producer is None or self.should_stop or not self.coordinator_known():
                 continue
             try:
                 async with self.lock:
-                    await self.flush(limit=FLUSH_MAX)
+                    try:
+                        await self.flush(limit=FLUSH_MAX)
+                    except Exception as exc:
+                        if self.should_stop or not retriable(exc):
+                            raise
+                        # Under the lock still: the flush's in-memory effects are dropped first.
+                        await self.rewind("detector flush", exc)
             except Exception as exc:
                 if self.should_stop:
                     return

@@ -34,6 +34,23 @@ before publishing anything of it; the batch is then dropped whole (fenced on one
 left the group: a member still in it gives partitions back only between batches, under the batch
 lock), and the worker takes those partitions again only from a new assignment.
 
+The cluster away. A retriable Kafka error anywhere in a write (a send's metadata wait, a request or
+delivery timeout, a refused connection: ``streams/runtime/rewind.py``) raises out of ``write`` with
+nothing committed that was not committed before it; the service then *rewinds*
+(``PartitionedService.rewind``): it drops the in-memory state of every partition, and once the
+cluster answers, re-acquires the partitions the group still gives it, re-reads their state and
+seeks to the committed offsets, as a restart would, without leaving the group. The re-acquire is
+what aborts the attempt's open transactions (a new epoch), and it is the fence again, so it is safe
+by the argument below: every acquire is followed by reading the committed state, whoever acquired
+last is the one writer, and a worker it fenced drops its batch. A transaction open longer than the
+transaction timeout (a write stuck across an outage) is aborted by the broker, which also bumps the
+epoch: that fence is not proof of another owner, so it raises ``TransactionTimedOut`` (retriable,
+so a rewind) instead of dropping the partitions until the next assignment. Only the rewind of a
+worker that still holds a generation re-acquires, under the batch lock, so it never competes with
+its own batches; should the group have moved a partition without this worker knowing yet, the one
+it fences rewinds or drops its batch, and the next rebalance settles the owner. Nothing of this is
+on the hot path: no extra request per batch.
+
     Invariant: for each input partition, the state and committed offsets that any later owner
     reads were written by one owner at a time, in epoch order, a batch at a time, with the
     outputs of that batch published before. A worker that lost the partition can neither commit
@@ -90,12 +107,18 @@ from aiokafka.structs import OffsetAndMetadata
 
 from streams.runtime.changelog import ChangelogTable
 from streams.runtime.kafka_clients import KafkaClients
+from streams.runtime.rewind import TransactionTimedOut
 from streams.settings import Settings
 
 log = logging.getLogger("creditflow.checkpoint")
 
 Change = tuple[ChangelogTable, int, str, Any]  # table, partition, key, value
 Publish = Callable[[AIOKafkaProducer], Awaitable[list[Awaitable[Any]]]]
+
+# aiokafka's default, written down: a fence met later than this after a write began may be the
+# broker's abort of a timed-out transaction rather than another owner's (``TransactionTimedOut``).
+TRANSACTION_TIMEOUT_MS = 60_000
+_STOP_TIMEOUT_S = 30.0
 
 
 def transactional_id(group: str, partition: int) -> str:
@@ -145,7 +168,7 @@ class Checkpoint:
         return AIOKafkaProducer(
             **self.kafka.common(), transactional_id=transactional_id(self.group, partition),
             acks="all", enable_idempotence=True, compression_type=self.settings.compression_type,
-            linger_ms=5, max_batch_size=1024 * 1024,
+            linger_ms=5, max_batch_size=1024 * 1024, transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
             # A batch's first request follows the previous commit at once and is often told to retry
             # while that commit's markers are written (CONCURRENT_TRANSACTIONS): 100 ms is too long.
             retry_backoff_ms=10,
@@ -189,8 +212,10 @@ class Checkpoint:
     @staticmethod
     async def _stop(producer: AIOKafkaProducer) -> None:
         try:
-            await producer.stop()
-        except KafkaError as exc:  # a fenced producer may refuse to flush; nothing of it is wanted
+            # Bounded: a producer released by a rewind while the cluster is away would wait for it.
+            async with asyncio.timeout(_STOP_TIMEOUT_S):
+                await producer.stop()
+        except (KafkaError, TimeoutError) as exc:  # fenced, or the cluster away; nothing of it is wanted
             log.debug("closing a released producer: %r", exc)
         # A fenced producer's transaction manager fails a future nobody awaits (aiokafka); asyncio would
         # log it at ERROR as "never retrieved" though the fence is expected and already handled.
@@ -206,7 +231,8 @@ class Checkpoint:
     async def write(self, batch: BatchWrites) -> set[int]:
         """Write ``batch`` (the order above); returns the partitions lost to another worker (fenced),
         for which nothing of the batch was committed. Any other failure raises, and nothing not yet
-        committed may be committed after it."""
+        committed may be committed after it: a retriable one (the cluster away, or
+        ``TransactionTimedOut``) is the caller's cue to rewind (``PartitionedService.rewind``)."""
         parts = sorted(batch.partitions())
         missing = {p for p in parts if p not in self.producers}  # released under the batch
         if missing:
@@ -219,6 +245,7 @@ class Checkpoint:
         if fenced:
             # Fenced on one partition means this worker left the group (a member still in it gives its
             # partitions back only between batches): the others are going, or gone, too.
+            self._timed_out(t0, fenced)
             await asyncio.gather(*(self._abort(producers[p]) for p in parts if p not in fenced))
             return self._lost(parts)
         t1 = time.perf_counter()
@@ -238,6 +265,7 @@ class Checkpoint:
         # Every future is awaited (a fenced producer fails them all; none is left unretrieved).
         errors = [r for r in await asyncio.gather(*pending, return_exceptions=True) if isinstance(r, BaseException)]
         if any(isinstance(e, ProducerFenced) for e in errors):
+            self._timed_out(t0, parts)
             await asyncio.gather(*(self._abort(pr) for pr in producers.values()))
             return self._lost(parts)
         if errors:
@@ -245,6 +273,8 @@ class Checkpoint:
         t3 = time.perf_counter()
         # 4. State and input offsets become visible together, partition by partition.
         committed = await asyncio.gather(*(self._commit(producers[p]) for p in parts))
+        if not all(committed):
+            self._timed_out(t0, [p for p, ok in zip(parts, committed, strict=True) if not ok])
         self.last_phases = (t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)  # read by the metrics
         log.debug("%d transactions: begin %.1f ms, send %.1f ms, acknowledged %.1f ms, commit %.1f ms", len(parts),
                   *(s * 1e3 for s in self.last_phases))
@@ -253,6 +283,16 @@ class Checkpoint:
         for table in self.tables:
             table.evict()
         return self._lost([p for p, ok in zip(parts, committed, strict=True) if not ok])
+
+    @staticmethod
+    def _timed_out(started: float, partitions: Iterable[int]) -> None:
+        """Raise ``TransactionTimedOut`` when a fence came after the transaction timeout: the
+        broker's abort of a transaction open that long bumps the epoch too, so it proves nothing
+        about another owner (a write stuck across an outage meets exactly this)."""
+        took = time.perf_counter() - started
+        if took * 1000 >= TRANSACTION_TIMEOUT_MS:
+            raise TransactionTimedOut(f"partitions {sorted(partitions)} fenced {took:.0f}s into a write, past the "
+                                      f"transaction timeout ({TRANSACTION_TIMEOUT_MS / 1000:.0f}s)")
 
     def _lost(self, partitions: Sequence[int]) -> set[int]:
         if partitions:

@@ -6,6 +6,12 @@ a worker that lost its partitions, are ``streams/runtime/checkpoint.py``'s. aiok
 rebalance callbacks on its coordinator task, concurrently with ``getmany`` and a batch in flight,
 so batches and callbacks share one lock, and a batch first recovers any partition whose state the
 assignment callback has not loaded yet.
+
+A retriable Kafka error in a batch (the cluster is away: ``streams/runtime/rewind.py``) is not a
+crash: the service *rewinds*, under the same lock, before anything else can read the batch's
+in-memory effects. It does what a restart would, without leaving the group: drop every partition's
+in-memory state, replace the outputs producer, and, once the cluster answers again, take the
+partitions back (re-acquire, re-read their state) and seek to the committed offsets.
 """
 
 from __future__ import annotations
@@ -24,12 +30,17 @@ from streams.runtime import gc_policy
 from streams.runtime.changelog import ChangelogTable
 from streams.runtime.kafka_clients import KafkaClients
 from streams.runtime.metrics import Metrics
+from streams.runtime.rewind import BACKOFF_FIRST_S, BACKOFF_MAX_S, OutageLog, retriable
 from streams.settings import Settings
 
 # An unexpected error inside a batch must not let its offsets be committed: exit and replay.
 CRASH_EXIT_CODE = 70
 # How long a stopping worker waits for its batch in flight before leaving it to be replayed.
 DRAIN_TIMEOUT_S = 30.0
+# How long a replaced producer may take to stop (it flushes what it held: repeats nobody waits for).
+STOP_TIMEOUT_S = 30.0
+# One attempt of a rewind's way back (committed offsets, producers, state) while the cluster is away.
+REWIND_ATTEMPT_S = 60.0
 
 Fetched = Mapping[TopicPartition, Sequence[Any]]
 
@@ -70,6 +81,9 @@ class PartitionedService(Service):
         self.producer: AIOKafkaProducer | None = None
         # The app's metrics once registered (streams/runtime/health.py watch_service); a private set before.
         self.metrics = Metrics()
+        self.outage = OutageLog(self.logger, settings.kafka_log_interval_seconds)
+        self.rewinds = 0
+        self._closing: set[asyncio.Task[None]] = set()
 
     # -- what a subclass provides --------------------------------------------------------------------
 
@@ -96,10 +110,7 @@ class PartitionedService(Service):
         for table in self.tables:
             await table.ensure_topic(self.kafka, self.settings.replication_factor)
         await self.prepare()
-        self.producer = self.kafka.producer(
-            acks="all", enable_idempotence=True,
-            compression_type=self.settings.compression_type, linger_ms=5, max_batch_size=1024 * 1024,
-        )
+        self.producer = self._outputs_producer()
         await self.producer.start()
         self.consumer = self.kafka.consumer(
             group_id=self.group,
@@ -119,6 +130,12 @@ class PartitionedService(Service):
         await self.consumer.start()
         await self._await_topics(self.consumer, self.input_topics())
         self.consumer.subscribe(topics=self.input_topics(), listener=_Listener(self))
+
+    def _outputs_producer(self) -> AIOKafkaProducer:
+        return self.kafka.producer(
+            acks="all", enable_idempotence=True,
+            compression_type=self.settings.compression_type, linger_ms=5, max_batch_size=1024 * 1024,
+        )
 
     async def _await_topics(self, consumer: AIOKafkaConsumer, topics: Sequence[str], timeout: float = 30.0) -> None:
         """Until the cluster metadata shows every input topic. A topic created a moment ago (by
@@ -153,6 +170,8 @@ class PartitionedService(Service):
             await self.consumer.stop()
         if self.producer is not None:
             await self.producer.stop()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         # The local stores are scratch (the changelogs hold the state): free their disk now.
         for table in self.tables:
             table.close()
@@ -184,6 +203,88 @@ class PartitionedService(Service):
         if writes:
             await asyncio.gather(*writes)
 
+    def held_partitions(self) -> set[int]:
+        """Every partition this worker holds anything of: state, an assignment (a subclass adds its own)."""
+        assigned = self.consumer.assignment() if self.consumer is not None else set()
+        return set(self.owned) | {tp.partition for tp in assigned}
+
+    def coordinator_known(self) -> bool:
+        """Whether the consumer knows its group coordinator right now: it marks it dead as soon as a
+        heartbeat cannot reach it, so this is the cheap, local sign that the cluster is away."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        return getattr(coordinator, "coordinator_id", None) is not None
+
+    def _in_group(self) -> bool:
+        """The consumer holds a generation (a lost membership resets it to -1 before the revocation)."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        return int(getattr(coordinator, "generation", -1)) > 0
+
+    async def rewind(self, what: str, exc: BaseException) -> None:
+        """After a retriable Kafka error in a batch or a flush; the caller holds ``self.lock`` and
+        must not have released it since the error (nothing may read the dropped attempt's state).
+
+        Nothing of the attempt was committed unless its transactions were, so going back to the
+        committed state is exact, whatever part of it reached Kafka: the in-memory state of every
+        partition is dropped now; once the cluster answers, the partitions the group still gives
+        this worker are taken back (``recover``: the processor re-acquires their producers, which
+        bumps the epoch and aborts whatever the attempt left open, then re-reads their state) and
+        the consumer is sought to the committed offsets. The replay guards make the replayed
+        records land once (``streams/runtime/checkpoint.py``)."""
+        self.rewinds += 1
+        self.outage.failed(what, exc)
+        self.release(self.held_partitions())
+        delay = BACKOFF_FIRST_S
+        while not self.should_stop:
+            await asyncio.sleep(delay)
+            try:
+                async with asyncio.timeout(REWIND_ATTEMPT_S):
+                    await self._back_to_committed()
+            except Exception as again:
+                if not (retriable(again) or isinstance(again, TimeoutError)):
+                    raise
+                self.outage.failed("rewind", again)
+                self.release(self.held_partitions())  # a partial recovery starts over
+                delay = min(delay * 2, BACKOFF_MAX_S)
+                continue
+            self.outage.recovered()
+            return
+
+    async def _back_to_committed(self) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        await self._renew_producer()
+        assignment = consumer.assignment()
+        if self._in_group():
+            # Fence first, then read: state and offsets are read after any earlier transaction of
+            # these partitions is aborted or committed. Without a generation the consumer is about
+            # to rejoin, and the assignment callback takes the partitions then (perhaps elsewhere).
+            await self.recover({tp.partition for tp in assignment})
+        for tp in assignment:
+            committed = await consumer.committed(tp)
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
+        # Only the schema gate pauses partitions, and the release made it forget what it held: the
+        # records are read again from the committed offsets and gated afresh.
+        consumer.resume(*consumer.paused())
+
+    async def _renew_producer(self) -> None:
+        """A fresh outputs producer: the old one may have stopped for good (an idempotent producer
+        whose records expired in the outage breaks its sequence), and whatever it still holds is the
+        dropped attempt's, repeated by the replay anyway."""
+        fresh = self._outputs_producer()
+        try:
+            await fresh.start()
+        except BaseException:
+            await fresh.stop()
+            raise
+        old, self.producer = self.producer, fresh
+        if old is not None:
+            task = asyncio.ensure_future(_stop_within(old, STOP_TIMEOUT_S, self.logger))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     def die(self, what: str, exc: BaseException) -> None:
         self.logger.critical("%s failed; exiting without committing so the batch is replayed: %r", what, exc,
                           exc_info=exc)
@@ -203,10 +304,16 @@ class PartitionedService(Service):
                 continue
             try:
                 async with self.lock:
-                    # Records can arrive before the assignment callback has recovered their state.
-                    await self.recover({tp.partition for tp in fetched})
-                    with gc_policy.paused():
-                        await self.process(fetched)
+                    try:
+                        # Records can arrive before the assignment callback has recovered their state.
+                        await self.recover({tp.partition for tp in fetched})
+                        with gc_policy.paused():
+                            await self.process(fetched)
+                    except Exception as exc:
+                        if self.should_stop or not retriable(exc):
+                            raise
+                        # Still under the lock: the rewind drops the batch's in-memory effects first.
+                        await self.rewind(f"{type(self).__name__} batch", exc)
             except Exception as exc:
                 if self.should_stop:
                     # Shutting down under a batch (its producer or consumer already closing): it was
@@ -214,3 +321,11 @@ class PartitionedService(Service):
                     self.logger.info("batch interrupted by shutdown; it will be replayed: %r", exc)
                     return
                 self.die(f"{type(self).__name__} batch", exc)
+
+
+async def _stop_within(producer: AIOKafkaProducer, timeout: float, logger: logging.Logger) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            await producer.stop()
+    except Exception as exc:  # a replaced producer: nothing it still held is wanted
+        logger.debug("closing a replaced producer: %r", exc)
