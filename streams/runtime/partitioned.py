@@ -39,8 +39,9 @@ CRASH_EXIT_CODE = 70
 DRAIN_TIMEOUT_S = 30.0
 # How long a replaced producer may take to stop (it flushes what it held: repeats nobody waits for).
 STOP_TIMEOUT_S = 30.0
-# One attempt of a rewind's way back (committed offsets, producers, state) while the cluster is away.
-REWIND_ATTEMPT_S = 60.0
+# Reading the committed offsets in a rewind: aiokafka waits for the group coordinator without end.
+# (Not the state's recovery: a big state may take longer to read, and giving up would loop.)
+COMMITTED_READ_S = 40.0
 
 Fetched = Mapping[TopicPartition, Sequence[Any]]
 
@@ -237,8 +238,7 @@ class PartitionedService(Service):
         while not self.should_stop:
             await asyncio.sleep(delay)
             try:
-                async with asyncio.timeout(REWIND_ATTEMPT_S):
-                    await self._back_to_committed()
+                await self._back_to_committed()
             except Exception as again:
                 if not (retriable(again) or isinstance(again, TimeoutError)):
                     raise
@@ -259,12 +259,13 @@ class PartitionedService(Service):
             # these partitions is aborted or committed. Without a generation the consumer is about
             # to rejoin, and the assignment callback takes the partitions then (perhaps elsewhere).
             await self.recover({tp.partition for tp in assignment})
-        for tp in assignment:
-            committed = await consumer.committed(tp)
-            if committed is None:
+        async with asyncio.timeout(COMMITTED_READ_S):
+            committed = {tp: await consumer.committed(tp) for tp in assignment}
+        for tp, offset in committed.items():
+            if offset is None:
                 await consumer.seek_to_beginning(tp)
             else:
-                consumer.seek(tp, committed)
+                consumer.seek(tp, offset)
         # Only the schema gate pauses partitions, and the release made it forget what it held: the
         # records are read again from the committed offsets and gated afresh.
         consumer.resume(*consumer.paused())

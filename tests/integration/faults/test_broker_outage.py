@@ -80,6 +80,7 @@ def test_processors_and_sink_ride_out_a_long_broker_outage(broker: LocalKafka, t
         _wait_metered(settings, one)
         workers.append(Worker(settings, "processor", tmp_path, "processor-2", **env).start())
         _wait_split(settings, 2)
+        time.sleep(3)  # the assignment callbacks (acquire, read state) finish: the kill finds both idle
         _kill(broker)
         sizes = {w.name: w.log_path.stat().st_size for w in workers}
         deadline = time.monotonic() + OUTAGE_S
