@@ -45,6 +45,11 @@ class _Group(click.Group):
 
 
 def _env_name(field: str) -> str:
+    """The variable to set: an error names a field by its alias when it has one (KAFKA_SASL_MECHANISM)."""
+    aliases = {info.validation_alias for info in Settings.model_fields.values()
+               if isinstance(info.validation_alias, str)}
+    if field in aliases:
+        return field
     info = Settings.model_fields.get(field)
     if info is not None and isinstance(info.validation_alias, str):
         return info.validation_alias
@@ -72,8 +77,15 @@ def worker(role: str | None, loglevel: str | None) -> None:
     from streams.runtime.kafka_clients import describe_failure
     from streams.runtime.kafka_log_limits import quiet_while_connecting
     from streams.runtime.pipeline import build, prepare
+    from streams.runtime.web import check_bindable
 
     settings = _settings(role=role, log_level=loglevel)
+    try:
+        # Before anything connects: a fixed port (0 picks a free one) taken by another process.
+        check_bindable(settings.web_host, settings.web_port)
+    except OSError as exc:
+        raise click.ClickException(f"CREDITFLOW_WEB_HOST/CREDITFLOW_WEB_PORT {settings.web_host}:{settings.web_port} "
+                                   f"cannot be listened on: {exc.strerror or exc}") from None
     try:
         # ClickHouse's HTTP client logs its retries too; the error below says what failed.
         with quiet_while_connecting("urllib3", "clickhouse_connect"):
@@ -147,7 +159,9 @@ def _register() -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("CREDITFLOW_LOG_LEVEL", "WARNING").upper(),
+    level = os.environ.get("CREDITFLOW_LOG_LEVEL", "").upper() or "WARNING"
+    # An unknown level is reported by the settings, in one line, once a command reads them.
+    logging.basicConfig(level=level if isinstance(logging.getLevelName(level), int) else "WARNING",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Per-batch timings of the processor, without Faust's own debug flood.
     if os.environ.get("CREDITFLOW_TRACE_BATCHES"):
