@@ -86,8 +86,8 @@ class BalanceView:
     async def start(self) -> None:
         consumer = KafkaClients(self.settings, self.bootstrap).consumer(group_id=None, enable_auto_commit=False,
                                                                         auto_offset_reset="earliest")
-        await consumer.start()
         try:
+            await consumer.start()
             partitions = consumer.partitions_for_topic(self.topic)
             if not partitions:
                 await consumer._client.force_metadata_update()

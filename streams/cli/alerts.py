@@ -114,9 +114,9 @@ async def _tail(bootstrap: KafkaClients | str, topic: str, from_beginning: bool,
 
     decoder = Decoder("GamingAlert")
     consumer = clients_for(bootstrap).consumer(group_id=None, enable_auto_commit=False)
-    await consumer.start()
     shown = 0
     try:
+        await consumer.start()  # inside: a client that failed to start is closed too
         await consumer._client.force_metadata_update()
         parts = consumer.partitions_for_topic(topic)
         if not parts:
@@ -332,8 +332,8 @@ async def publish_decision(bootstrap: KafkaClients | str, topic: str, decision: 
     from streams.wire.codec import encode_single_object
 
     producer = clients_for(bootstrap).producer(acks="all", enable_idempotence=True)
-    await producer.start()
     try:
+        await producer.start()
         # Keyed by the entity id: see the module docstring.
         await producer.send_and_wait(topic, encode_single_object(decision, "ReviewDecision"),
                                      key=str(decision["entity_id"]).encode())

@@ -42,6 +42,28 @@ class _Group(click.Group):
             field = str(first["loc"][0]) if first["loc"] else "?"
             click.echo(f"error: invalid configuration {_env_name(field)}: {first['msg']}", err=True)
             sys.exit(2)
+        except Exception as exc:
+            line = _kafka_failure(exc)
+            if line is None:
+                raise
+            click.echo(f"error: {line}", err=True)
+            sys.exit(1)
+
+
+def _kafka_failure(exc: BaseException) -> str | None:
+    """One line for a Kafka failure a command left to the group (wrong credentials, TLS, an
+    unreachable broker ...), as the worker says it; None for anything else (a bug: its traceback)."""
+    from aiokafka.errors import KafkaError
+
+    from streams.runtime.kafka_clients import KafkaConfigError, describe_failure
+
+    if not isinstance(exc, KafkaError | KafkaConfigError):
+        return None
+    settings = Settings()
+    where = settings.kafka_bootstrap_servers
+    if not where:
+        return f"the local Kafka broker: {' '.join(str(exc).split()) or type(exc).__name__}"
+    return asyncio.run(describe_failure(exc, _kafka_or(settings, where), from_kafka=True))
 
 
 def _env_name(field: str) -> str:
@@ -166,6 +188,11 @@ def main() -> None:
     # Per-batch timings of the processor, without Faust's own debug flood.
     if os.environ.get("CREDITFLOW_TRACE_BATCHES"):
         logging.getLogger("creditflow").setLevel(logging.DEBUG)
+    if sys.argv[1:2] not in (["worker"], ["demo"]) and logging.getLogger().level >= logging.WARNING:
+        # A command reports a failure itself, in one line; the clients' own error and retry lines for
+        # it (aiokafka's at each reconnect) would only repeat it. Workers keep them, rate-limited.
+        for name in ("aiokafka", "urllib3", "clickhouse_connect"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     _register()
     cli()
 

@@ -5,6 +5,7 @@ broken configuration (wrong password, unreadable or wrong CA, unreachable broker
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -18,10 +19,12 @@ from aiokafka import TopicPartition
 from deploy.kafka.launcher import LocalKafka, SaslSslListener, free_port
 from sinks.client import close, connect
 from streams.producer import CreditflowProducer, DeliveryError
+from streams.runtime.dead_letter_replay import read_all
 from streams.runtime.kafka_clients import KafkaClients, describe_failure
 from streams.runtime.topics import ensure_topics
 from streams.settings import Settings
 from streams.synthetic.generator import Generator
+from streams.wire.dead_letters import build_dead_letter, encode_dead_letter
 from tests.integration.harness import REPO, Worker, wait_drained
 from tests.integration.tls_material import TlsMaterial, make_tls_material
 
@@ -213,3 +216,44 @@ def test_broken_configuration_stops_the_worker_with_one_line(secured: SecuredBro
     }[case]
     assert line.startswith("error:") and expected in line, line
     assert SCRAM_PASSWORD not in line
+
+
+def test_every_kafka_command_speaks_sasl_ssl_and_fails_in_one_line(secured: SecuredBroker, tmp_path: Path) -> None:
+    """The commands that read or write topics (dead letters, alerts, balances) over SASL_SSL with
+    mutual TLS, given only the exported settings; with a wrong password each says so in one line."""
+    prefix = "cmds."
+    settings = secured.settings(Settings(topic_prefix=prefix))
+    dead = build_dead_letter(settings.topic("interaction-events"), 0, 7, b"acct-1", b"not avro", [],
+                             "BAD_MAGIC", "bad magic byte", 1_700_000_000_000)
+
+    async def setup() -> None:
+        await ensure_topics(secured.secured, settings)
+        producer = KafkaClients(settings).producer()
+        await producer.start()
+        try:
+            await producer.send_and_wait(settings.topic("dead-letters"), encode_dead_letter(dead),
+                                         key=dead["dead_letter_id"].encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(setup())
+    env = secured.env(CREDITFLOW_TOPIC_PREFIX=prefix)
+    listed = _cli(["dead-letters", "list", "--json"], env, tmp_path)
+    assert listed.returncode == 0 and json.loads(listed.stdout)["dead_letter_id"] == dead["dead_letter_id"], listed
+    replayed = _cli(["dead-letters", "replay"], env, tmp_path)
+    assert replayed.returncode == 0 and "replayed 1 dead letter" in replayed.stdout, replayed
+    resubmitted = asyncio.run(read_all(KafkaClients(settings), settings.topic("interaction-events"),
+                                       lambda rec: rec.value))
+    assert resubmitted == [b"not avro"]
+    tail = _cli(["alerts", "tail", "--from-beginning", "--no-follow"], env, tmp_path)
+    assert tail.returncode == 0 and "Traceback" not in tail.stderr, tail
+    balance = _cli(["balance", "acct-1"], env, tmp_path)  # read from the (empty) credit-balances topic
+    assert "no balance for account 'acct-1' on the credit-balances topic" in _one_line(balance)
+
+    wrong = {**env, "KAFKA_SASL_PASSWORD": WRONG_PASSWORD}
+    for args in (["dead-letters", "list"], ["dead-letters", "replay"], ["alerts", "tail", "--no-follow"],
+                 ["balance", "acct-1"]):
+        line = _one_line(_cli(args, wrong, tmp_path))
+        assert line.startswith("error:") and f"rejected the SASL credentials of user '{SCRAM_USER}'" in line, \
+            (args, line)
+        assert WRONG_PASSWORD not in line
