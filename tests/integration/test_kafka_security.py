@@ -196,7 +196,7 @@ def test_wrong_password_is_one_line_from_the_cli(secured: SecuredBroker, tmp_pat
 
 
 @pytest.mark.parametrize("case", ["missing CA file", "untrusted CA", "unreachable broker", "not host:port",
-                                  "password without user"])
+                                  "password without user", "no client certificate"])
 def test_broken_configuration_stops_the_worker_with_one_line(secured: SecuredBroker, tmp_path: Path,
                                                             case: str) -> None:
     env: dict[str, Any] = {
@@ -205,6 +205,8 @@ def test_broken_configuration_stops_the_worker_with_one_line(secured: SecuredBro
         "unreachable broker": {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"},
         "not host:port": {"KAFKA_BOOTSTRAP_SERVERS": "kafka.example"},
         "password without user": {**secured.env(), "KAFKA_SASL_USERNAME": ""},
+        # The broker requires mutual TLS; "" is unset, as deployment templates write it.
+        "no client certificate": secured.env(KAFKA_SSL_CERTFILE="", KAFKA_SSL_KEYFILE=""),
     }[case]
     line = _one_line(_cli(["worker"], env, tmp_path, timeout=180))
     expected = {
@@ -213,6 +215,7 @@ def test_broken_configuration_stops_the_worker_with_one_line(secured: SecuredBro
         "unreachable broker": "cannot reach Kafka",
         "not host:port": "kafka.example",
         "password without user": "KAFKA_SASL_USERNAME",
+        "no client certificate": "set KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE",
     }[case]
     assert line.startswith("error:") and expected in line, line
     assert SCRAM_PASSWORD not in line
