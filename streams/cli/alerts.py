@@ -72,10 +72,7 @@ def human_line(a: Mapping[str, Any]) -> str:
 def _settings() -> Any:
     from streams.settings import Settings
 
-    try:
-        return Settings()
-    except Exception as exc:
-        raise click.ClickException(f"invalid configuration: {exc}") from None
+    return Settings()  # a bad variable is named in one line by the command group
 
 
 def _bootstrap(settings: Any) -> KafkaClients:
@@ -364,7 +361,7 @@ def review(alert_id: str, verdict: str, note: str, reviewer: str | None, allow_d
     decision = build_decision(alert, verdict, note.strip(), who, allow_days, time.time_ns() // 1_000_000)
     try:
         asyncio.run(publish_decision(_bootstrap(settings), settings.topic(GAMING_REVIEWS), decision))
-    except Exception as exc:
+    except (OSError, TimeoutError) as exc:  # Kafka's own errors are said by the command group
         raise click.ClickException(f"could not publish the decision: {exc}") from None
     click.echo(f"{decision['verdict']} recorded for {alert_id} ({alert['rule_id']} on "
                f"{alert['entity_type']}:{alert['entity_id']}) as {decision['decision_id']}")

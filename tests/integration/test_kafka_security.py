@@ -144,7 +144,9 @@ def test_worker_over_sasl_ssl_lands_every_event(secured: SecuredBroker, topic_se
     asyncio.run(ensure_topics(secured.secured, settings))
     # The worker is given the SASL_SSL address only: a client made without the settings' security
     # could not talk to it, so this covers every client it makes (processor, sink, changelogs, Faust).
-    worker = Worker(base, "all", tmp_path, "secured", **secured.env(mechanism="SCRAM-SHA-256")).start()
+    # At DEBUG: the clients' own debug lines must not carry the password or the key either.
+    worker = Worker(base, "all", tmp_path, "secured", CREDITFLOW_LOG_LEVEL="DEBUG",
+                    **secured.env(mechanism="SCRAM-SHA-256")).start()
     try:
         async def produce() -> None:
             async with CreditflowProducer(settings) as producer:
@@ -161,7 +163,9 @@ def test_worker_over_sasl_ssl_lands_every_event(secured: SecuredBroker, topic_se
     finally:
         worker.stop(timeout=30)
     log = worker.log_path.read_text(errors="replace")
-    assert SCRAM_PASSWORD not in log
+    assert SCRAM_PASSWORD not in log and "[DEBUG]" in log
+    key_lines = [ln for ln in secured.tls.client_key.read_text().splitlines() if not ln.startswith("-----")]
+    assert key_lines and not any(ln in log for ln in key_lines)
     assert f"kafka={secured.secured}" in log
     try:
         count, distinct = connect(base.resolved_clickhouse_url).query(

@@ -59,22 +59,24 @@ def test_evaluate_rejects_a_bad_seed_in_one_line() -> None:
 
 
 @pytest.mark.parametrize(
-    ("env", "says"),
+    ("args", "env", "says"),
     [
         # Variables Kafka users export are named as they export them, not with the CREDITFLOW_ prefix.
-        ({"KAFKA_SASL_MECHANISM": "GSSAPI"}, "invalid configuration KAFKA_SASL_MECHANISM:"),
-        ({"KAFKA_SSL_CHECK_HOSTNAME": "maybe"}, "invalid configuration KAFKA_SSL_CHECK_HOSTNAME:"),
-        ({"KAFKA_BOOTSTRAP_SERVERS": "kafka-1:abc"}, "KAFKA_BOOTSTRAP_SERVERS"),
-        ({"KAFKA_BOOTSTRAP_SERVERS": "kafka-1:9092,kafka-2:70000"}, "kafka-2:70000"),
-        ({"CREDITFLOW_LOG_LEVEL": "LOUD"}, "CREDITFLOW_LOG_LEVEL"),
+        (["worker"], {"KAFKA_SASL_MECHANISM": "GSSAPI"}, "invalid configuration KAFKA_SASL_MECHANISM:"),
+        (["produce", "--count", "1"], {"KAFKA_SSL_CHECK_HOSTNAME": "maybe"},
+         "invalid configuration KAFKA_SSL_CHECK_HOSTNAME:"),
+        (["worker"], {"KAFKA_BOOTSTRAP_SERVERS": "kafka-1:abc"}, "KAFKA_BOOTSTRAP_SERVERS"),
+        (["alerts", "tail"], {"KAFKA_BOOTSTRAP_SERVERS": "kafka-1:9092,kafka-2:70000"}, "kafka-2:70000"),
+        (["alerts", "tail"], {"CREDITFLOW_PARTITIONS": "abc"}, "CREDITFLOW_PARTITIONS"),
+        (["worker"], {"CREDITFLOW_LOG_LEVEL": "LOUD"}, "CREDITFLOW_LOG_LEVEL"),
     ],
 )
-def test_a_bad_setting_stops_every_command_in_one_line_naming_it(env: dict[str, str], says: str) -> None:
-    for args in (["worker"], ["produce", "--count", "1"]):
-        result = _run(*args, CREDITFLOW_DATA_DIR="/nonexistent/creditflow", **env)
-        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-        assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-        assert lines[0].startswith("error: ") and says in lines[0], lines
+def test_a_bad_setting_stops_every_command_in_one_line_naming_it(args: list[str], env: dict[str, str],
+                                                                 says: str) -> None:
+    result = _run(*args, CREDITFLOW_DATA_DIR="/nonexistent/creditflow", **env)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("error: ") and says in lines[0], lines
 
 
 def test_an_empty_variable_is_unset() -> None:
