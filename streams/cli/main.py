@@ -180,6 +180,13 @@ def _register() -> None:
                 cli.add_command(command, name.replace("_", "-"))  # dead_letters -> dead-letters
 
 
+_CLIENT_LOGGERS = ("aiokafka", "urllib3", "clickhouse_connect")
+
+
+def _client_chatter(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.CRITICAL or not record.name.startswith(_CLIENT_LOGGERS)
+
+
 def main() -> None:
     level = os.environ.get("CREDITFLOW_LOG_LEVEL", "").upper() or "WARNING"
     # An unknown level is reported by the settings, in one line, once a command reads them.
@@ -190,9 +197,10 @@ def main() -> None:
         logging.getLogger("creditflow").setLevel(logging.DEBUG)
     if sys.argv[1:2] not in (["worker"], ["demo"]) and logging.getLogger().level >= logging.WARNING:
         # A command reports a failure itself, in one line; the clients' own error and retry lines for
-        # it (aiokafka's at each reconnect) would only repeat it. Workers keep them, rate-limited.
-        for name in ("aiokafka", "urllib3", "clickhouse_connect"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+        # it (aiokafka's at each reconnect) would only repeat it. Workers keep them, rate-limited. A
+        # handler filter, since clickhouse_connect sets urllib3's level when it is imported.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_client_chatter)
     _register()
     cli()
 

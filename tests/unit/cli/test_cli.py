@@ -27,6 +27,8 @@ def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         (["policy", "show", "--path", "/nonexistent/policy.toml"], {}, 1, "cannot read policy file"),
         (["policy", "show"], {"CREDITFLOW_PARTITIONS": "zero"}, 2, "CREDITFLOW_PARTITIONS"),
         (["query", "DROP TABLE events"], {}, 2, "read-only"),
+        # The HTTP client's own retry warnings are not printed on top of the command's line.
+        (["migrate"], {"CLICKHOUSE_URL": "http://u:pw@127.0.0.1:1/db"}, 1, "cannot reach ClickHouse at http://u:***@"),
     ],
 )
 def test_bad_input_gets_one_line(args: list[str], env: dict[str, str], code: int, says: str) -> None:
