@@ -10,21 +10,28 @@ checked. So a statement is admitted only when
    and ``FORBIDDEN_PREFIXES``), whatever its case, quoting, or the comments between name and paren;
 3. it has no clause that writes files or changes settings (``INTO OUTFILE``, ``FROM INFILE``,
    ``SETTINGS``): the limits are the bridge's, not the caller's;
-4. no ``{name:Identifier}`` placeholder turns a bound value into a name.
+4. no ``{name:Identifier}`` placeholder turns a bound value into a name;
+5. every table function it reads from is on ``ALLOWED_TABLE_FUNCTIONS`` (generators and views of
+   the database itself): an allow-list, so a table function a later engine adds is refused.
 
 The text is read by a tokenizer that lexes like ClickHouse (quotes with backslash escapes and
-doubled quotes, backticks, ``--``/``#``/``/* */`` comments, ``$tag$`` heredocs); where it might
-differ from ClickHouse it errs towards seeing more code (a ``/*`` comment ends at the first ``*/``,
-an unterminated string is refused). The bridge then asks the engine itself (``EXPLAIN AST``) for
-every function the statement calls and checks those names again (``ast_function_names``), and runs
-the statement in a session with ``readonly=1``, which refuses the remaining table functions.
+doubled quotes, backticks, ``--``/``#``/``/* */`` comments, ``$tag$`` heredocs, ``$`` inside
+names); where it might differ from ClickHouse it errs towards seeing more code. A lexer can still
+be wrong, so the text is never run as written (``vet``): the engine is handed it as a *bound value*
+to ``formatQuerySingleLine``, which parses exactly one statement and prints it back in canonical
+form (no comments or heredocs, names quoted when they need it). That canonical text is checked
+again by the same rules, its ``EXPLAIN AST`` is checked for forbidden functions and for table
+functions off the allow-list (``check_ast``), and it is what runs, in a session with
+``readonly=1``, which refuses writes, DDL and changes of settings.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 READ_ONLY_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS"})
 
@@ -42,6 +49,13 @@ FORBIDDEN_FUNCTIONS = frozenset({
 FORBIDDEN_PREFIXES = ("file", "url", "s3", "hdfs", "azure", "iceberg", "deltalake", "hudi", "paimon",
                       "remote", "cluster", "mysql", "postgres", "mongo", "redis", "sqlite", "jdbc", "odbc",
                       "executable", "arrowflight", "ytsaurus", "gcs", "oss", "cosn", "kafka", "nats", "rabbitmq")
+# Table functions a statement may read from: generators and views of this database's own tables.
+# Everything else is refused, so a table function added in a later ClickHouse or chDB (chDB's
+# ``python``, ``arrowstream``; ``bigquery``, ``eval``) never becomes a way out. Compared lower-cased.
+ALLOWED_TABLE_FUNCTIONS = frozenset({
+    "numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateseries", "primes", "values",
+    "view", "null", "generaterandom", "merge",
+})
 # Keywords refused anywhere outside strings and comments.
 FORBIDDEN_KEYWORDS = {
     "OUTFILE": "INTO OUTFILE writes files on the server",
@@ -70,7 +84,8 @@ class Token:
     end: int
 
 
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# ClickHouse reads `$` inside a name (x$y$ is one identifier); only a leading `$` opens a heredoc.
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _NUMBER = re.compile(r"(?:0[xX][0-9A-Fa-f_]+|0[bB][01_]+|(?:\d[\d_]*\.?[\d_]*|\.\d[\d_]*)(?:[eEpP][+-]?\d+)?)")
 _HEREDOC = re.compile(r"\$([A-Za-z0-9_]*)\$")
 _UNESCAPE = re.compile(r"\\(.)", re.S)
@@ -197,6 +212,7 @@ def admit(sql: str) -> Admitted:
 
 
 _AST_FUNCTION = re.compile(r"^\s*Function (\S+)", re.M)
+_AST_NODE = re.compile(r"^( *)(\S+)(?: (\S+))?")
 
 
 def ast_function_names(explain_ast: str) -> set[str]:
@@ -204,8 +220,51 @@ def ast_function_names(explain_ast: str) -> set[str]:
     return set(_AST_FUNCTION.findall(explain_ast))
 
 
+def ast_table_functions(explain_ast: str) -> set[str]:
+    """The table functions in ``EXPLAIN AST`` output: functions whose parent node (one space less
+    indented) is a ``TableExpression``. Scalar functions never sit there."""
+    found: set[str] = set()
+    parents: list[tuple[int, str]] = []  # (depth, node) of the current line's ancestors
+    for line in explain_ast.splitlines():
+        m = _AST_NODE.match(line)
+        if m is None:
+            continue
+        depth, node = len(m.group(1)), m.group(2)
+        while parents and parents[-1][0] >= depth:
+            parents.pop()
+        if node == "Function" and m.group(3) and parents and parents[-1][1] == "TableExpression":
+            found.add(m.group(3))
+        parents.append((depth, node))
+    return found
+
+
 def check_ast(explain_ast: str) -> None:
-    """SqlRefused when the engine's own parse of the statement calls a forbidden function."""
+    """SqlRefused when the engine's own parse of the statement calls a forbidden function or reads
+    from a table function off the allow-list."""
     bad = sorted(name for name in ast_function_names(explain_ast) if forbidden_function(name))
     if bad:
         raise SqlRefused(f"function {bad[0]}() is refused: it reaches files, URLs, other servers or the shell")
+    unlisted = sorted(n for n in ast_table_functions(explain_ast) if n.lower() not in ALLOWED_TABLE_FUNCTIONS)
+    if unlisted:
+        raise SqlRefused(f"table function {unlisted[0]}() is refused: only "
+                         f"{', '.join(sorted(ALLOWED_TABLE_FUNCTIONS))} may be read from")
+
+
+# Asks the engine one question: (SQL, bound parameters) -> the answer's text.
+Ask = Callable[[str, Mapping[str, Any]], str]
+CANONICAL_SQL = "SELECT formatQuerySingleLine({statement:String})"
+
+
+def vet(admitted: Admitted, ask: Ask, params: Mapping[str, Any]) -> str:
+    """The statement to run: the engine's own canonical reading of ``admitted``, checked again.
+
+    The text goes to the engine only as a bound value (it is parsed, never run), so a lexing
+    difference between the guard and ClickHouse cannot smuggle in a second statement or a clause
+    the guard did not see: the canonical text has no comments or heredocs and is what runs."""
+    canonical = ask(CANONICAL_SQL, {"statement": admitted.sql}).strip()
+    again = admit(canonical)
+    if again.fmt is not None:
+        raise SqlRefused("the engine reads a FORMAT clause inside the statement; end it with FORMAT or "
+                         "use default_format")
+    check_ast(ask(f"EXPLAIN AST {again.sql}", params))
+    return again.sql

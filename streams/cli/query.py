@@ -15,14 +15,14 @@ import datetime as dt
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
 import click
 from rich.console import Console
 
-from sinks.sql_guard import SqlRefused, admit, check_ast
+from sinks.sql_guard import SqlRefused, admit, vet
 from streams.cli.clickhouse_target import Target, open_target
 from streams.cli.terminal_tables import fitted_table
 from streams.settings import get_settings
@@ -134,11 +134,15 @@ def _first_line(exc: Exception) -> str:
 
 def _run(target: Target, sql: str, params: dict[str, Any]) -> tuple[list[str], list[Sequence[Any]]]:
     client = target.client
+
+    def ask(question: str, bound: Mapping[str, Any]) -> str:
+        answer = client.query(question, parameters=dict(bound) or None, settings=target.settings)
+        return "\n".join(str(r[0]) for r in answer.result_rows)
+
     try:
         if target.settings:
-            # The engine's own parse, checked like the bridge does (sinks/sql_guard.py).
-            ast = client.query(f"EXPLAIN AST {sql}", parameters=params or None, settings=target.settings)
-            check_ast("\n".join(str(r[0]) for r in ast.result_rows))
+            # The engine's own canonical reading, checked and run, like the bridge does (sinks/sql_guard.py).
+            sql = vet(admit(sql), ask, params)
         result = client.query(sql, parameters=params or None, settings=target.settings or None)
     except SqlRefused as exc:
         raise click.ClickException(str(exc)) from None

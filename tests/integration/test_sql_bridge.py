@@ -161,6 +161,15 @@ ESCAPES = [
     "SELECT * FROM postgresql('127.0.0.1:9', 'd', 't', 'u', 'p')",
     "SELECT * FROM executable('cat /etc/passwd', 'TSV', 'a String')",
     "SELECT 1 SETTINGS readonly = 0",
+    # ClickHouse reads x$y$ as one name: nothing up to the next $y$ may hide from the guard.
+    "SELECT 1 AS x$y$; SELECT file('/etc/passwd') -- $y$",
+    "SELECT 1 AS x$y$, file('/etc/passwd') AS z$y$",
+    # Table functions are allowed by name (numbers, view, ...); these are not on the list.
+    "SELECT * FROM python(t)",
+    "SELECT * FROM arrowstream(t)",
+    "SELECT * FROM bigquery('project', 'dataset', 'table')",
+    "SELECT * FROM eval('SELECT 1')",
+    "SELECT * FROM format(LineAsString, 'x')",
     "INSERT INTO t VALUES (1000, 'x')",
     "DROP TABLE t",
 ]
@@ -178,6 +187,21 @@ def test_into_outfile_writes_nothing(served: Served, tmp_path: Path) -> None:
     target = tmp_path / "out.tsv"
     status, _, _ = _get(served.url, f"SELECT * FROM t INTO OUTFILE '{target}'")
     assert status == 403 and not target.exists()
+    # The same clause behind a name with dollar signs, which a naive lexer reads as a heredoc.
+    status, body, _ = _get(served.url, f"SELECT 'planted' AS x$y$ INTO OUTFILE '{target}' FORMAT TSV -- $y$")
+    assert status == 403 and not target.exists(), body
+
+
+def test_a_second_statement_never_runs(served: Served, tmp_path: Path) -> None:
+    canary = tmp_path / "canary.txt"
+    canary.write_text("CANARY-7f3a\n")
+    for sql in (f"SELECT 1 AS x$y$; SELECT file('{canary}') -- $y$",
+                f"SELECT 1 AS x$y$; SELECT * FROM numbers(1) AS z$y$; SELECT file('{canary}')"):
+        status, body, _ = _get(served.url, sql)
+        assert status in (400, 403) and b"CANARY" not in body, body
+    # What is admitted is what the engine runs: one statement, in ClickHouse's own spelling.
+    status, body, _ = _get(served.url, "select a as x$y$ from t order by a limit 2 -- $y$")
+    assert (status, body) == (200, b"0\n1\n")
 
 
 def test_settings_from_the_url_are_refused_and_the_writer_still_writes(

@@ -3,9 +3,11 @@ that we know of."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 
-from sinks.sql_guard import SqlRefused, admit, ast_function_names, check_ast, tokenize
+from sinks.sql_guard import SqlRefused, admit, ast_function_names, ast_table_functions, check_ast, tokenize, vet
 
 
 @pytest.mark.parametrize("sql", [
@@ -103,3 +105,93 @@ def test_the_engines_own_parse_is_checked_too() -> None:
     with pytest.raises(SqlRefused, match="FiLe"):
         check_ast(EXPLAIN_AST)
     check_ast(EXPLAIN_AST.replace("FiLe", "numbers"))
+
+
+# ClickHouse reads `$` inside an identifier (x$y$ is one name); a guard that read `$y$` as the start
+# of a heredoc string would hide everything up to the next `$y$` from itself.
+@pytest.mark.parametrize("sql", [
+    "SELECT 1 AS x$y$ INTO OUTFILE '/tmp/x' FORMAT TSV -- $y$",
+    "SELECT 1 AS x$y$; SELECT file('/etc/passwd') -- $y$",
+    "SELECT 1 AS x$y$, file('/etc/passwd') AS z$y$",
+    "SELECT 1 AS x$y$ SETTINGS readonly = 0 -- $y$",
+])
+def test_dollar_signs_inside_names_hide_nothing(sql: str) -> None:
+    with pytest.raises(SqlRefused):
+        admit(sql)
+
+
+def test_a_dollar_sign_inside_a_name_is_part_of_the_name() -> None:
+    assert [t.text for t in tokenize("SELECT x$y$ FROM t")] == ["SELECT", "x$y$", "FROM", "t"]
+    assert [(t.kind.value, t.text) for t in tokenize("SELECT $y$a$y$")] == [("word", "SELECT"), ("string", "a")]
+
+
+def _table_function_ast(name: str) -> str:
+    return EXPLAIN_AST.replace("FiLe", name)
+
+
+@pytest.mark.parametrize("name", ["python", "Python", "arrowstream", "bigquery", "eval", "format", "loop",
+                                  "fuzzJSON", "timeSeriesData", "prometheusQuery", "somethingNewInTheNextRelease"])
+def test_table_functions_off_the_allow_list_are_refused(name: str) -> None:
+    with pytest.raises(SqlRefused, match=f"table function {name}\\(\\)"):
+        check_ast(_table_function_ast(name))
+
+
+@pytest.mark.parametrize("name", ["numbers", "numbers_mt", "zeros", "generate_series", "values", "view", "null",
+                                  "generateRandom", "merge", "primes"])
+def test_table_functions_on_the_allow_list_pass(name: str) -> None:
+    check_ast(_table_function_ast(name))
+
+
+def test_a_scalar_function_is_not_taken_for_a_table_function() -> None:
+    scalar = """SelectWithUnionQuery (children 1)
+ ExpressionList (children 1)
+  SelectQuery (children 2)
+   ExpressionList (children 1)
+    Function formatDateTime (children 1)
+     ExpressionList (children 2)
+      Function now (children 1)
+      Literal '%F'
+   TablesInSelectQuery (children 1)
+    TablesInSelectQueryElement (children 1)
+     TableExpression (children 1)
+      TableIdentifier events
+"""
+    check_ast(scalar)
+    assert ast_table_functions(scalar) == set()
+    assert ast_table_functions(_table_function_ast("view")) == {"view"}
+
+
+class FakeEngine:
+    """Answers vet()'s two questions as ClickHouse would, recording them."""
+
+    def __init__(self, canonical: str, ast: str = EXPLAIN_AST.replace("FiLe", "numbers")) -> None:
+        self.canonical, self.ast = canonical, ast
+        self.asked: list[tuple[str, dict[str, str]]] = []
+
+    def __call__(self, sql: str, params: Mapping[str, str]) -> str:
+        self.asked.append((sql, dict(params)))
+        return self.canonical + "\n" if sql.startswith("SELECT formatQuerySingleLine") else self.ast
+
+
+def test_vet_runs_the_engines_own_reading_of_the_statement() -> None:
+    engine = FakeEngine("SELECT count() FROM numbers(3) WHERE number > {n:UInt8}")
+    sql = vet(admit("select count() from numbers(3) where number > {n:UInt8} -- hi"), engine, {"n": "1"})
+    assert sql == "SELECT count() FROM numbers(3) WHERE number > {n:UInt8}"
+    # The statement reaches the engine only as a bound value, then its canonical form is explained.
+    assert engine.asked[0] == ("SELECT formatQuerySingleLine({statement:String})",
+                               {"statement": "select count() from numbers(3) where number > {n:UInt8}"})
+    assert engine.asked[1] == (f"EXPLAIN AST {sql}", {"n": "1"})
+
+
+@pytest.mark.parametrize("canonical", [
+    "SELECT 1 AS `x$y$` INTO OUTFILE '/tmp/x' FORMAT TSV", "SELECT 1 FORMAT TSV", "SELECT file('/etc/passwd')",
+    "SELECT 1 SETTINGS readonly = 0", "INSERT INTO t VALUES (1)",
+])
+def test_vet_refuses_what_the_engine_reads_differently(canonical: str) -> None:
+    with pytest.raises(SqlRefused):
+        vet(admit("SELECT 1"), FakeEngine(canonical), {})
+
+
+def test_vet_refuses_a_table_function_the_engine_finds() -> None:
+    with pytest.raises(SqlRefused, match="python"):
+        vet(admit("SELECT * FROM t"), FakeEngine("SELECT * FROM t", _table_function_ast("python")), {})
