@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 import faust
 from aiohttp import web
 
-from sinks.sql_guard import Admitted, SqlRefused, admit, vet
+from sinks.sql_guard import CANONICAL_SQL, Admitted, SqlRefused, admit, escaped, vet
 from streams.runtime.web import add_route
 from streams.settings import Settings
 
@@ -126,7 +126,7 @@ def engine_error(exc: Exception) -> BridgeError:
     name = m.group(1) if (m := _NAME.search(text)) else "UNKNOWN_EXCEPTION"
     message = text[text.find("DB::Exception:") + len("DB::Exception:"):].strip() if "DB::Exception:" in text else text
     message = _NAME.sub("", message).rstrip(". ")
-    status = {62: 400, 60: 404, 81: 404, 164: 403, 159: 504, 396: 413, 241: 507}.get(code, 500)
+    status = {62: 400, 456: 400, 457: 400, 60: 404, 81: 404, 164: 403, 159: 504, 396: 413, 241: 507}.get(code, 500)
     return BridgeError(status, code, name, message)
 
 
@@ -169,11 +169,14 @@ class ReadOnlySession:
         """The statement's answer in ``fmt``; SqlRefused or the engine's error otherwise."""
         conn = self._open()
 
-        def ask(sql: str, bound: Mapping[str, Any]) -> str:
+        def text(sql: str, bound: Mapping[str, str]) -> str:
             return str(conn.query(sql, "TabSeparatedRaw", params=dict(bound)).bytes().decode(errors="replace"))
 
-        # What runs is the engine's own canonical reading of the statement, checked again.
-        sql = vet(admitted, ask, params)
+        # What runs is the engine's own canonical reading of the statement, checked again. The
+        # caller's parameters arrive in ClickHouse's escaped form already (as over its HTTP);
+        # the statement is escaped here.
+        sql = vet(admitted, lambda statement: text(CANONICAL_SQL, {"statement": escaped(statement)}),
+                  lambda explained: text(f"EXPLAIN AST {explained}", params))
         t = time.perf_counter()
         result = conn.query(sql, fmt, params=dict(params))
         body = result.bytes() or b""

@@ -28,10 +28,9 @@ functions off the allow-list (``check_ast``), and it is what runs, in a session 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 READ_ONLY_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS"})
 
@@ -250,21 +249,31 @@ def check_ast(explain_ast: str) -> None:
                          f"{', '.join(sorted(ALLOWED_TABLE_FUNCTIONS))} may be read from")
 
 
-# Asks the engine one question: (SQL, bound parameters) -> the answer's text.
-Ask = Callable[[str, Mapping[str, Any]], str]
+# The engine's canonical form of one statement, asked with the statement bound as a value (a
+# String parameter), so the text is parsed and printed, never run. Multi-statements fail to parse.
 CANONICAL_SQL = "SELECT formatQuerySingleLine({statement:String})"
 
+_MUST_ESCAPE = re.compile(r"([\\'`\t\n])")
 
-def vet(admitted: Admitted, ask: Ask, params: Mapping[str, Any]) -> str:
+
+def escaped(value: str) -> str:
+    """``value`` in the escaped text form ClickHouse reads a bound parameter from, as
+    clickhouse-connect sends it: a raw tab or newline would end the value."""
+    return _MUST_ESCAPE.sub(r"\\\1", value)
+
+
+def vet(admitted: Admitted, canonical_of: Callable[[str], str], explain_ast: Callable[[str], str]) -> str:
     """The statement to run: the engine's own canonical reading of ``admitted``, checked again.
 
-    The text goes to the engine only as a bound value (it is parsed, never run), so a lexing
-    difference between the guard and ClickHouse cannot smuggle in a second statement or a clause
-    the guard did not see: the canonical text has no comments or heredocs and is what runs."""
-    canonical = ask(CANONICAL_SQL, {"statement": admitted.sql}).strip()
+    ``canonical_of(text)`` answers ``CANONICAL_SQL`` with ``text`` bound as the statement;
+    ``explain_ast(sql)`` answers ``EXPLAIN AST sql`` with the caller's parameters. The text reaches
+    the engine first only as a value, so a lexing difference between the guard and ClickHouse
+    cannot smuggle in a second statement or a clause the guard did not see: the canonical text has
+    no comments or heredocs, is checked by the same rules, and is what runs."""
+    canonical = canonical_of(admitted.sql).strip()
     again = admit(canonical)
     if again.fmt is not None:
         raise SqlRefused("the engine reads a FORMAT clause inside the statement; end it with FORMAT or "
                          "use default_format")
-    check_ast(ask(f"EXPLAIN AST {again.sql}", params))
+    check_ast(explain_ast(again.sql))
     return again.sql

@@ -15,14 +15,14 @@ import datetime as dt
 import json
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 import click
 from rich.console import Console
 
-from sinks.sql_guard import SqlRefused, admit, vet
+from sinks.sql_guard import CANONICAL_SQL, SqlRefused, admit, vet
 from streams.cli.clickhouse_target import Target, open_target
 from streams.cli.terminal_tables import fitted_table
 from streams.settings import get_settings
@@ -135,14 +135,16 @@ def _first_line(exc: Exception) -> str:
 def _run(target: Target, sql: str, params: dict[str, Any]) -> tuple[list[str], list[Sequence[Any]]]:
     client = target.client
 
-    def ask(question: str, bound: Mapping[str, Any]) -> str:
-        answer = client.query(question, parameters=dict(bound) or None, settings=target.settings)
+    def text(question: str, bound: dict[str, Any]) -> str:
+        # clickhouse-connect binds the values server-side, escaping them as ClickHouse reads them.
+        answer = client.query(question, parameters=bound or None, settings=target.settings)
         return "\n".join(str(r[0]) for r in answer.result_rows)
 
     try:
         if target.settings:
             # The engine's own canonical reading, checked and run, like the bridge does (sinks/sql_guard.py).
-            sql = vet(admit(sql), ask, params)
+            sql = vet(admit(sql), lambda statement: text(CANONICAL_SQL, {"statement": statement}),
+                      lambda explained: text(f"EXPLAIN AST {explained}", params))
         result = client.query(sql, parameters=params or None, settings=target.settings or None)
     except SqlRefused as exc:
         raise click.ClickException(str(exc)) from None

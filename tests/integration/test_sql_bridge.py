@@ -147,6 +147,13 @@ def test_ping_formats_parameters_and_post_bodies(served: Served) -> None:
         assert response.read() == b"0\n1\n"
     status, body, _ = _get(served.url, "SELECT 1 AS one FORMAT JSONCompact")
     assert status == 200 and b'"data":' in body
+    # Statements span lines, tabs and backslashes; ?query= and the body join into one statement.
+    request = urllib.request.Request(f"{served.url}/?query=SELECT+count()", method="POST",
+                                     data=b"FROM t\r\n\tWHERE s != 'a\\tb' -- note\n")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.read() == b"100\n"
+    status, body, _ = _get(served.url, "SELECT {n:UInt8}", param_n="1); SELECT 2")
+    assert status == 400 and b"BAD_QUERY_PARAMETER" in body
 
 
 ESCAPES = [

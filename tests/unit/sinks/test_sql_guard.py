@@ -3,11 +3,18 @@ that we know of."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import pytest
 
-from sinks.sql_guard import SqlRefused, admit, ast_function_names, ast_table_functions, check_ast, tokenize, vet
+from sinks.sql_guard import (
+    SqlRefused,
+    admit,
+    ast_function_names,
+    ast_table_functions,
+    check_ast,
+    escaped,
+    tokenize,
+    vet,
+)
 
 
 @pytest.mark.parametrize("sql", [
@@ -166,21 +173,33 @@ class FakeEngine:
 
     def __init__(self, canonical: str, ast: str = EXPLAIN_AST.replace("FiLe", "numbers")) -> None:
         self.canonical, self.ast = canonical, ast
-        self.asked: list[tuple[str, dict[str, str]]] = []
+        self.asked: list[tuple[str, str]] = []
 
-    def __call__(self, sql: str, params: Mapping[str, str]) -> str:
-        self.asked.append((sql, dict(params)))
-        return self.canonical + "\n" if sql.startswith("SELECT formatQuerySingleLine") else self.ast
+    def canonical_of(self, statement: str) -> str:
+        self.asked.append(("canonical", statement))
+        return self.canonical + "\n"
+
+    def explain_ast(self, sql: str) -> str:
+        self.asked.append(("explain", sql))
+        return self.ast
+
+
+def _vet(sql: str, engine: FakeEngine) -> str:
+    return vet(admit(sql), engine.canonical_of, engine.explain_ast)
 
 
 def test_vet_runs_the_engines_own_reading_of_the_statement() -> None:
     engine = FakeEngine("SELECT count() FROM numbers(3) WHERE number > {n:UInt8}")
-    sql = vet(admit("select count() from numbers(3) where number > {n:UInt8} -- hi"), engine, {"n": "1"})
+    sql = _vet("select count()\nfrom numbers(3) where number > {n:UInt8} -- hi", engine)
     assert sql == "SELECT count() FROM numbers(3) WHERE number > {n:UInt8}"
-    # The statement reaches the engine only as a bound value, then its canonical form is explained.
-    assert engine.asked[0] == ("SELECT formatQuerySingleLine({statement:String})",
-                               {"statement": "select count() from numbers(3) where number > {n:UInt8}"})
-    assert engine.asked[1] == (f"EXPLAIN AST {sql}", {"n": "1"})
+    # The statement reaches the engine as a value first; then its canonical form is explained.
+    assert engine.asked == [("canonical", "select count()\nfrom numbers(3) where number > {n:UInt8}"),
+                            ("explain", sql)]
+
+
+def test_a_bound_statement_is_escaped_as_clickhouse_reads_parameters() -> None:
+    assert escaped("a\tb\nc\\d'e`f") == "a\\\tb\\\nc\\\\d\\'e\\`f"
+    assert escaped("SELECT 1") == "SELECT 1"
 
 
 @pytest.mark.parametrize("canonical", [
@@ -189,9 +208,9 @@ def test_vet_runs_the_engines_own_reading_of_the_statement() -> None:
 ])
 def test_vet_refuses_what_the_engine_reads_differently(canonical: str) -> None:
     with pytest.raises(SqlRefused):
-        vet(admit("SELECT 1"), FakeEngine(canonical), {})
+        _vet("SELECT 1", FakeEngine(canonical))
 
 
 def test_vet_refuses_a_table_function_the_engine_finds() -> None:
     with pytest.raises(SqlRefused, match="python"):
-        vet(admit("SELECT * FROM t"), FakeEngine("SELECT * FROM t", _table_function_ast("python")), {})
+        _vet("SELECT * FROM t", FakeEngine("SELECT * FROM t", _table_function_ast("python")))
