@@ -262,6 +262,21 @@ def escaped(value: str) -> str:
     return _MUST_ESCAPE.sub(r"\\\1", value)
 
 
+class StatementError(Exception):
+    """The engine could not read the statement (a syntax error, say): ClickHouse's message, without
+    the ``formatQuerySingleLine`` question it was asked in."""
+
+
+def unwrapped(message: str) -> str:
+    """``message`` without ClickHouse's ``In scope SELECT formatQuerySingleLine(...)`` part, which
+    names the guard's question rather than the caller's statement."""
+    start = message.find("In scope SELECT formatQuerySingleLine(")
+    if start < 0:
+        return message
+    name = re.search(r"\(([A-Z_]+)\)\s*$", message)
+    return message[:start].rstrip(": .") + "." + (f" ({name.group(1)})" if name else "")
+
+
 def vet(admitted: Admitted, canonical_of: Callable[[str], str], explain_ast: Callable[[str], str]) -> str:
     """The statement to run: the engine's own canonical reading of ``admitted``, checked again.
 
@@ -270,7 +285,12 @@ def vet(admitted: Admitted, canonical_of: Callable[[str], str], explain_ast: Cal
     the engine first only as a value, so a lexing difference between the guard and ClickHouse
     cannot smuggle in a second statement or a clause the guard did not see: the canonical text has
     no comments or heredocs, is checked by the same rules, and is what runs."""
-    canonical = canonical_of(admitted.sql).strip()
+    try:
+        canonical = canonical_of(admitted.sql).strip()
+    except Exception as exc:
+        if "formatQuerySingleLine" not in str(exc):
+            raise
+        raise StatementError(unwrapped(str(exc))) from None
     again = admit(canonical)
     if again.fmt is not None:
         raise SqlRefused("the engine reads a FORMAT clause inside the statement; end it with FORMAT or "

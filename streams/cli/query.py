@@ -127,8 +127,13 @@ def _client() -> Target:
     return open_target(get_settings())
 
 
+# The limits clickhouse-connect appends to each statement on chDB, which ClickHouse's messages
+# quote back ("In scope SELECT ... SETTINGS readonly = '1', ..."): the caller never wrote them.
+_LIMITS_CLAUSE = re.compile(r"\s*SETTINGS readonly = '1'(?:, \w+ = '[^']*')*")
+
+
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
+    text = _LIMITS_CLAUSE.sub("", str(exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 

@@ -154,6 +154,10 @@ def test_ping_formats_parameters_and_post_bodies(served: Served) -> None:
         assert response.read() == b"100\n"
     status, body, _ = _get(served.url, "SELECT {n:UInt8}", param_n="1); SELECT 2")
     assert status == 400 and b"BAD_QUERY_PARAMETER" in body
+    # A syntax error reads as ClickHouse's own, about the caller's statement.
+    status, body, headers = _get(served.url, "SELECT a FROM")
+    assert (status, headers["X-ClickHouse-Exception-Code"]) == (400, "62"), body
+    assert b"Syntax error" in body and b"formatQuerySingleLine" not in body, body
 
 
 ESCAPES = [

@@ -7,12 +7,14 @@ import pytest
 
 from sinks.sql_guard import (
     SqlRefused,
+    StatementError,
     admit,
     ast_function_names,
     ast_table_functions,
     check_ast,
     escaped,
     tokenize,
+    unwrapped,
     vet,
 )
 
@@ -214,3 +216,17 @@ def test_vet_refuses_what_the_engine_reads_differently(canonical: str) -> None:
 def test_vet_refuses_a_table_function_the_engine_finds() -> None:
     with pytest.raises(SqlRefused, match="python"):
         _vet("SELECT * FROM t", FakeEngine("SELECT * FROM t", _table_function_ast("python")))
+
+
+def test_a_statement_the_engine_cannot_read_is_reported_in_its_own_words() -> None:
+    def canonical_of(statement: str) -> str:
+        raise RuntimeError("Code: 62. DB::Exception: Syntax error: failed at position 18 (end of query): . "
+                           "Expected one of: table: In scope SELECT formatQuerySingleLine('SELECT 1 FROM'). "
+                           "(SYNTAX_ERROR)")
+
+    with pytest.raises(StatementError) as err:
+        vet(admit("SELECT 1 FROM"), canonical_of, lambda sql: "")
+    assert str(err.value) == ("Code: 62. DB::Exception: Syntax error: failed at position 18 (end of query): . "
+                              "Expected one of: table. (SYNTAX_ERROR)")
+    assert unwrapped("Code: 60. DB::Exception: Unknown table. (UNKNOWN_TABLE)") == \
+        "Code: 60. DB::Exception: Unknown table. (UNKNOWN_TABLE)"
