@@ -78,6 +78,9 @@ TRANSPORT_PARAMS = frozenset({
 MAX_QUERY_BYTES = 256 * 1024
 
 _CODE = re.compile(r"Code: (\d+)\.")
+# HTTP status by ClickHouse error code, as its own HTTP interface answers: syntax and parameter
+# errors, unknown tables and databases, refusals (readonly, introspection), timeouts, limits, memory.
+_STATUS = {62: 400, 456: 400, 457: 400, 60: 404, 81: 404, 164: 403, 446: 403, 159: 504, 396: 413, 241: 507}
 _NAME = re.compile(r"\(([A-Z_]+)\)\s*$")
 
 
@@ -97,6 +100,8 @@ class Limits:
             "result_overflow_mode": "throw",
             "max_memory_usage": str(self.max_memory_bytes),
             "max_query_size": str(MAX_QUERY_BYTES),
+            # chDB turns introspection on; it reads the worker's binaries and every thread's stack.
+            "allow_introspection_functions": "0",
         }
 
     @classmethod
@@ -126,7 +131,7 @@ def engine_error(exc: Exception) -> BridgeError:
     name = m.group(1) if (m := _NAME.search(text)) else "UNKNOWN_EXCEPTION"
     message = text[text.find("DB::Exception:") + len("DB::Exception:"):].strip() if "DB::Exception:" in text else text
     message = _NAME.sub("", message).rstrip(". ")
-    status = {62: 400, 456: 400, 457: 400, 60: 404, 81: 404, 164: 403, 159: 504, 396: 413, 241: 507}.get(code, 500)
+    status = _STATUS.get(code, 500)
     return BridgeError(status, code, name, message)
 
 

@@ -42,6 +42,8 @@ FORBIDDEN_FUNCTIONS = frozenset({
     "cluster", "clusterallreplicas", "mysql", "postgresql", "mongodb", "redis", "sqlite", "jdbc", "odbc",
     "executable", "executablepool", "input", "iceberg", "deltalake", "hudi", "paimon", "arrowflight",
     "ytsaurus", "catboostevaluate", "naivebayesclassifier", "dictionary",
+    # ClickHouse's AI functions send text to an LLM provider's endpoint.
+    "aigenerate", "aiclassify", "aiembed", "aiextract", "aifilter", "airedact", "aisimilarity", "aitranslate",
 })
 # Families of the above (icebergS3, deltaLakeAzure, urlCluster, ...), matched by prefix so a new
 # variant in a later ClickHouse is refused too.

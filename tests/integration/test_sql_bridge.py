@@ -203,6 +203,15 @@ def test_into_outfile_writes_nothing(served: Served, tmp_path: Path) -> None:
     assert status == 403 and not target.exists(), body
 
 
+def test_introspection_of_the_worker_process_is_off(served: Served) -> None:
+    # chDB turns introspection functions on; they read the process' binaries and thread stacks.
+    for sql in ("SELECT addressToLine(toUInt64(1))",
+                "SELECT addressToSymbol(arrayJoin(trace)) FROM system.stack_trace"):
+        status, body, headers = _get(served.url, sql)
+        assert status == 403 and headers["X-ClickHouse-Exception-Code"] == "446", body
+        assert b".so" not in body
+
+
 def test_a_second_statement_never_runs(served: Served, tmp_path: Path) -> None:
     canary = tmp_path / "canary.txt"
     canary.write_text("CANARY-7f3a\n")

@@ -78,6 +78,8 @@ def test_statements_that_write_are_refused(sql: str) -> None:
     "SELECT 'unterminated", "SELECT 1 /* unterminated", "SELECT $a$ never closed",
     # ClickHouse nests /* */ comments; the guard ends a comment at the first */ and so sees more code.
     "SELECT 1 /* /* */ file('/etc/passwd') */",
+    # ClickHouse's AI functions call an LLM provider's endpoint.
+    "SELECT aiGenerate('hi')", "SELECT aiEmbed('x', map('credentials', 'c'))", "SELECT AIclassify('x', ['a'])",
 ])
 def test_ways_out_are_refused(sql: str) -> None:
     with pytest.raises(SqlRefused):
