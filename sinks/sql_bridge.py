@@ -272,10 +272,15 @@ def content_type(fmt: str) -> str:
 
 
 class SqlBridge:
-    def __init__(self, session: ReadOnlySession, engine_thread: EngineThread[Any], access: Access) -> None:
+    def __init__(self, session: ReadOnlySession, engine_thread: EngineThread[Any], access: Access,
+                 max_in_flight: int) -> None:
         self.session = session
         self.engine_thread = engine_thread
         self.access = access
+        # Queries queue on the sink's one ClickHouse thread, ahead of its inserts: past this many at
+        # once a query is turned away, so a flood delays an insert by at most max_in_flight queries.
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
 
     async def ping(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text="Ok.\n")
@@ -298,7 +303,14 @@ class SqlBridge:
             except SqlRefused as exc:
                 raise refused(exc) from None
             fmt = pick_format(admitted, request.query.get("default_format"))
-            answer = await self.engine_thread(lambda: self.session.run(admitted, fmt, params))
+            if self.in_flight >= self.max_in_flight:
+                raise BridgeError(503, 202, "TOO_MANY_SIMULTANEOUS_QUERIES",
+                                  f"Too many simultaneous queries. Maximum: {self.max_in_flight}")
+            self.in_flight += 1
+            try:
+                answer = await self.engine_thread(lambda: self.session.run(admitted, fmt, params))
+            finally:
+                self.in_flight -= 1
         except BridgeError as exc:
             return self._error(exc, headers)
         except SqlRefused as exc:
@@ -329,7 +341,7 @@ class SqlBridge:
         return sql
 
     def _error(self, exc: BridgeError, headers: dict[str, str]) -> web.Response:
-        if exc.status >= 500 or exc.code not in (164, 516):
+        if exc.code not in (164, 202, 516):  # refusals and turned-away queries are not worth a log line
             log.info("live SQL error %s: %s", exc.name, exc.message)
         return web.Response(status=exc.status, text=exc.body(),
                             headers={**headers, "X-ClickHouse-Exception-Code": str(exc.code)})
@@ -351,7 +363,7 @@ def bridge_for(settings: Settings, engine_thread: EngineThread[Any]) -> SqlBridg
     session = ReadOnlySession(url[len("chdb://"):], Limits.from_settings(settings))
     password = settings.sql_password.get_secret_value() if settings.sql_password is not None else None
     access = Access(settings.sql_user, password, is_loopback(settings.web_host))
-    return SqlBridge(session, engine_thread, access)
+    return SqlBridge(session, engine_thread, access, settings.sql_max_concurrent_queries)
 
 
 def serve(app: faust.App, bridge: SqlBridge) -> None:

@@ -78,13 +78,14 @@ def engine(tmp_path: Path) -> Iterator[tuple[Any, ReadOnlySession, ThreadPoolExe
     thread.shutdown(wait=True)
 
 
-def _bridge(engine: tuple[Any, ReadOnlySession, ThreadPoolExecutor], access: Access) -> SqlBridge:
+def _bridge(engine: tuple[Any, ReadOnlySession, ThreadPoolExecutor], access: Access,
+            max_in_flight: int = 4) -> SqlBridge:
     _writer, session, thread = engine
 
     async def on_engine_thread(fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(thread, fn)
 
-    return SqlBridge(session, on_engine_thread, access)
+    return SqlBridge(session, on_engine_thread, access, max_in_flight)
 
 
 @pytest.fixture
@@ -271,3 +272,25 @@ def test_beyond_loopback_a_password_is_required(engine: tuple[Any, ReadOnlySessi
         assert client.command("SELECT count() FROM t") == 100
     finally:
         locked.stop()
+
+
+def test_queries_queued_ahead_of_the_sinks_inserts_are_capped(
+        engine: tuple[Any, ReadOnlySession, ThreadPoolExecutor]) -> None:
+    """Queries share the sink's one ClickHouse thread with its inserts: a flood of slow ones would
+    hold the inserts back for minutes. Beyond the cap a query is turned away at once, as ClickHouse
+    does past max_concurrent_queries."""
+    server = Served(_bridge(engine, Access("default", None, loopback=True), max_in_flight=2))
+    writer, _session, thread = engine
+    slow = "SELECT sum(sleepEachRow(0.3)) FROM numbers(5)"  # one block: 1.5 s
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            answers = list(pool.map(lambda _: _get(server.url, slow), range(6)))
+        statuses = sorted(status for status, _, _ in answers)
+        assert statuses.count(200) >= 2 and 503 in statuses, statuses
+        turned_away = [body for status, body, _ in answers if status == 503]
+        assert all(b"TOO_MANY_SIMULTANEOUS_QUERIES" in body for body in turned_away), turned_away
+        # Once the queue drains, queries are served again and the writer never waited on the refused ones.
+        assert _get(server.url, "SELECT count() FROM t")[:2] == (200, b"100\n")
+        thread.submit(writer.insert, "t", [[700, "after"]], column_names=["a", "s"]).result(30)
+    finally:
+        server.stop()
