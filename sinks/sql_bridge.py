@@ -24,6 +24,7 @@ refuses every query there.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import ipaddress
@@ -277,10 +278,12 @@ class SqlBridge:
         self.session = session
         self.engine_thread = engine_thread
         self.access = access
-        # Queries queue on the sink's one ClickHouse thread, ahead of its inserts: past this many at
-        # once a query is turned away, so a flood delays an insert by at most max_in_flight queries.
+        # Queries queue on the sink's one ClickHouse thread, first come first served with its inserts.
+        # At most max_in_flight are handed to it at once, so a flood delays an insert by at most that
+        # many queries; the others wait here, without holding the thread, for as long as one query
+        # may run, and are then turned away.
         self.max_in_flight = max_in_flight
-        self.in_flight = 0
+        self.slots = asyncio.Semaphore(max_in_flight)
 
     async def ping(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text="Ok.\n")
@@ -303,14 +306,15 @@ class SqlBridge:
             except SqlRefused as exc:
                 raise refused(exc) from None
             fmt = pick_format(admitted, request.query.get("default_format"))
-            if self.in_flight >= self.max_in_flight:
+            try:
+                await asyncio.wait_for(self.slots.acquire(), self.session.limits.max_execution_seconds)
+            except TimeoutError:
                 raise BridgeError(503, 202, "TOO_MANY_SIMULTANEOUS_QUERIES",
-                                  f"Too many simultaneous queries. Maximum: {self.max_in_flight}")
-            self.in_flight += 1
+                                  f"Too many simultaneous queries. Maximum: {self.max_in_flight}") from None
             try:
                 answer = await self.engine_thread(lambda: self.session.run(admitted, fmt, params))
             finally:
-                self.in_flight -= 1
+                self.slots.release()
         except BridgeError as exc:
             return self._error(exc, headers)
         except SqlRefused as exc:

@@ -90,7 +90,8 @@ class Settings(BaseSettings):
     sql_max_memory_bytes: int = Field(default=2 * 1024**3, ge=1, description="memory one query may use")
     sql_max_concurrent_queries: int = Field(
         default=4, ge=1,
-        description="live SQL queries at once; they queue with the sink's inserts, so more are turned away",
+        description="live SQL queries queued with the sink's inserts at once; the others wait up to the time "
+        "limit, then are turned away",
     )
 
     # -- operations: readiness and the ClickHouse cluster (docs/operations.md) --
