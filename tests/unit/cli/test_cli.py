@@ -56,3 +56,23 @@ def test_policy_explain_says_when_a_model_is_priced_at_the_fallback() -> None:
 def test_evaluate_rejects_a_bad_seed_in_one_line() -> None:
     result = _run("evaluate", "--seeds", "1x", "--offline")
     assert result.returncode == 2 and "Traceback" not in result.stderr and "1x" in result.stderr
+
+
+def test_an_unreachable_running_worker_is_one_line(tmp_path: Path) -> None:
+    """A worker announced under the data dir (alive: this test's own pid) whose live SQL does not
+    answer, as while it shuts down: one line, no library warnings."""
+    import json
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    (workers / f"{os.getpid()}.json").write_text(json.dumps(
+        {"url": f"http://127.0.0.1:{port}", "pid": os.getpid(), "role": "all", "app_id": "t"}))
+    result = _run("query", "SELECT 1", CREDITFLOW_DATA_DIR=str(tmp_path))
+    assert result.returncode == 1, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert f"127.0.0.1:{port}" in lines[0] and "refused" in lines[0], lines[0]
