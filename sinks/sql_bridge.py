@@ -85,6 +85,11 @@ _STATUS = {62: 400, 456: 400, 457: 400, 60: 404, 81: 404, 164: 403, 446: 403, 15
 _NAME = re.compile(r"\(([A-Z_]+)\)\s*$")
 
 
+# What chDB changes from a ClickHouse server's defaults and a read-only session on it puts back:
+# introspection functions, which read the worker's binaries and every thread's stack.
+CHDB_READ_ONLY_SETTINGS = {"allow_introspection_functions": "0"}
+
+
 @dataclass(frozen=True)
 class Limits:
     max_execution_seconds: float
@@ -101,8 +106,6 @@ class Limits:
             "result_overflow_mode": "throw",
             "max_memory_usage": str(self.max_memory_bytes),
             "max_query_size": str(MAX_QUERY_BYTES),
-            # chDB turns introspection on; it reads the worker's binaries and every thread's stack.
-            "allow_introspection_functions": "0",
         }
 
     @classmethod
@@ -161,7 +164,7 @@ class ReadOnlySession:
 
             conn = chdb.connect(self.path)
             try:
-                for name, value in self.limits.session_settings().items():
+                for name, value in {**self.limits.session_settings(), **CHDB_READ_ONLY_SETTINGS}.items():
                     conn.query(f"SET {name} = '{value}'")
                 conn.query("SET readonly = 1")
                 self.timezone = conn.query("SELECT timezone()", "TabSeparated").bytes().decode().strip() or "UTC"

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlparse
 import click
 
 from sinks.client import ClickHouseConfigError, ClickHouseUnavailable, Client, connect
-from sinks.sql_bridge import Limits
+from sinks.sql_bridge import CHDB_READ_ONLY_SETTINGS, Limits
 from streams.runtime.web import running_workers
 from streams.settings import Role, Settings
 
@@ -78,6 +78,8 @@ def open_target(settings: Settings) -> Target:
             return Target(client, f"the running worker at {url}", {})
         limits = {"readonly": "1", **Limits.from_settings(settings).session_settings()}
         limits.pop("max_query_size")
+        if settings.resolved_clickhouse_url.startswith("chdb://"):
+            limits.update(CHDB_READ_ONLY_SETTINGS)
         return Target(connect(settings.resolved_clickhouse_url), "ClickHouse", limits)
     except (ClickHouseUnavailable, ClickHouseConfigError) as exc:
         hint = f" (live SQL of the worker at {url})" if url else ""

@@ -237,6 +237,9 @@ def test_with_nothing_running_the_cli_opens_chdb_itself_behind_the_same_guard(se
         assert done.returncode != 0 and re.search("refused|exactly one statement", done.stderr), done.stderr
         assert "CANARY" not in done.stdout + done.stderr and not planted.exists()
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    # chDB turns introspection functions on; this path turns them off, as the bridge does.
+    intro = cli(settings, "query", "SELECT addressToLine(toUInt64(1)) AS line")
+    assert intro.returncode == 1 and "FUNCTION_NOT_ALLOWED" in intro.stderr and ".so" not in intro.stdout, intro
     # The engine's own limits apply on this path too.
     slow = cli(settings, "query", "SELECT count() FROM numbers(100000000000)",
                CREDITFLOW_SQL_MAX_EXECUTION_SECONDS="1")
