@@ -100,7 +100,8 @@ class Sampling(_Strict):
 class Balances(_Strict):
     """When the processor tells a platform service about an account's credits (credit-notifications)."""
 
-    # Shares of a grant used that are announced once each; 100% is GRANT_EXHAUSTED, its own kind.
+    # Shares of a grant used that are announced once each. 100% is GRANT_EXHAUSTED, its own kind and
+    # always announced: listing it (as in "50/80/100%") is accepted and means just that.
     usage_thresholds_pct: list[int] = Field(default_factory=lambda: [50, 80])
     # Credits (decimal string): the account's remaining grant credits falling below this is announced.
     low_balance_floor: Decimal = Decimal("1")
@@ -111,9 +112,9 @@ class Balances(_Strict):
     @field_validator("usage_thresholds_pct")
     @classmethod
     def _thresholds(cls, v: list[int]) -> list[int]:
-        if any(not 0 < t < 100 for t in v):
-            raise ValueError(f"usage thresholds are percentages within 1..99 (100% is GRANT_EXHAUSTED): {v!r}")
-        return sorted(set(v))
+        if any(not 0 < t <= 100 for t in v):
+            raise ValueError(f"usage thresholds are percentages within 1..100 (100% is GRANT_EXHAUSTED): {v!r}")
+        return sorted(set(v) - {100})
 
     @field_validator("low_balance_floor", mode="before")
     @classmethod

@@ -19,10 +19,12 @@ import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import aiohttp
 import faust
 from aiohttp import web
+from yarl import URL
 
 from streams.credits.balances import balance_record
 from streams.runtime.batch_send import KeyPartitions
@@ -42,9 +44,18 @@ _FORWARD_TIMEOUT = 10.0
 
 
 def balance_path(account: str) -> str:
-    from urllib.parse import quote
+    """The lookup's path for ``account``, every character but unreserved ones percent-encoded. An id
+    that is all dots is encoded too: a client that normalises URLs would remove it as a dot segment."""
+    segment = quote(account, safe="")
+    if segment.strip(".") == "":
+        segment = segment.replace(".", "%2E")
+    return ROUTE.replace("{account}", segment)
 
-    return ROUTE.replace("{account}", quote(account, safe=""))
+
+def balance_url(base: str, account: str) -> URL:
+    """``base`` + the lookup's path, marked as already encoded so the client sends it as it is (yarl
+    would otherwise remove an encoded dot segment)."""
+    return URL(base.rstrip("/") + balance_path(account), encoded=True)
 
 
 class BalanceLookup:
@@ -102,7 +113,7 @@ class BalanceLookup:
                 continue
             try:
                 async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_FORWARD_TIMEOUT)) as session, \
-                        session.get(owner + balance_path(account), headers={FORWARDED_HEADER: self.own_url}) as resp:
+                        session.get(balance_url(owner, account), headers={FORWARDED_HEADER: self.own_url}) as resp:
                     body = await resp.read()
                     if resp.status != 503:
                         return web.Response(body=body, status=resp.status, content_type="application/json")

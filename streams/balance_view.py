@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from schemas.contracts import CreditBalance
 from streams.runtime.batch_send import murmur2
@@ -33,15 +36,21 @@ from streams.runtime.topics import CREDIT_BALANCES
 from streams.settings import Settings, get_settings
 from streams.wire.codec import DecodeError, Decoder
 
+log = logging.getLogger("creditflow.balance_view")
+
 # How often the view asks the broker for the topic's end offsets to know whether it is behind.
 _END_CHECK_SECONDS = 0.5
+# After a failed read or look at the end (the broker away): wait this long, then try again.
+_RETRY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
 class Staleness:
     """How current the view is: ``lag`` records were on the topic and not yet read at the last check of
-    the topic's end (-1: not checked yet), and ``seconds`` have passed since a check found the view
-    holding everything (inf: never yet). The end is checked twice a second."""
+    the topic's end (-1: not checked yet), and the view holds everything that was on the topic
+    ``seconds`` ago (inf: not yet known). The end is checked twice a second; a check's end offsets
+    count as reached once the view has read up to them, even if more records came meanwhile, so a
+    topic that is never quiet does not make a current view look stale."""
 
     lag: int
     seconds: float
@@ -73,6 +82,9 @@ class BalanceView:
         self._tps: list[TopicPartition] = []
         self._lag = -1
         self._current_at: float | None = None
+        # End offsets seen by checks not yet reached by the reading, oldest first: (when, ends). Bounded:
+        # while the reading is stuck the oldest go first, and a newer one dates the view when reached.
+        self._targets: deque[tuple[float, dict[TopicPartition, int]]] = deque(maxlen=64)
         self._caught_up = asyncio.Event()
 
     async def __aenter__(self) -> BalanceView:
@@ -86,8 +98,8 @@ class BalanceView:
     async def start(self) -> None:
         consumer = KafkaClients(self.settings, self.bootstrap).consumer(group_id=None, enable_auto_commit=False,
                                                                         auto_offset_reset="earliest")
-        await consumer.start()
         try:
+            await consumer.start()  # inside: a consumer that could not bootstrap is closed too
             partitions = consumer.partitions_for_topic(self.topic)
             if not partitions:
                 await consumer._client.force_metadata_update()
@@ -138,25 +150,36 @@ class BalanceView:
 
     async def _check_end(self, consumer: AIOKafkaConsumer) -> None:
         ends = await consumer.end_offsets(self._tps)
-        lag = 0
-        for tp in self._tps:
-            lag += max(0, ends[tp] - await consumer.position(tp))
-        self._lag = lag
-        if lag == 0:
-            self._current_at = time.monotonic()
+        self._targets.append((time.monotonic(), ends))
+        positions = await self._reached(consumer)
+        self._lag = sum(max(0, ends[tp] - positions[tp]) for tp in self._tps)
+
+    async def _reached(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+        """Read positions; the newest check whose ends they reach dates what the view holds."""
+        positions = {tp: await consumer.position(tp) for tp in self._tps}
+        while self._targets and all(positions[tp] >= end for tp, end in self._targets[0][1].items()):
+            self._current_at = self._targets.popleft()[0]
             self._caught_up.set()
+        return positions
 
     async def _run(self) -> None:
         consumer = self._consumer
         assert consumer is not None
         checked = 0.0
         while True:
-            fetched = await consumer.getmany(timeout_ms=100, max_records=10_000)
-            for records in fetched.values():
-                for r in records:
-                    self._apply(r.value)
-                self.records_read += len(records)
-            now = time.monotonic()
-            if now - checked >= _END_CHECK_SECONDS:
-                await self._check_end(consumer)
-                checked = now
+            try:
+                fetched = await consumer.getmany(timeout_ms=100, max_records=10_000)
+                for records in fetched.values():
+                    for r in records:
+                        self._apply(r.value)
+                    self.records_read += len(records)
+                if fetched and self._targets:
+                    await self._reached(consumer)
+                now = time.monotonic()
+                if now - checked >= _END_CHECK_SECONDS:
+                    checked = now
+                    await self._check_end(consumer)
+            except KafkaError as exc:
+                # The view keeps what it holds and its staleness keeps growing until the broker is back.
+                log.warning("credit-balances view: %r; retrying in %.0f s", exc, _RETRY_SECONDS)
+                await asyncio.sleep(_RETRY_SECONDS)

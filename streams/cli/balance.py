@@ -2,7 +2,9 @@
 
 It asks a running processor on this machine (``running_workers``; any of them: a worker that does
 not own the account forwards to the one that does) and, when none answers, reads the account's
-partition of the compacted credit-balances topic instead (``BalanceView``), saying so.
+partition of the compacted credit-balances topic instead (``BalanceView``), saying so. That read uses
+the configured Kafka, or the local broker under the data dir when it is running; it never starts one
+(a broker started for one read would outlive the command). Every failure is one line and exit 1.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from typing import Any
 
 import aiohttp
 import click
+from aiokafka.errors import KafkaError
 
 from schemas.contracts import CreditBalance
 from schemas.policy_file import MICRO
-from streams.balance_lookup import balance_path
+from streams.balance_lookup import balance_url
 from streams.balance_view import BalanceView
 from streams.runtime.web import running_workers
 from streams.settings import Settings, get_settings
@@ -48,7 +51,7 @@ async def _from_workers(settings: Settings, account: str) -> tuple[int, dict[str
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_HTTP_TIMEOUT)) as session:
         for w in workers:
             try:
-                async with session.get(w.url + balance_path(account)) as resp:
+                async with session.get(balance_url(w.url, account)) as resp:
                     if resp.status in (200, 404):
                         return resp.status, await resp.json()
             except (aiohttp.ClientError, TimeoutError, ValueError):
@@ -56,12 +59,19 @@ async def _from_workers(settings: Settings, account: str) -> tuple[int, dict[str
     return None
 
 
-async def _from_topic(settings: Settings, account: str) -> CreditBalance | None:
-    bootstrap = settings.kafka_bootstrap_servers
-    if not bootstrap:
-        from streams.runtime.topics import resolve_bootstrap
+def _bootstrap(settings: Settings) -> str:
+    if settings.kafka_bootstrap_servers:
+        return settings.kafka_bootstrap_servers
+    from deploy.kafka.launcher import LocalKafka
 
-        bootstrap, _kafka = resolve_bootstrap(settings)
+    status = LocalKafka(settings.data_dir).status()
+    if status is None or not status.alive:
+        raise LookupError(f"no local broker is running under {settings.data_dir} and KAFKA_BOOTSTRAP_SERVERS "
+                          "is not set")
+    return status.bootstrap
+
+
+async def _from_topic(settings: Settings, bootstrap: str, account: str) -> CreditBalance | None:
     async with BalanceView(settings, bootstrap_servers=bootstrap, accounts=[account]) as view:
         await view.wait_caught_up(_TOPIC_TIMEOUT)
         return view.get(account)
@@ -82,9 +92,12 @@ def balance(account: str, as_json: bool) -> None:
         source = f"worker {body.get('served_by', '?')}"
     else:
         try:
-            found = asyncio.run(_from_topic(settings, account))
-        except (LookupError, TimeoutError, OSError) as exc:
-            raise click.ClickException(f"no running worker answered and the topic could not be read: {exc}") from None
+            bootstrap = _bootstrap(settings)
+            found = asyncio.run(_from_topic(settings, bootstrap, account))
+        except (LookupError, TimeoutError, OSError, KafkaError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise click.ClickException(f"no running worker answered and the credit-balances topic could not be "
+                                       f"read: {reason}") from None
         if found is None:
             raise click.ClickException(f"no balance for account {account!r} on the credit-balances topic")
         record, source = found, "the credit-balances topic (no running worker answered)"

@@ -10,6 +10,12 @@ Keys: ``<grant>:<pct>`` a usage threshold, ``<grant>:100`` the grant exhausted, 
 expiry warning, ``low#<n>`` the n-th fall of the account's usable balance below the floor, and
 ``hi``: the balance has been at or above the floor since the last fall, so the next fall below it is
 announced (a new grant re-arms the warning).
+
+A policy may change its thresholds between runs. A threshold it adds below one the grant has already
+announced (or below its exhaustion) is history and is not announced: a consumer would otherwise read
+"25% used" after "exhausted". One above the highest announced is announced once crossed, as always.
+Under one policy this changes nothing: the thresholds a balance crosses are announced together, so
+none below an announced one is ever left unannounced.
 """
 
 from __future__ import annotations
@@ -27,6 +33,17 @@ EXHAUSTED_PCT = 100
 def notification_id(account: str, kind: NotificationKind, subject: str) -> str:
     """Stable across replays: derived from what the notification is about, never from the clock."""
     return f"{account}/{kind}/{subject}"
+
+
+def highest_announced(sent: Sequence[str]) -> dict[str, int]:
+    """Grant -> the highest use threshold (100: exhaustion) among the keys ``sent``. A key is
+    ``<grant>:<pct>``; the grant id may hold ':' itself, the percentage never does."""
+    out: dict[str, int] = {}
+    for key in sent:
+        gid, sep, pct = key.rpartition(":")
+        if sep and pct.isdigit() and int(pct) > out.get(gid, 0):
+            out[gid] = int(pct)
+    return out
 
 
 def notifications_for(policy: CompiledPolicy, balance: CreditBalance, sent: Sequence[str],
@@ -52,6 +69,7 @@ def notifications_for(policy: CompiledPolicy, balance: CreditBalance, sent: Sequ
         out.append(note)
 
     floor = policy.low_balance_floor_micro
+    passed: dict[str, int] | None = None  # grant -> highest threshold announced before this balance
     for g in balance["grants"]:
         gid, amount, spent = g["grant_id"], g["amount_micro"], g["spent_micro"]
         if amount <= 0:
@@ -60,7 +78,12 @@ def notifications_for(policy: CompiledPolicy, balance: CreditBalance, sent: Sequ
         for pct in policy.usage_thresholds_pct:
             key = f"{gid}:{pct}"
             if key not in done and spent * 100 >= amount * pct:
-                emit("USAGE_THRESHOLD", key, f"{gid}/{pct}", threshold_pct=pct, **about)
+                if passed is None:
+                    passed = highest_announced(sent)
+                if pct > passed.get(gid, 0):
+                    emit("USAGE_THRESHOLD", key, f"{gid}/{pct}", threshold_pct=pct, **about)
+                else:
+                    done.add(key)  # history: remembered as handled, so it is not judged again
         key = f"{gid}:{EXHAUSTED_PCT}"
         if key not in done and spent >= amount:
             emit("GRANT_EXHAUSTED", key, gid, threshold_pct=EXHAUSTED_PCT, **about)

@@ -11,7 +11,7 @@ from schemas.policy_file import PolicyError, parse_policy
 from streams.credits.account_state import AccountUsage
 from streams.credits.balances import balance_record, batch_balances, grant_status
 from streams.credits.meter import Meter, RawRecord
-from streams.credits.policy import load_policy
+from streams.credits.policy import CompiledPolicy, load_policy
 from streams.synthetic.generator import Generator
 from streams.wire.codec import Decoder, encode_single_object
 
@@ -120,10 +120,14 @@ def test_the_policy_file_validates_the_balance_thresholds() -> None:
     assert policy.usage_thresholds_pct == (50, 80)
     assert policy.low_balance_floor_micro == 1_000_000 and policy.expiry_warning_ms == 7 * DAY
     raw = resources.files("schemas").joinpath("policy/credit_policy.toml").read_text("utf-8")
-    bad = raw.replace("usage_thresholds_pct = [50, 80]", "usage_thresholds_pct = [50, 100]")
-    assert bad != raw
-    with pytest.raises(PolicyError, match=r"balances\.usage_thresholds_pct"):
-        parse_policy(bad)
+    for wrong in ("[50, 101]", "[0, 50]"):
+        bad = raw.replace("usage_thresholds_pct = [50, 80]", f"usage_thresholds_pct = {wrong}")
+        assert bad != raw
+        with pytest.raises(PolicyError, match=r"balances\.usage_thresholds_pct"):
+            parse_policy(bad)
+    # "50/80/100%" as the issue words it: 100% is the exhaustion notification, always sent.
+    listed = raw.replace("usage_thresholds_pct = [50, 80]", "usage_thresholds_pct = [100, 80, 50, 80]")
+    assert CompiledPolicy(parse_policy(listed)).usage_thresholds_pct == (50, 80)
 
 
 def test_a_crash_between_the_two_state_writes_derives_the_grant_balance_again() -> None:

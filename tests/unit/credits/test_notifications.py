@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from streams.credits.account_state import AccountUsage
 from streams.credits.balances import balance_record
 from streams.credits.notifications import notifications_for
-from streams.credits.policy import load_policy
+from streams.credits.policy import CompiledPolicy, load_policy
 
 DAY = 86_400_000
 T0 = 1_793_000_000_000
@@ -66,3 +67,36 @@ def test_expiry_warning_once_within_the_window_and_not_for_a_used_up_grant() -> 
     assert _kinds(0, sent, at=at + DAY)[0] == []
     assert _kinds(0, [], at=T0 + 80 * DAY)[0] == []
     assert "GRANT_EXPIRING" not in [n["kind"] for n in _kinds(10_000_000, [], at=at)[0]]
+
+
+def _policy_with(thresholds: list[int]) -> CompiledPolicy:
+    policy = copy.copy(POLICY)
+    policy.usage_thresholds_pct = tuple(thresholds)
+    return policy
+
+
+def _notes(policy: CompiledPolicy, spent: int, sent: list[str], seq: int = 5) -> tuple[list[Any], list[str]]:
+    usage = AccountUsage(input_partition=0, applied_offset=5, spent_by_grant={"g1": spent}, event_time_ms=T0 + DAY,
+                         balance_seq=seq)
+    return notifications_for(policy, balance_record("a", _grants(), usage, "pv", 0, T0 + DAY), sent, T0 + DAY)
+
+
+def test_a_policy_adding_thresholds_announces_none_below_one_already_announced() -> None:
+    # Exhausted under 50/80; the next policy names 25/50/90: nothing new to say about this grant.
+    notes, sent = _notes(_policy_with([25, 50, 90]), 10_000_000, ["g1:100", "g1:50", "g1:80", "low#1"])
+    assert notes == []
+    assert {"g1:25", "g1:90"} <= set(sent)  # judged once, not on every later balance
+    # At 85% under 50/80; the new 25 is history, the new 90 is announced once crossed.
+    notes, sent = _notes(_policy_with([25, 50, 90]), 8_500_000, ["g1:50", "g1:80", "hi"])
+    assert notes == []
+    notes, _ = _notes(_policy_with([25, 50, 90]), 9_100_000, sent)
+    assert [(n["kind"], n["threshold_pct"]) for n in notes] == [("USAGE_THRESHOLD", 90), ("LOW_BALANCE", None)]
+
+
+def test_a_jump_past_every_threshold_announces_each_once_in_one_balance() -> None:
+    notes, sent = _notes(_policy_with([10, 25, 50, 75, 90]), 10_000_000, ["hi"], seq=1)
+    assert [(n["kind"], n["threshold_pct"]) for n in notes][:6] == [
+        ("USAGE_THRESHOLD", 10), ("USAGE_THRESHOLD", 25), ("USAGE_THRESHOLD", 50), ("USAGE_THRESHOLD", 75),
+        ("USAGE_THRESHOLD", 90), ("GRANT_EXHAUSTED", 100)]
+    assert len({n["notification_id"] for n in notes}) == len(notes)
+    assert _notes(_policy_with([10, 25, 50, 75, 90]), 10_000_000, sent)[0] == []
