@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     sql_max_result_rows: int = Field(default=1_000_000, ge=1, description="rows one query may return")
     sql_max_result_bytes: int = Field(default=256 * 1024 * 1024, ge=1, description="bytes one query may return")
     sql_max_memory_bytes: int = Field(default=2 * 1024**3, ge=1, description="memory one query may use")
+    sql_max_concurrent_queries: int = Field(
+        default=4, ge=1,
+        description="live SQL queries queued with the sink's inserts at once; the others wait up to the time "
+        "limit, then are turned away",
+    )
 
     # -- operations: readiness and the ClickHouse cluster (docs/operations.md) --
     ready_stall_seconds: float = Field(

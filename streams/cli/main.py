@@ -99,7 +99,7 @@ def worker(role: str | None, loglevel: str | None) -> None:
     from streams.runtime.kafka_clients import describe_failure
     from streams.runtime.kafka_log_limits import quiet_while_connecting
     from streams.runtime.pipeline import build, prepare
-    from streams.runtime.web import check_bindable
+    from streams.runtime.web import check_bindable, url_for
 
     settings = _settings(role=role, log_level=loglevel)
     try:
@@ -120,7 +120,7 @@ def worker(role: str | None, loglevel: str | None) -> None:
         raise click.ClickException(asyncio.run(describe_failure(exc, where))) from None
     click.echo(f"creditflow worker: role={settings.role.value} kafka={bootstrap} "
                f"({settings.kafka_security_protocol}) clickhouse={_redact(settings.resolved_clickhouse_url)} "
-               f"http=http://{settings.web_host}:{pipeline.app.conf.web_port}", err=True)
+               f"http={url_for(settings.web_host, pipeline.app.conf.web_port)}", err=True)
     faust.Worker(pipeline.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
 
 

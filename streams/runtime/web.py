@@ -49,9 +49,12 @@ def check_bindable(host: str, port: int) -> None:
 
 
 def url_for(host: str, port: int) -> str:
-    """The URL others reach a server listening on ``host:port`` with (a wildcard address: loopback)."""
-    if host in ("0.0.0.0", "::", ""):
+    """The URL others reach a server listening on ``host:port`` with (a wildcard address: loopback).
+    A server bound to "::" listens on IPv6 only (asyncio sets IPV6_V6ONLY), hence [::1] there."""
+    if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}"

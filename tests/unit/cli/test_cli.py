@@ -120,3 +120,23 @@ def test_a_taken_web_port_stops_the_worker_in_one_line(tmp_path: Path) -> None:
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "CREDITFLOW_WEB_PORT" in lines[0] and str(port) in lines[0], lines
+
+
+def test_an_unreachable_running_worker_is_one_line(tmp_path: Path) -> None:
+    """A worker announced under the data dir (alive: this test's own pid) whose live SQL does not
+    answer, as while it shuts down: one line, no library warnings."""
+    import json
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    (workers / f"{os.getpid()}.json").write_text(json.dumps(
+        {"url": f"http://127.0.0.1:{port}", "pid": os.getpid(), "role": "all", "app_id": "t"}))
+    result = _run("query", "SELECT 1", CREDITFLOW_DATA_DIR=str(tmp_path))
+    assert result.returncode == 1, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert f"127.0.0.1:{port}" in lines[0] and "refused" in lines[0], lines[0]
