@@ -17,6 +17,11 @@ Confluent-framed records. With a schema registry configured they pass the proces
 (the registry is unreachable) is not buffered, its partition is sought back to it and paused, so no
 store takes it or anything after it and no commit passes it; the partition resumes once the id is
 decided. Only a definitive "not found" makes such a record undecodable.
+
+What the sink cannot decode of the inputs no processor reads goes to the ``dead-letters`` topic
+before it is buffered (``sinks/dead_letter_out.py``), and reaches the table from there. The sink
+reads committed records only, like the processor: an aborted transaction (a replay of dead letters
+that died half-way) is never stored.
 """
 
 from __future__ import annotations
@@ -42,14 +47,15 @@ from sinks.avro_container import LEDGER_FILE_STRUCTURE, ContainerBuilder, Guarde
 from sinks.client import connect, is_unavailable
 from sinks.cluster_ddl import session_settings
 from sinks.columns import CREDIT_LEDGER_COLUMNS, EVENTS_COLUMNS, INSERT_COLUMNS, dedup_settings
-from sinks.routing import ROUTES, Route, dead_letter_rows
+from sinks.dead_letter_out import SinkDeadLetters
+from sinks.routing import ROUTES, Route
 from sinks.store_plan import TP, Piece, RecordedBatch, Store, StorePlanner, Unit
 from streams.runtime.kafka_clients import KafkaClients
 from streams.runtime.metrics import Metrics
 from streams.runtime.schema_gate import SchemaGate, registry_schemas
+from streams.runtime.topics import DEAD_LETTERS
 from streams.settings import Settings
 from streams.wire.codec import DecodeError, Decoder, RegistryUnavailable
-from streams.wire.dead_letters import build_dead_letter
 
 log = logging.getLogger("creditflow.sink")
 
@@ -130,6 +136,8 @@ class ClickHouseSink(Service):
         self.kafka = KafkaClients(settings, bootstrap)
         self.group = f"{settings.app_id}-sink"
         self.routes: dict[str, Route] = {names[r.topic_key]: r for r in ROUTES}
+        self.dead_letters_topic = names[DEAD_LETTERS]
+        self.dead_letters: SinkDeadLetters | None = None
         self.decoders: dict[str, Decoder] = {}
         # Registry schemas are fetched without blocking; records waiting for one hold their partition.
         self.schemas = registry_schemas(settings)
@@ -192,11 +200,17 @@ class ClickHouseSink(Service):
             self.spool_dir = tempfile.mkdtemp(prefix="creditflow-sink-")
         await self.ch(self._client_sync)
         self.make_decoders()
+        producer = self.kafka.producer(acks="all", enable_idempotence=True)
+        await producer.start()
+        self.dead_letters = SinkDeadLetters(producer, self.dead_letters_topic, self.routes, self.decoders)
         self.consumer = AIOKafkaConsumer(
             **self.kafka.common(),
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # What a transaction aborted (a dead-letter replay that died) is not input: the processor
+            # never applied it, so the sink must not store it either.
+            isolation_level="read_committed",
             max_poll_records=self.settings.sink_batch_rows,
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
@@ -220,6 +234,8 @@ class ClickHouseSink(Service):
             except Exception:  # shutting down: replay will redo whatever did not land
                 log.exception("final sink flush failed; the batch will be replayed")
             await self.consumer.stop()
+        if self.dead_letters is not None:
+            await self.dead_letters.producer.stop()
         if self.schemas is not None:
             await self.schemas.close()
         self.executor.shutdown(wait=True)
@@ -355,6 +371,9 @@ class ClickHouseSink(Service):
                 # or committed. A rebalance while the gate waited makes the whole fetch stale.
                 batches = await self.gate.admit(consumer, batches,
                                                 current=functools.partial(self._in_epoch, self.planner.epoch))
+            if batches and self.dead_letters is not None and not await self.dead_letters.publish(
+                    batches, functools.partial(self._in_epoch, self.planner.epoch)):
+                continue  # a rebalance while Kafka was away: the fetch is stale, read again
             self.metrics.consumed(self.group, batches)
             now = time.monotonic()
             for tp, records in batches.items():
@@ -504,13 +523,10 @@ class ClickHouseSink(Service):
                 raise
             except DecodeError as exc:
                 self.stats.undecodable += 1
-                if route.dead_letters_here:
-                    dead = build_dead_letter(rec.topic, rec.partition, rec.offset, rec.key, rec.value,
-                                             list(rec.headers or ()), exc.kind, exc.message,
-                                             rec.timestamp or 0)
-                    out.setdefault("dead_letters", []).extend(dead_letter_rows(dead))
-                else:
-                    # The processor dead-letters the inputs it reads; our own outputs never get here.
+                # Inputs no processor reads were published as dead letters before they were buffered
+                # (sinks/dead_letter_out.py); the processor dead-letters the inputs it reads, and our
+                # own outputs never get here.
+                if not route.dead_letters_here:
                     log.warning("undecodable record %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, exc)
                 continue
             if route.guarded:

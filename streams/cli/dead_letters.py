@@ -16,7 +16,6 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import click
-from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
@@ -28,6 +27,7 @@ from streams.runtime.dead_letter_replay import (
     replay,
     to_replay,
 )
+from streams.runtime.kafka_clients import KafkaClients
 from streams.runtime.topics import DEAD_LETTER_REPLAYS, DEAD_LETTERS
 from streams.settings import Settings, get_settings
 from streams.wire.codec import ErrorKind
@@ -73,13 +73,14 @@ def _build_filter(settings: Settings, kinds: tuple[str, ...], topics: tuple[str,
     )
 
 
-def _bootstrap(settings: Settings) -> str:
+def _bootstrap(settings: Settings) -> KafkaClients:
+    """The configured cluster with its security settings, else the local broker under the data dir."""
     if settings.kafka_bootstrap_servers:
-        return settings.kafka_bootstrap_servers
+        return KafkaClients(settings)
     from streams.runtime.topics import resolve_bootstrap
 
     try:
-        return resolve_bootstrap(settings)[0]
+        return KafkaClients(settings, resolve_bootstrap(settings)[0])
     except Exception as exc:
         raise click.ClickException(f"no Kafka: {exc}") from None
 
@@ -87,10 +88,11 @@ def _bootstrap(settings: Settings) -> str:
 T = TypeVar("T")
 
 
-def _run(coro: Coroutine[Any, Any, T], bootstrap: str) -> T:
+def _run(coro: Coroutine[Any, Any, T], bootstrap: KafkaClients) -> T:
+    # Kafka's own errors (credentials, TLS, unreachable) are said by the command group, as everywhere.
     try:
         return asyncio.run(coro)
-    except (KafkaError, OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError) as exc:
         raise click.ClickException(f"Kafka at {bootstrap}: {exc}") from None
 
 

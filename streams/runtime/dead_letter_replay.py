@@ -16,8 +16,9 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
+from streams.runtime.kafka_clients import KafkaClients, clients_for
 from streams.runtime.topics import create_topic
 from streams.wire.codec import DecodeError, Decoder
 from streams.wire.headers import REPLAY_OF_HEADER
@@ -70,10 +71,11 @@ def replay_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
     return headers
 
 
-async def read_all(bootstrap: str, topic: str, decode: Callable[[Any], Any], timeout: float = 60.0) -> list[Any]:
+async def read_all(bootstrap: KafkaClients | str, topic: str, decode: Callable[[Any], Any],
+                   timeout: float = 60.0) -> list[Any]:
     """Every committed record of ``topic`` up to its end now, decoded (None results dropped)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest", isolation_level="read_committed")
+    consumer = clients_for(bootstrap).consumer(group_id=None, enable_auto_commit=False,
+                                               auto_offset_reset="earliest", isolation_level="read_committed")
     try:
         await consumer.start()
         await consumer._client.force_metadata_update()
@@ -98,7 +100,7 @@ async def read_all(bootstrap: str, topic: str, decode: Callable[[Any], Any], tim
         await consumer.stop()
 
 
-async def read_dead_letters(bootstrap: str, topic: str) -> list[DeadLetter]:
+async def read_dead_letters(bootstrap: KafkaClients | str, topic: str) -> list[DeadLetter]:
     decoder = Decoder("DeadLetter")
 
     def decode(rec: Any) -> DeadLetter | None:
@@ -110,24 +112,23 @@ async def read_dead_letters(bootstrap: str, topic: str) -> list[DeadLetter]:
     return unique(await read_all(bootstrap, topic, decode))
 
 
-async def read_replayed(bootstrap: str, ledger: str) -> dict[str, dict[str, Any]]:
+async def read_replayed(bootstrap: KafkaClients | str, ledger: str) -> dict[str, dict[str, Any]]:
     """Dead-letter id -> its replay marker."""
     pairs = await read_all(bootstrap, ledger, lambda rec: (rec.key.decode(), json.loads(rec.value))
                            if rec.key and rec.value else None)
     return dict(pairs)
 
 
-async def ensure_ledger(bootstrap: str, ledger: str, partitions: int, replication: int) -> None:
+async def ensure_ledger(bootstrap: KafkaClients | str, ledger: str, partitions: int, replication: int) -> None:
     await create_topic(bootstrap, ledger, partitions, replication, {"cleanup.policy": "compact"})
 
 
-async def replay(bootstrap: str, dead: Sequence[DeadLetter], ledger: str, transactional_id: str,
+async def replay(bootstrap: KafkaClients | str, dead: Sequence[DeadLetter], ledger: str, transactional_id: str,
                  now_ms: int) -> list[str]:
     """Re-submit ``dead`` (already filtered against the ledger) in one transaction with their markers."""
     if not dead:
         return []
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id,
-                                enable_idempotence=True, acks="all")
+    producer = clients_for(bootstrap).producer(transactional_id=transactional_id, enable_idempotence=True, acks="all")
     try:
         await producer.start()
         async with producer.transaction():

@@ -16,6 +16,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from schemas.catalogue import get_catalogue
+from sinks.dead_letter_out import undecodable
 from sinks.routing import ROUTES
 from sinks.service import ClickHouseSink
 from streams.runtime.topics import CREDIT_GRANTS, GAMING_REVIEWS, SUBSCRIPTION_CHANGES, topic_names
@@ -97,8 +98,11 @@ def test_without_a_registry_there_is_no_gate_and_confluent_records_are_unknown_s
     sink = _sink(_settings(tmp_path, None))
     assert sink.gate is None and sink.schemas is None
     topic = sink.settings.topic(SUBSCRIPTION_CHANGES)
-    rows, _ = sink._rows(topic, [_Rec(topic, 0, 0, b"\x00\x00\x00\x00\x07junk")], -1)
-    assert [r["error_kind"] for r in rows["dead_letters"]] == ["UNKNOWN_SCHEMA"]
+    junk = [_Rec(topic, 0, 0, b"\x00\x00\x00\x00\x07junk")]
+    assert [d["error_kind"] for d in undecodable(junk, sink.decoders[topic])] == ["UNKNOWN_SCHEMA"]
+    # Its dead letter goes to the dead-letters topic (sinks/dead_letter_out.py), not into a store.
+    rows, _ = sink._rows(topic, junk, -1)
+    assert rows == {"subscription_changes": []}
 
 
 def test_a_held_partition_is_neither_buffered_nor_committed_past_its_cut_and_lands_once_back(
@@ -212,9 +216,12 @@ def test_only_a_definitive_not_found_makes_an_undecodable_record(registry: FakeR
             await sink.schemas.close()  # type: ignore[union-attr]
 
     asyncio.run(scenario())
-    rows, _ = sink._rows(changes, [_Rec(changes, 0, 0, good), _Rec(changes, 0, 1, bogus)], -1)
+    fetched = [_Rec(changes, 0, 0, good), _Rec(changes, 0, 1, bogus)]
+    rows, _ = sink._rows(changes, fetched, -1)
+    assert rows == {"subscription_changes": rows["subscription_changes"]}
     assert [r["change_id"] for r in rows["subscription_changes"]] == ["c"]
-    assert [(r["source_offset"], r["error_kind"]) for r in rows["dead_letters"]] == [(1, "UNKNOWN_SCHEMA")]
+    assert [(d["source_offset"], d["error_kind"]) for d in undecodable(fetched, sink.decoders[changes])] == [
+        (1, "UNKNOWN_SCHEMA")]
     # credit-grants: the processor dead-letters what it cannot read; the sink only skips it.
     rows, _ = sink._rows(grants, [_Rec(grants, 0, 0, bogus)], -1)
     assert rows == {"credit_grants": []} and sink.stats.undecodable == 2
