@@ -152,13 +152,14 @@ def replay_(kinds: tuple[str, ...], topics: tuple[str, ...], since: str | None, 
 
     async def run() -> tuple[int, list[str]]:
         await ensure_ledger(bootstrap, ledger, 1, settings.replication_factor)
+        if not dry_run:
+            return await replay(bootstrap, settings.topic(DEAD_LETTERS), ledger,
+                                f"{settings.app_id}-dead-letter-replay", wanted, now_ms)
         dead = await read_dead_letters(bootstrap, settings.topic(DEAD_LETTERS))
         replayed = await read_replayed(bootstrap, ledger)
         todo = to_replay(dead, replayed, wanted)
         already = sum(1 for dl in dead if wanted.matches(dl) and dl["dead_letter_id"] in replayed)
-        if dry_run:
-            return already, [dl["dead_letter_id"] for dl in todo]
-        return already, await replay(bootstrap, todo, ledger, f"{settings.app_id}-dead-letter-replay", now_ms)
+        return already, [dl["dead_letter_id"] for dl in todo]
 
     already, done = _run(run(), bootstrap)
     verb = "would replay" if dry_run else "replayed"
