@@ -160,6 +160,10 @@ class Checkpoint:
         # Outputs go through the worker's idempotent producer, outside the transactions (see above).
         self.outputs: AIOKafkaProducer | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        # Step 0 started by ``begin`` while the batch is computed: partition -> (producer, its future).
+        self._begun: dict[int, tuple[AIOKafkaProducer, asyncio.Future[bool]]] = {}
+        # When the first of them started: a transaction is open from step 0 (``TransactionTimedOut``).
+        self._begun_at: float | None = None
         self.transactions = 0
         # Seconds of the last committed write's steps: begin, send, acknowledged, commit.
         self.last_phases: tuple[float, ...] = ()
@@ -203,6 +207,13 @@ class Checkpoint:
     def release(self, partitions: Iterable[int]) -> None:
         """Forget the producers of partitions that moved away (their next owner fences them anyway)."""
         for p in partitions:
+            # A step 0 begun for a batch that is dropped (a rewind between ``begin`` and ``write``):
+            # its producer goes, and the next owner's acquire aborts whatever it opened.
+            begun = self._begun.pop(p, None)
+            if begun is not None:
+                _discard(begun[1])
+            if not self._begun:
+                self._begun_at = None
             producer = self.producers.pop(p, None)
             if producer is not None:
                 task = asyncio.ensure_future(self._stop(producer))
@@ -228,24 +239,43 @@ class Checkpoint:
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
+    def begin(self, offsets: Mapping[int, Mapping[TopicPartition, int]]) -> None:
+        """Start step 0 for a batch's input partitions as soon as its records are fetched, so the fence
+        check and the offsets' round trips overlap the meter and detection instead of following them.
+        ``offsets`` must be the batch's ``BatchWrites.offsets``. ``write`` awaits these before it
+        publishes anything, so step 0 still precedes every output."""
+        for p, by_tp in offsets.items():
+            producer = self.producers.get(p)
+            if producer is not None and p not in self._begun:
+                self._begun[p] = (producer, asyncio.ensure_future(self._begin(producer, by_tp)))
+                if self._begun_at is None:
+                    self._begun_at = time.perf_counter()
+
     async def write(self, batch: BatchWrites) -> set[int]:
         """Write ``batch`` (the order above); returns the partitions lost to another worker (fenced),
         for which nothing of the batch was committed. Any other failure raises, and nothing not yet
         committed may be committed after it: a retriable one (the cluster away, or
         ``TransactionTimedOut``) is the caller's cue to rewind (``PartitionedService.rewind``)."""
+        begun, self._begun = self._begun, {}
+        begun_at, self._begun_at = self._begun_at, None
         parts = sorted(batch.partitions())
         missing = {p for p in parts if p not in self.producers}  # released under the batch
         if missing:
+            await self._drop_begun(begun)
             return set(parts)
         producers = {p: self.producers[p] for p in parts}
+        # Begun for a partition this batch does not write, or by a producer since replaced: not ours.
+        await self._drop_begun({p: b for p, b in begun.items() if producers.get(p) is not b[0]})
         t0 = time.perf_counter()
+        opened = min(t0, begun_at) if begun_at is not None else t0
         # 0. Every transaction begins with the input offsets: the broker checks each epoch.
-        fenced = {p for p, ok in zip(parts, await asyncio.gather(
-            *(self._begin(producers[p], batch.offsets.get(p)) for p in parts)), strict=True) if not ok}
+        step0 = [begun[p][1] if p in begun and begun[p][0] is producers[p]
+                 else self._begin(producers[p], batch.offsets.get(p)) for p in parts]
+        fenced = {p for p, ok in zip(parts, await asyncio.gather(*step0), strict=True) if not ok}
         if fenced:
             # Fenced on one partition means this worker left the group (a member still in it gives its
             # partitions back only between batches): the others are going, or gone, too.
-            self._timed_out(t0, fenced)
+            self._timed_out(opened, fenced)
             await asyncio.gather(*(self._abort(producers[p]) for p in parts if p not in fenced))
             return self._lost(parts)
         t1 = time.perf_counter()
@@ -265,7 +295,7 @@ class Checkpoint:
         # Every future is awaited (a fenced producer fails them all; none is left unretrieved).
         errors = [r for r in await asyncio.gather(*pending, return_exceptions=True) if isinstance(r, BaseException)]
         if any(isinstance(e, ProducerFenced) for e in errors):
-            self._timed_out(t0, parts)
+            self._timed_out(opened, parts)
             await asyncio.gather(*(self._abort(pr) for pr in producers.values()))
             return self._lost(parts)
         if errors:
@@ -274,7 +304,7 @@ class Checkpoint:
         # 4. State and input offsets become visible together, partition by partition.
         committed = await asyncio.gather(*(self._commit(producers[p]) for p in parts))
         if not all(committed):
-            self._timed_out(t0, [p for p, ok in zip(parts, committed, strict=True) if not ok])
+            self._timed_out(opened, [p for p, ok in zip(parts, committed, strict=True) if not ok])
         self.last_phases = (t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)  # read by the metrics
         log.debug("%d transactions: begin %.1f ms, send %.1f ms, acknowledged %.1f ms, commit %.1f ms", len(parts),
                   *(s * 1e3 for s in self.last_phases))
@@ -293,6 +323,14 @@ class Checkpoint:
         if took * 1000 >= TRANSACTION_TIMEOUT_MS:
             raise TransactionTimedOut(f"partitions {sorted(partitions)} fenced {took:.0f}s into a write, past the "
                                       f"transaction timeout ({TRANSACTION_TIMEOUT_MS / 1000:.0f}s)")
+
+    async def _drop_begun(self, begun: Mapping[int, tuple[AIOKafkaProducer, asyncio.Future[bool]]]) -> None:
+        """Abort transactions ``begin`` started for a batch that is not written after all."""
+        if not begun:
+            return
+        results = await asyncio.gather(*(f for _pr, f in begun.values()), return_exceptions=True)
+        await asyncio.gather(*(self._abort(pr) for (pr, _f), ok in zip(begun.values(), results, strict=True)
+                               if ok is True))
 
     def _lost(self, partitions: Sequence[int]) -> set[int]:
         if partitions:
@@ -328,6 +366,15 @@ class Checkpoint:
             await producer.abort_transaction()
         except KafkaError as exc:  # fenced: the broker aborted it already, or will
             log.debug("abort: %r", exc)
+
+
+def _discard(future: asyncio.Future[Any]) -> None:
+    """Cancel a future nobody will await; one that already failed has its error retrieved (asyncio
+    would log it at ERROR as never retrieved, though the batch it belonged to is dropped anyway)."""
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()
 
 
 async def _put(producer: AIOKafkaProducer, changes: Sequence[Change]) -> list[Awaitable[Any]]:

@@ -169,3 +169,21 @@ def test_a_rewind_without_a_generation_leaves_taking_back_to_the_assignment(monk
     service, consumer = asyncio.run(run())
     assert service.recovered == [] and service.owned == set()
     assert consumer.positions == {tp: 12}
+
+
+def test_a_step_0_begun_for_a_dropped_batch_is_discarded_with_its_partition() -> None:
+    async def run() -> tuple[asyncio.Future[bool], asyncio.Future[bool], Checkpoint]:
+        checkpoint = Checkpoint(Settings(kafka_bootstrap_servers="127.0.0.1:1"), "127.0.0.1:1", "g", ())
+        pending: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        failed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        failed.set_exception(KafkaConnectionError("refused"))
+        checkpoint._begun = {1: (_Producer(0), pending), 2: (_Producer(0), failed)}  # type: ignore[dict-item]
+        checkpoint._begun_at = time.perf_counter()
+        checkpoint.release([1, 2])
+        await asyncio.sleep(0)
+        return pending, failed, checkpoint
+
+    pending, failed, checkpoint = asyncio.run(run())
+    # Not awaited by a write that will never come: cancelled, or its error retrieved (no asyncio noise).
+    assert pending.cancelled() and failed.done()
+    assert checkpoint._begun == {} and checkpoint._begun_at is None
