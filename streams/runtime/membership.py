@@ -104,6 +104,11 @@ def take_seat(data_dir: Path) -> Seat | None:
             os.close(fd)
             number += 1
             continue
+        except OSError as exc:  # a file system without locks (some NFS): no seat, dynamic membership
+            os.close(fd)
+            log.warning("cannot lock %s (%s): dynamic group membership; set CREDITFLOW_GROUP_INSTANCE_ID "
+                        "for fast restarts", path, exc.strerror or exc)
+            return None
         seat = Seat(number, path, fd)
         _held[data_dir] = seat
         return seat
