@@ -28,6 +28,8 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError, ProgrammingError
 
+from streams.settings import redact_url
+
 __all__ = [
     "ClickHouseConfigError",
     "ClickHouseUnavailable",
@@ -112,12 +114,7 @@ def _connect_http(url: str, settings: dict[str, Any]) -> Client:
         raise ClickHouseUnavailable(f"ClickHouse at {_redact(url)} refused the connection: {ex}") from ex
 
 
-def _redact(url: str) -> str:
-    parsed = urlparse(url)
-    if parsed.password is None:
-        return url
-    netloc = f"{parsed.username}:***@{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")
-    return parsed._replace(netloc=netloc).geturl()
+_redact = redact_url
 
 
 def is_unavailable(ex: BaseException) -> bool:

@@ -9,7 +9,8 @@ credentials as Basic auth, ``X-ClickHouse-User``/``X-ClickHouse-Key`` or ``user`
 answer carries the ``X-ClickHouse-*`` headers clients read. It is a bridge, not a database: every
 statement goes to the one engine, on the sink's one ClickHouse thread, queued with its inserts.
 
-The statement is guarded (``sinks.sql_guard``) and then runs in a session of its own on that
+The statement is guarded (``sinks.sql_guard``: the engine parses it as a bound value, and its
+canonical form is checked again and is what runs) in a session of its own on that
 engine, opened with the limits (``max_execution_time``, ``max_result_rows``, ``max_result_bytes``,
 ``max_memory_usage``) and then ``readonly=1``, which refuses writes, DDL and every later change of
 a setting, the limits included. A session of its own, never the sink's: clickhouse-connect applies
@@ -23,6 +24,7 @@ refuses every query there.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import ipaddress
@@ -39,7 +41,7 @@ from typing import Any, TypeVar
 import faust
 from aiohttp import web
 
-from sinks.sql_guard import Admitted, SqlRefused, admit, check_ast
+from sinks.sql_guard import CANONICAL_SQL, Admitted, SqlRefused, admit, escaped, vet
 from streams.runtime.web import add_route
 from streams.settings import Settings
 
@@ -77,7 +79,15 @@ TRANSPORT_PARAMS = frozenset({
 MAX_QUERY_BYTES = 256 * 1024
 
 _CODE = re.compile(r"Code: (\d+)\.")
+# HTTP status by ClickHouse error code, as its own HTTP interface answers: syntax and parameter
+# errors, unknown tables and databases, refusals (readonly, introspection), timeouts, limits, memory.
+_STATUS = {62: 400, 456: 400, 457: 400, 60: 404, 81: 404, 164: 403, 446: 403, 159: 504, 396: 413, 241: 507}
 _NAME = re.compile(r"\(([A-Z_]+)\)\s*$")
+
+
+# What chDB changes from a ClickHouse server's defaults and a read-only session on it puts back:
+# introspection functions, which read the worker's binaries and every thread's stack.
+CHDB_READ_ONLY_SETTINGS = {"allow_introspection_functions": "0"}
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,7 @@ def engine_error(exc: Exception) -> BridgeError:
     name = m.group(1) if (m := _NAME.search(text)) else "UNKNOWN_EXCEPTION"
     message = text[text.find("DB::Exception:") + len("DB::Exception:"):].strip() if "DB::Exception:" in text else text
     message = _NAME.sub("", message).rstrip(". ")
-    status = {62: 400, 60: 404, 81: 404, 164: 403, 159: 504, 396: 413, 241: 507}.get(code, 500)
+    status = _STATUS.get(code, 500)
     return BridgeError(status, code, name, message)
 
 
@@ -154,7 +164,7 @@ class ReadOnlySession:
 
             conn = chdb.connect(self.path)
             try:
-                for name, value in self.limits.session_settings().items():
+                for name, value in {**self.limits.session_settings(), **CHDB_READ_ONLY_SETTINGS}.items():
                     conn.query(f"SET {name} = '{value}'")
                 conn.query("SET readonly = 1")
                 self.timezone = conn.query("SELECT timezone()", "TabSeparated").bytes().decode().strip() or "UTC"
@@ -167,11 +177,17 @@ class ReadOnlySession:
     def run(self, admitted: Admitted, fmt: str, params: Mapping[str, str]) -> Answer:
         """The statement's answer in ``fmt``; SqlRefused or the engine's error otherwise."""
         conn = self._open()
-        # The engine's own parse names every function called, whatever the text's spelling.
-        ast = conn.query(f"EXPLAIN AST {admitted.sql}", "TabSeparatedRaw", params=dict(params))
-        check_ast(ast.bytes().decode(errors="replace"))
+
+        def text(sql: str, bound: Mapping[str, str]) -> str:
+            return str(conn.query(sql, "TabSeparatedRaw", params=dict(bound)).bytes().decode(errors="replace"))
+
+        # What runs is the engine's own canonical reading of the statement, checked again. The
+        # caller's parameters arrive in ClickHouse's escaped form already (as over its HTTP);
+        # the statement is escaped here.
+        sql = vet(admitted, lambda statement: text(CANONICAL_SQL, {"statement": escaped(statement)}),
+                  lambda explained: text(f"EXPLAIN AST {explained}", params))
         t = time.perf_counter()
-        result = conn.query(admitted.sql, fmt, params=dict(params))
+        result = conn.query(sql, fmt, params=dict(params))
         body = result.bytes() or b""
         if len(body) > self.limits.max_result_bytes:
             raise BridgeError(413, 396, "TOO_MANY_ROWS_OR_BYTES",
@@ -260,10 +276,17 @@ def content_type(fmt: str) -> str:
 
 
 class SqlBridge:
-    def __init__(self, session: ReadOnlySession, engine_thread: EngineThread[Any], access: Access) -> None:
+    def __init__(self, session: ReadOnlySession, engine_thread: EngineThread[Any], access: Access,
+                 max_in_flight: int) -> None:
         self.session = session
         self.engine_thread = engine_thread
         self.access = access
+        # Queries queue on the sink's one ClickHouse thread, first come first served with its inserts.
+        # At most max_in_flight are handed to it at once, so a flood delays an insert by at most that
+        # many queries; the others wait here, without holding the thread, for as long as one query
+        # may run, and are then turned away.
+        self.max_in_flight = max_in_flight
+        self.slots = asyncio.Semaphore(max_in_flight)
 
     async def ping(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text="Ok.\n")
@@ -286,7 +309,15 @@ class SqlBridge:
             except SqlRefused as exc:
                 raise refused(exc) from None
             fmt = pick_format(admitted, request.query.get("default_format"))
-            answer = await self.engine_thread(lambda: self.session.run(admitted, fmt, params))
+            try:
+                await asyncio.wait_for(self.slots.acquire(), self.session.limits.max_execution_seconds)
+            except TimeoutError:
+                raise BridgeError(503, 202, "TOO_MANY_SIMULTANEOUS_QUERIES",
+                                  f"Too many simultaneous queries. Maximum: {self.max_in_flight}") from None
+            try:
+                answer = await self.engine_thread(lambda: self.session.run(admitted, fmt, params))
+            finally:
+                self.slots.release()
         except BridgeError as exc:
             return self._error(exc, headers)
         except SqlRefused as exc:
@@ -317,7 +348,7 @@ class SqlBridge:
         return sql
 
     def _error(self, exc: BridgeError, headers: dict[str, str]) -> web.Response:
-        if exc.status >= 500 or exc.code not in (164, 516):
+        if exc.code not in (164, 202, 516):  # refusals and turned-away queries are not worth a log line
             log.info("live SQL error %s: %s", exc.name, exc.message)
         return web.Response(status=exc.status, text=exc.body(),
                             headers={**headers, "X-ClickHouse-Exception-Code": str(exc.code)})
@@ -339,7 +370,7 @@ def bridge_for(settings: Settings, engine_thread: EngineThread[Any]) -> SqlBridg
     session = ReadOnlySession(url[len("chdb://"):], Limits.from_settings(settings))
     password = settings.sql_password.get_secret_value() if settings.sql_password is not None else None
     access = Access(settings.sql_user, password, is_loopback(settings.web_host))
-    return SqlBridge(session, engine_thread, access)
+    return SqlBridge(session, engine_thread, access, settings.sql_max_concurrent_queries)
 
 
 def serve(app: faust.App, bridge: SqlBridge) -> None:

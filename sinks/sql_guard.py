@@ -10,19 +10,25 @@ checked. So a statement is admitted only when
    and ``FORBIDDEN_PREFIXES``), whatever its case, quoting, or the comments between name and paren;
 3. it has no clause that writes files or changes settings (``INTO OUTFILE``, ``FROM INFILE``,
    ``SETTINGS``): the limits are the bridge's, not the caller's;
-4. no ``{name:Identifier}`` placeholder turns a bound value into a name.
+4. no ``{name:Identifier}`` placeholder turns a bound value into a name;
+5. every table function it reads from is on ``ALLOWED_TABLE_FUNCTIONS`` (generators and views of
+   the database itself): an allow-list, so a table function a later engine adds is refused.
 
 The text is read by a tokenizer that lexes like ClickHouse (quotes with backslash escapes and
-doubled quotes, backticks, ``--``/``#``/``/* */`` comments, ``$tag$`` heredocs); where it might
-differ from ClickHouse it errs towards seeing more code (a ``/*`` comment ends at the first ``*/``,
-an unterminated string is refused). The bridge then asks the engine itself (``EXPLAIN AST``) for
-every function the statement calls and checks those names again (``ast_function_names``), and runs
-the statement in a session with ``readonly=1``, which refuses the remaining table functions.
+doubled quotes, backticks, ``--``/``#``/``/* */`` comments, ``$tag$`` heredocs, ``$`` inside
+names); where it might differ from ClickHouse it errs towards seeing more code. A lexer can still
+be wrong, so the text is never run as written (``vet``): the engine is handed it as a *bound value*
+to ``formatQuerySingleLine``, which parses exactly one statement and prints it back in canonical
+form (no comments or heredocs, names quoted when they need it). That canonical text is checked
+again by the same rules, its ``EXPLAIN AST`` is checked for forbidden functions and for table
+functions off the allow-list (``check_ast``), and it is what runs, in a session with
+``readonly=1``, which refuses writes, DDL and changes of settings.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -36,12 +42,21 @@ FORBIDDEN_FUNCTIONS = frozenset({
     "cluster", "clusterallreplicas", "mysql", "postgresql", "mongodb", "redis", "sqlite", "jdbc", "odbc",
     "executable", "executablepool", "input", "iceberg", "deltalake", "hudi", "paimon", "arrowflight",
     "ytsaurus", "catboostevaluate", "naivebayesclassifier", "dictionary",
+    # ClickHouse's AI functions send text to an LLM provider's endpoint.
+    "aigenerate", "aiclassify", "aiembed", "aiextract", "aifilter", "airedact", "aisimilarity", "aitranslate",
 })
 # Families of the above (icebergS3, deltaLakeAzure, urlCluster, ...), matched by prefix so a new
 # variant in a later ClickHouse is refused too.
 FORBIDDEN_PREFIXES = ("file", "url", "s3", "hdfs", "azure", "iceberg", "deltalake", "hudi", "paimon",
                       "remote", "cluster", "mysql", "postgres", "mongo", "redis", "sqlite", "jdbc", "odbc",
                       "executable", "arrowflight", "ytsaurus", "gcs", "oss", "cosn", "kafka", "nats", "rabbitmq")
+# Table functions a statement may read from: generators and views of this database's own tables.
+# Everything else is refused, so a table function added in a later ClickHouse or chDB (chDB's
+# ``python``, ``arrowstream``; ``bigquery``, ``eval``) never becomes a way out. Compared lower-cased.
+ALLOWED_TABLE_FUNCTIONS = frozenset({
+    "numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateseries", "primes", "values",
+    "view", "null", "generaterandom", "merge",
+})
 # Keywords refused anywhere outside strings and comments.
 FORBIDDEN_KEYWORDS = {
     "OUTFILE": "INTO OUTFILE writes files on the server",
@@ -70,7 +85,8 @@ class Token:
     end: int
 
 
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# ClickHouse reads `$` inside a name (x$y$ is one identifier); only a leading `$` opens a heredoc.
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _NUMBER = re.compile(r"(?:0[xX][0-9A-Fa-f_]+|0[bB][01_]+|(?:\d[\d_]*\.?[\d_]*|\.\d[\d_]*)(?:[eEpP][+-]?\d+)?)")
 _HEREDOC = re.compile(r"\$([A-Za-z0-9_]*)\$")
 _UNESCAPE = re.compile(r"\\(.)", re.S)
@@ -197,6 +213,7 @@ def admit(sql: str) -> Admitted:
 
 
 _AST_FUNCTION = re.compile(r"^\s*Function (\S+)", re.M)
+_AST_NODE = re.compile(r"^( *)(\S+)(?: (\S+))?")
 
 
 def ast_function_names(explain_ast: str) -> set[str]:
@@ -204,8 +221,81 @@ def ast_function_names(explain_ast: str) -> set[str]:
     return set(_AST_FUNCTION.findall(explain_ast))
 
 
+def ast_table_functions(explain_ast: str) -> set[str]:
+    """The table functions in ``EXPLAIN AST`` output: functions whose parent node (one space less
+    indented) is a ``TableExpression``. Scalar functions never sit there."""
+    found: set[str] = set()
+    parents: list[tuple[int, str]] = []  # (depth, node) of the current line's ancestors
+    for line in explain_ast.splitlines():
+        m = _AST_NODE.match(line)
+        if m is None:
+            continue
+        depth, node = len(m.group(1)), m.group(2)
+        while parents and parents[-1][0] >= depth:
+            parents.pop()
+        if node == "Function" and m.group(3) and parents and parents[-1][1] == "TableExpression":
+            found.add(m.group(3))
+        parents.append((depth, node))
+    return found
+
+
 def check_ast(explain_ast: str) -> None:
-    """SqlRefused when the engine's own parse of the statement calls a forbidden function."""
+    """SqlRefused when the engine's own parse of the statement calls a forbidden function or reads
+    from a table function off the allow-list."""
     bad = sorted(name for name in ast_function_names(explain_ast) if forbidden_function(name))
     if bad:
         raise SqlRefused(f"function {bad[0]}() is refused: it reaches files, URLs, other servers or the shell")
+    unlisted = sorted(n for n in ast_table_functions(explain_ast) if n.lower() not in ALLOWED_TABLE_FUNCTIONS)
+    if unlisted:
+        raise SqlRefused(f"table function {unlisted[0]}() is refused: only "
+                         f"{', '.join(sorted(ALLOWED_TABLE_FUNCTIONS))} may be read from")
+
+
+# The engine's canonical form of one statement, asked with the statement bound as a value (a
+# String parameter), so the text is parsed and printed, never run. Multi-statements fail to parse.
+CANONICAL_SQL = "SELECT formatQuerySingleLine({statement:String})"
+
+_MUST_ESCAPE = re.compile(r"([\\'`\t\n])")
+
+
+def escaped(value: str) -> str:
+    """``value`` in the escaped text form ClickHouse reads a bound parameter from, as
+    clickhouse-connect sends it: a raw tab or newline would end the value."""
+    return _MUST_ESCAPE.sub(r"\\\1", value)
+
+
+class StatementError(Exception):
+    """The engine could not read the statement (a syntax error, say): ClickHouse's message, without
+    the ``formatQuerySingleLine`` question it was asked in."""
+
+
+def unwrapped(message: str) -> str:
+    """``message`` without ClickHouse's ``In scope SELECT formatQuerySingleLine(...)`` part, which
+    names the guard's question rather than the caller's statement."""
+    start = message.find("In scope SELECT formatQuerySingleLine(")
+    if start < 0:
+        return message
+    name = re.search(r"\(([A-Z_]+)\)\s*$", message)
+    return message[:start].rstrip(": .") + "." + (f" ({name.group(1)})" if name else "")
+
+
+def vet(admitted: Admitted, canonical_of: Callable[[str], str], explain_ast: Callable[[str], str]) -> str:
+    """The statement to run: the engine's own canonical reading of ``admitted``, checked again.
+
+    ``canonical_of(text)`` answers ``CANONICAL_SQL`` with ``text`` bound as the statement;
+    ``explain_ast(sql)`` answers ``EXPLAIN AST sql`` with the caller's parameters. The text reaches
+    the engine first only as a value, so a lexing difference between the guard and ClickHouse
+    cannot smuggle in a second statement or a clause the guard did not see: the canonical text has
+    no comments or heredocs, is checked by the same rules, and is what runs."""
+    try:
+        canonical = canonical_of(admitted.sql).strip()
+    except Exception as exc:
+        if "formatQuerySingleLine" not in str(exc):
+            raise
+        raise StatementError(unwrapped(str(exc))) from None
+    again = admit(canonical)
+    if again.fmt is not None:
+        raise SqlRefused("the engine reads a FORMAT clause inside the statement; end it with FORMAT or "
+                         "use default_format")
+    check_ast(explain_ast(again.sql))
+    return again.sql

@@ -191,6 +191,8 @@ class Processor(PartitionedService):
         for tp, records in fetched.items():
             # aiokafka's records carry every field the meter reads; no copy into another type.
             by_topic[tp.topic].extend(records)
+        offsets = await past_markers(self.consumer, next_offsets(fetched))
+        self.checkpoint.begin(offsets)
         # Per-account state of earlier batches makes way for this batch's accounts before it is read,
         # so decoded state peaks at ``state_hot_keys`` per table, not that plus the batch's accounts.
         accounts = {r.key.decode(errors="replace") for records in (grant_records, event_records) for r in records
@@ -228,7 +230,7 @@ class Processor(PartitionedService):
             [*((self.grants, p, account, state) for account, (p, state) in granted.grant_updates.items()),
              *((self.usage, p, account, state) for account, (p, state) in metered.usage_updates.items()),
              *((self.usage, p, account, state) for account, (p, state) in balances.usage_updates.items())],
-            await past_markers(self.consumer, next_offsets(fetched))))
+            offsets))
         if lost:
             await self._lost(lost)
         else:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Iterator
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,7 +25,10 @@ class Settings(BaseSettings):
     """Every knob of creditflow. Unprefixed names follow the Kafka/ClickHouse conventions users
     already export; the rest carry the ``CREDITFLOW_`` prefix."""
 
-    model_config = SettingsConfigDict(env_prefix="CREDITFLOW_", extra="ignore", populate_by_name=True)
+    # An empty variable is an unset one: deployment templates export optional settings as ""
+    # (``KAFKA_SSL_CERTFILE: ${KAFKA_SSL_CERTFILE:-}``), which must not mean "the current directory".
+    model_config = SettingsConfigDict(env_prefix="CREDITFLOW_", extra="ignore", populate_by_name=True,
+                                      env_ignore_empty=True)
 
     kafka_bootstrap_servers: str | None = Field(
         default=None,
@@ -89,6 +95,11 @@ class Settings(BaseSettings):
     sql_max_result_rows: int = Field(default=1_000_000, ge=1, description="rows one query may return")
     sql_max_result_bytes: int = Field(default=256 * 1024 * 1024, ge=1, description="bytes one query may return")
     sql_max_memory_bytes: int = Field(default=2 * 1024**3, ge=1, description="memory one query may use")
+    sql_max_concurrent_queries: int = Field(
+        default=4, ge=1,
+        description="live SQL queries queued with the sink's inserts at once; the others wait up to the time "
+        "limit, then are turned away",
+    )
 
     # -- operations: readiness and the ClickHouse cluster (docs/operations.md) --
     ready_stall_seconds: float = Field(
@@ -191,6 +202,29 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="longest wait between lookups while the registry is unreachable",
     )
 
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap_is_host_port_list(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        for address in v.split(","):
+            host, _, port = address.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{address.strip()!r} is not host:port (a comma-separated list of them)")
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level_is_known(cls, v: str) -> str:
+        if not isinstance(logging.getLevelName(v.upper()), int):
+            raise ValueError(f"{v!r} is not a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+        return v.upper()
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # The ClickHouse URL may carry the password (the Kafka ones are SecretStr already).
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "clickhouse_url" and value else value
+
     @field_validator("topic_prefix")
     @classmethod
     def _prefix_is_topic_safe(cls, v: str) -> str:
@@ -215,6 +249,15 @@ class Settings(BaseSettings):
     @property
     def kafka_dir(self) -> Path:
         return self.data_dir / "kafka"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, fit for logs and messages."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    netloc = f"{parsed.username}:***@{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")
+    return parsed._replace(netloc=netloc).geturl()
 
 
 @lru_cache(maxsize=1)

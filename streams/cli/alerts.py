@@ -72,10 +72,7 @@ def human_line(a: Mapping[str, Any]) -> str:
 def _settings() -> Any:
     from streams.settings import Settings
 
-    try:
-        return Settings()
-    except Exception as exc:
-        raise click.ClickException(f"invalid configuration: {exc}") from None
+    return Settings()  # a bad variable is named in one line by the command group
 
 
 def _bootstrap(settings: Any) -> KafkaClients:
@@ -114,9 +111,9 @@ async def _tail(bootstrap: KafkaClients | str, topic: str, from_beginning: bool,
 
     decoder = Decoder("GamingAlert")
     consumer = clients_for(bootstrap).consumer(group_id=None, enable_auto_commit=False)
-    await consumer.start()
     shown = 0
     try:
+        await consumer.start()  # inside: a client that failed to start is closed too
         await consumer._client.force_metadata_update()
         parts = consumer.partitions_for_topic(topic)
         if not parts:
@@ -332,8 +329,8 @@ async def publish_decision(bootstrap: KafkaClients | str, topic: str, decision: 
     from streams.wire.codec import encode_single_object
 
     producer = clients_for(bootstrap).producer(acks="all", enable_idempotence=True)
-    await producer.start()
     try:
+        await producer.start()
         # Keyed by the entity id: see the module docstring.
         await producer.send_and_wait(topic, encode_single_object(decision, "ReviewDecision"),
                                      key=str(decision["entity_id"]).encode())
@@ -364,7 +361,7 @@ def review(alert_id: str, verdict: str, note: str, reviewer: str | None, allow_d
     decision = build_decision(alert, verdict, note.strip(), who, allow_days, time.time_ns() // 1_000_000)
     try:
         asyncio.run(publish_decision(_bootstrap(settings), settings.topic(GAMING_REVIEWS), decision))
-    except Exception as exc:
+    except (OSError, TimeoutError) as exc:  # Kafka's own errors are said by the command group
         raise click.ClickException(f"could not publish the decision: {exc}") from None
     click.echo(f"{decision['verdict']} recorded for {alert_id} ({alert['rule_id']} on "
                f"{alert['entity_type']}:{alert['entity_id']}) as {decision['decision_id']}")

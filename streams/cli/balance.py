@@ -22,6 +22,7 @@ from schemas.contracts import CreditBalance
 from schemas.policy_file import MICRO
 from streams.balance_lookup import balance_url
 from streams.balance_view import BalanceView
+from streams.runtime.kafka_clients import clients_for, describe_failure
 from streams.runtime.web import running_workers
 from streams.settings import Settings, get_settings
 
@@ -96,6 +97,8 @@ def balance(account: str, as_json: bool) -> None:
             found = asyncio.run(_from_topic(settings, bootstrap, account))
         except (LookupError, TimeoutError, OSError, KafkaError) as exc:
             reason = str(exc) or type(exc).__name__
+            if isinstance(exc, KafkaError):  # why: wrong credentials, TLS, unreachable (as everywhere)
+                reason = asyncio.run(describe_failure(exc, clients_for(bootstrap, settings), from_kafka=True))
             raise click.ClickException(f"no running worker answered and the credit-balances topic could not be "
                                        f"read: {reason}") from None
         if found is None:

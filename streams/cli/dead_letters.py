@@ -16,7 +16,6 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import click
-from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
@@ -28,6 +27,7 @@ from streams.runtime.dead_letter_replay import (
     replay,
     to_replay,
 )
+from streams.runtime.kafka_clients import KafkaClients
 from streams.runtime.topics import DEAD_LETTER_REPLAYS, DEAD_LETTERS
 from streams.settings import Settings, get_settings
 from streams.wire.codec import ErrorKind
@@ -73,13 +73,14 @@ def _build_filter(settings: Settings, kinds: tuple[str, ...], topics: tuple[str,
     )
 
 
-def _bootstrap(settings: Settings) -> str:
+def _bootstrap(settings: Settings) -> KafkaClients:
+    """The configured cluster with its security settings, else the local broker under the data dir."""
     if settings.kafka_bootstrap_servers:
-        return settings.kafka_bootstrap_servers
+        return KafkaClients(settings)
     from streams.runtime.topics import resolve_bootstrap
 
     try:
-        return resolve_bootstrap(settings)[0]
+        return KafkaClients(settings, resolve_bootstrap(settings)[0])
     except Exception as exc:
         raise click.ClickException(f"no Kafka: {exc}") from None
 
@@ -87,10 +88,11 @@ def _bootstrap(settings: Settings) -> str:
 T = TypeVar("T")
 
 
-def _run(coro: Coroutine[Any, Any, T], bootstrap: str) -> T:
+def _run(coro: Coroutine[Any, Any, T], bootstrap: KafkaClients) -> T:
+    # Kafka's own errors (credentials, TLS, unreachable) are said by the command group, as everywhere.
     try:
         return asyncio.run(coro)
-    except (KafkaError, OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError) as exc:
         raise click.ClickException(f"Kafka at {bootstrap}: {exc}") from None
 
 
@@ -150,13 +152,14 @@ def replay_(kinds: tuple[str, ...], topics: tuple[str, ...], since: str | None, 
 
     async def run() -> tuple[int, list[str]]:
         await ensure_ledger(bootstrap, ledger, 1, settings.replication_factor)
+        if not dry_run:
+            return await replay(bootstrap, settings.topic(DEAD_LETTERS), ledger,
+                                f"{settings.app_id}-dead-letter-replay", wanted, now_ms)
         dead = await read_dead_letters(bootstrap, settings.topic(DEAD_LETTERS))
         replayed = await read_replayed(bootstrap, ledger)
         todo = to_replay(dead, replayed, wanted)
         already = sum(1 for dl in dead if wanted.matches(dl) and dl["dead_letter_id"] in replayed)
-        if dry_run:
-            return already, [dl["dead_letter_id"] for dl in todo]
-        return already, await replay(bootstrap, todo, ledger, f"{settings.app_id}-dead-letter-replay", now_ms)
+        return already, [dl["dead_letter_id"] for dl in todo]
 
     already, done = _run(run(), bootstrap)
     verb = "would replay" if dry_run else "replayed"

@@ -98,9 +98,9 @@ async def read_topic(bootstrap: KafkaClients | str, topic: str, schema: str) -> 
     decoder = Decoder(schema)
     consumer = clients_for(bootstrap).consumer(enable_auto_commit=False, group_id=None,
                                                auto_offset_reset="earliest")
-    await consumer.start()
     out: list[dict[str, Any]] = []
     try:
+        await consumer.start()
         await consumer._client.force_metadata_update()
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(tps)

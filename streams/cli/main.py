@@ -42,9 +42,36 @@ class _Group(click.Group):
             field = str(first["loc"][0]) if first["loc"] else "?"
             click.echo(f"error: invalid configuration {_env_name(field)}: {first['msg']}", err=True)
             sys.exit(2)
+        except Exception as exc:
+            line = _kafka_failure(exc)
+            if line is None:
+                raise
+            click.echo(f"error: {line}", err=True)
+            sys.exit(1)
+
+
+def _kafka_failure(exc: BaseException) -> str | None:
+    """One line for a Kafka failure a command left to the group (wrong credentials, TLS, an
+    unreachable broker ...), as the worker says it; None for anything else (a bug: its traceback)."""
+    from aiokafka.errors import KafkaError
+
+    from streams.runtime.kafka_clients import KafkaConfigError, describe_failure
+
+    if not isinstance(exc, KafkaError | KafkaConfigError):
+        return None
+    settings = Settings()
+    where = settings.kafka_bootstrap_servers
+    if not where:
+        return f"the local Kafka broker: {' '.join(str(exc).split()) or type(exc).__name__}"
+    return asyncio.run(describe_failure(exc, _kafka_or(settings, where), from_kafka=True))
 
 
 def _env_name(field: str) -> str:
+    """The variable to set: an error names a field by its alias when it has one (KAFKA_SASL_MECHANISM)."""
+    aliases = {info.validation_alias for info in Settings.model_fields.values()
+               if isinstance(info.validation_alias, str)}
+    if field in aliases:
+        return field
     info = Settings.model_fields.get(field)
     if info is not None and isinstance(info.validation_alias, str):
         return info.validation_alias
@@ -72,8 +99,15 @@ def worker(role: str | None, loglevel: str | None) -> None:
     from streams.runtime.kafka_clients import describe_failure
     from streams.runtime.kafka_log_limits import quiet_while_connecting
     from streams.runtime.pipeline import build, prepare
+    from streams.runtime.web import check_bindable, url_for
 
     settings = _settings(role=role, log_level=loglevel)
+    try:
+        # Before anything connects: a fixed port (0 picks a free one) taken by another process.
+        check_bindable(settings.web_host, settings.web_port)
+    except OSError as exc:
+        raise click.ClickException(f"CREDITFLOW_WEB_HOST/CREDITFLOW_WEB_PORT {settings.web_host}:{settings.web_port} "
+                                   f"cannot be listened on: {exc.strerror or exc}") from None
     try:
         # ClickHouse's HTTP client logs its retries too; the error below says what failed.
         with quiet_while_connecting("urllib3", "clickhouse_connect"):
@@ -86,7 +120,7 @@ def worker(role: str | None, loglevel: str | None) -> None:
         raise click.ClickException(asyncio.run(describe_failure(exc, where))) from None
     click.echo(f"creditflow worker: role={settings.role.value} kafka={bootstrap} "
                f"({settings.kafka_security_protocol}) clickhouse={_redact(settings.resolved_clickhouse_url)} "
-               f"http=http://{settings.web_host}:{pipeline.app.conf.web_port}", err=True)
+               f"http={url_for(settings.web_host, pipeline.app.conf.web_port)}", err=True)
     faust.Worker(pipeline.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
 
 
@@ -146,12 +180,27 @@ def _register() -> None:
                 cli.add_command(command, name.replace("_", "-"))  # dead_letters -> dead-letters
 
 
+_CLIENT_LOGGERS = ("aiokafka", "urllib3", "clickhouse_connect")
+
+
+def _client_chatter(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.CRITICAL or not record.name.startswith(_CLIENT_LOGGERS)
+
+
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("CREDITFLOW_LOG_LEVEL", "WARNING").upper(),
+    level = os.environ.get("CREDITFLOW_LOG_LEVEL", "").upper() or "WARNING"
+    # An unknown level is reported by the settings, in one line, once a command reads them.
+    logging.basicConfig(level=level if isinstance(logging.getLevelName(level), int) else "WARNING",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Per-batch timings of the processor, without Faust's own debug flood.
     if os.environ.get("CREDITFLOW_TRACE_BATCHES"):
         logging.getLogger("creditflow").setLevel(logging.DEBUG)
+    if sys.argv[1:2] not in (["worker"], ["demo"]) and logging.getLogger().level >= logging.WARNING:
+        # A command reports a failure itself, in one line; the clients' own error and retry lines for
+        # it (aiokafka's at each reconnect) would only repeat it. Workers keep them, rate-limited. A
+        # handler filter, since clickhouse_connect sets urllib3's level when it is imported.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_client_chatter)
     _register()
     cli()
 

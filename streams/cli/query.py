@@ -22,7 +22,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from sinks.sql_guard import SqlRefused, admit, check_ast
+from sinks.sql_guard import CANONICAL_SQL, SqlRefused, admit, vet
 from streams.cli.clickhouse_target import Target, open_target
 from streams.cli.terminal_tables import fitted_table
 from streams.settings import get_settings
@@ -127,18 +127,29 @@ def _client() -> Target:
     return open_target(get_settings())
 
 
+# The limits clickhouse-connect appends to each statement on chDB, which ClickHouse's messages
+# quote back ("In scope SELECT ... SETTINGS readonly = '1', ..."): the caller never wrote them.
+_LIMITS_CLAUSE = re.compile(r"\s*SETTINGS readonly = '1'(?:, \w+ = '[^']*')*")
+
+
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
+    text = _LIMITS_CLAUSE.sub("", str(exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _run(target: Target, sql: str, params: dict[str, Any]) -> tuple[list[str], list[Sequence[Any]]]:
     client = target.client
+
+    def text(question: str, bound: dict[str, Any]) -> str:
+        # clickhouse-connect binds the values server-side, escaping them as ClickHouse reads them.
+        answer = client.query(question, parameters=bound or None, settings=target.settings)
+        return "\n".join(str(r[0]) for r in answer.result_rows)
+
     try:
         if target.settings:
-            # The engine's own parse, checked like the bridge does (sinks/sql_guard.py).
-            ast = client.query(f"EXPLAIN AST {sql}", parameters=params or None, settings=target.settings)
-            check_ast("\n".join(str(r[0]) for r in ast.result_rows))
+            # The engine's own canonical reading, checked and run, like the bridge does (sinks/sql_guard.py).
+            sql = vet(admit(sql), lambda statement: text(CANONICAL_SQL, {"statement": statement}),
+                      lambda explained: text(f"EXPLAIN AST {explained}", params))
         result = client.query(sql, parameters=params or None, settings=target.settings or None)
     except SqlRefused as exc:
         raise click.ClickException(str(exc)) from None

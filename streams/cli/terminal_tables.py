@@ -82,14 +82,21 @@ def column_widths(headers: Sequence[str], cells: Sequence[Sequence[str]], wrappa
 
 
 def _table(title: str | None, caption: str, headers: Sequence[str], cells: Sequence[Sequence[str]],
-           numeric: Sequence[bool], widths: Sequence[int]) -> Table:
-    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
-                  collapse_padding=True)
+           numeric: Sequence[bool], widths: Sequence[int]) -> RenderableType:
+    # Rich wraps a title or caption to the table's own width, so a narrow table (`SELECT 1`) printed
+    # its row count a letter a line: text wider than the table goes above and below it instead.
+    span = sum(widths) + 2 * (len(widths) - 1)
+    inside = len(caption) <= span and len(title or "") <= span
+    table = Table(title=title if inside else None, caption=caption if inside else None, box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False, collapse_padding=True)
     for header, is_num, w in zip(headers, numeric, widths, strict=True):
         table.add_column(header, justify="right" if is_num else "left", width=w, overflow="fold")
     for row in cells:
         table.add_row(*row)
-    return table
+    if inside:
+        return table
+    above = [Text(title, style="italic")] if title else []
+    return Group(*above, table, Text(caption, style="dim italic"))
 
 
 def _pivot(title: str | None, caption: str, columns: Sequence[str], cells: Sequence[Sequence[str]]

@@ -137,6 +137,8 @@ class Checkpoint:
         # Outputs go through the worker's idempotent producer, outside the transactions (see above).
         self.outputs: AIOKafkaProducer | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        # Step 0 started by ``begin`` while the batch is computed: partition -> (producer, its future).
+        self._begun: dict[int, tuple[AIOKafkaProducer, asyncio.Future[bool]]] = {}
         self.transactions = 0
         # Seconds of the last committed write's steps: begin, send, acknowledged, commit.
         self.last_phases: tuple[float, ...] = ()
@@ -203,19 +205,34 @@ class Checkpoint:
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
+    def begin(self, offsets: Mapping[int, Mapping[TopicPartition, int]]) -> None:
+        """Start step 0 for a batch's input partitions as soon as its records are fetched, so the fence
+        check and the offsets' round trips overlap the meter and detection instead of following them.
+        ``offsets`` must be the batch's ``BatchWrites.offsets``. ``write`` awaits these before it
+        publishes anything, so step 0 still precedes every output."""
+        for p, by_tp in offsets.items():
+            producer = self.producers.get(p)
+            if producer is not None and p not in self._begun:
+                self._begun[p] = (producer, asyncio.ensure_future(self._begin(producer, by_tp)))
+
     async def write(self, batch: BatchWrites) -> set[int]:
         """Write ``batch`` (the order above); returns the partitions lost to another worker (fenced),
         for which nothing of the batch was committed. Any other failure raises, and nothing not yet
         committed may be committed after it."""
+        begun, self._begun = self._begun, {}
         parts = sorted(batch.partitions())
         missing = {p for p in parts if p not in self.producers}  # released under the batch
         if missing:
+            await self._drop_begun(begun)
             return set(parts)
         producers = {p: self.producers[p] for p in parts}
+        # Begun for a partition this batch does not write, or by a producer since replaced: not ours.
+        await self._drop_begun({p: b for p, b in begun.items() if producers.get(p) is not b[0]})
         t0 = time.perf_counter()
         # 0. Every transaction begins with the input offsets: the broker checks each epoch.
-        fenced = {p for p, ok in zip(parts, await asyncio.gather(
-            *(self._begin(producers[p], batch.offsets.get(p)) for p in parts)), strict=True) if not ok}
+        step0 = [begun[p][1] if p in begun and begun[p][0] is producers[p]
+                 else self._begin(producers[p], batch.offsets.get(p)) for p in parts]
+        fenced = {p for p, ok in zip(parts, await asyncio.gather(*step0), strict=True) if not ok}
         if fenced:
             # Fenced on one partition means this worker left the group (a member still in it gives its
             # partitions back only between batches): the others are going, or gone, too.
@@ -253,6 +270,14 @@ class Checkpoint:
         for table in self.tables:
             table.evict()
         return self._lost([p for p, ok in zip(parts, committed, strict=True) if not ok])
+
+    async def _drop_begun(self, begun: Mapping[int, tuple[AIOKafkaProducer, asyncio.Future[bool]]]) -> None:
+        """Abort transactions ``begin`` started for a batch that is not written after all."""
+        if not begun:
+            return
+        results = await asyncio.gather(*(f for _pr, f in begun.values()), return_exceptions=True)
+        await asyncio.gather(*(self._abort(pr) for (pr, _f), ok in zip(begun.values(), results, strict=True)
+                               if ok is True))
 
     def _lost(self, partitions: Sequence[int]) -> set[int]:
         if partitions:

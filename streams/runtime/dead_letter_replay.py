@@ -4,8 +4,9 @@ Exactly once across runs: each replay is one Kafka transaction holding both the 
 and a marker, keyed by the dead-letter id, on the compacted ``dead-letter-replays`` topic. A replay
 reads the markers first (read_committed) and skips every dead letter that has one, so running it
 twice re-submits nothing; a replay that dies half-way leaves an aborted transaction whose records
-read_committed consumers (the processor among them) never see. The fixed transactional id fences
-a concurrent or zombie replay. The re-submitted record carries the ``creditflow-replay-of`` header.
+read_committed consumers (the processor among them) never see. The fixed transactional id, started
+before the markers are read, fences a concurrent or zombie replay. The re-submitted record carries
+the ``creditflow-replay-of`` header.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
+from streams.runtime.kafka_clients import KafkaClients, clients_for
 from streams.runtime.topics import create_topic
 from streams.wire.codec import DecodeError, Decoder
 from streams.wire.headers import REPLAY_OF_HEADER
@@ -70,10 +72,11 @@ def replay_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
     return headers
 
 
-async def read_all(bootstrap: str, topic: str, decode: Callable[[Any], Any], timeout: float = 60.0) -> list[Any]:
+async def read_all(bootstrap: KafkaClients | str, topic: str, decode: Callable[[Any], Any],
+                   timeout: float = 60.0) -> list[Any]:
     """Every committed record of ``topic`` up to its end now, decoded (None results dropped)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest", isolation_level="read_committed")
+    consumer = clients_for(bootstrap).consumer(group_id=None, enable_auto_commit=False,
+                                               auto_offset_reset="earliest", isolation_level="read_committed")
     try:
         await consumer.start()
         await consumer._client.force_metadata_update()
@@ -98,7 +101,7 @@ async def read_all(bootstrap: str, topic: str, decode: Callable[[Any], Any], tim
         await consumer.stop()
 
 
-async def read_dead_letters(bootstrap: str, topic: str) -> list[DeadLetter]:
+async def read_dead_letters(bootstrap: KafkaClients | str, topic: str) -> list[DeadLetter]:
     decoder = Decoder("DeadLetter")
 
     def decode(rec: Any) -> DeadLetter | None:
@@ -110,32 +113,41 @@ async def read_dead_letters(bootstrap: str, topic: str) -> list[DeadLetter]:
     return unique(await read_all(bootstrap, topic, decode))
 
 
-async def read_replayed(bootstrap: str, ledger: str) -> dict[str, dict[str, Any]]:
+async def read_replayed(bootstrap: KafkaClients | str, ledger: str) -> dict[str, dict[str, Any]]:
     """Dead-letter id -> its replay marker."""
     pairs = await read_all(bootstrap, ledger, lambda rec: (rec.key.decode(), json.loads(rec.value))
                            if rec.key and rec.value else None)
     return dict(pairs)
 
 
-async def ensure_ledger(bootstrap: str, ledger: str, partitions: int, replication: int) -> None:
+async def ensure_ledger(bootstrap: KafkaClients | str, ledger: str, partitions: int, replication: int) -> None:
     await create_topic(bootstrap, ledger, partitions, replication, {"cleanup.policy": "compact"})
 
 
-async def replay(bootstrap: str, dead: Sequence[DeadLetter], ledger: str, transactional_id: str,
-                 now_ms: int) -> list[str]:
-    """Re-submit ``dead`` (already filtered against the ledger) in one transaction with their markers."""
-    if not dead:
-        return []
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id,
-                                enable_idempotence=True, acks="all")
+async def replay(bootstrap: KafkaClients | str, dead_topic: str, ledger: str, transactional_id: str,
+                 wanted: DeadLetterFilter, now_ms: int) -> tuple[int, list[str]]:
+    """Re-submit the dead letters ``wanted`` selects that no run has replayed, in one transaction with
+    their markers. Returns how many matching ones were replayed before, and the ids replayed now.
+
+    The transactional producer starts before the markers are read: starting it fences every other run
+    under the same id and aborts its open transaction, so no marker this run did not read can be
+    committed by another run afterwards, and two runs at once never re-submit a dead letter twice
+    (the later one to start wins; the earlier one fails on its next request)."""
+    producer = clients_for(bootstrap).producer(transactional_id=transactional_id, enable_idempotence=True, acks="all")
+    await producer.start()
     try:
-        await producer.start()
-        async with producer.transaction():
-            for dl in dead:
-                await producer.send(dl["source_topic"], dl["original"], key=dl["key"], headers=replay_headers(dl))
-                marker = {"replayed_at": now_ms, "source_topic": dl["source_topic"],
-                          "error_kind": dl["error_kind"]}
-                await producer.send(ledger, json.dumps(marker).encode(), key=dl["dead_letter_id"].encode())
+        dead = await read_dead_letters(bootstrap, dead_topic)
+        replayed = await read_replayed(bootstrap, ledger)
+        todo = to_replay(dead, replayed, wanted)
+        already = sum(1 for dl in dead if wanted.matches(dl) and dl["dead_letter_id"] in replayed)
+        if todo:
+            async with producer.transaction():
+                for dl in todo:
+                    await producer.send(dl["source_topic"], dl["original"], key=dl["key"],
+                                        headers=replay_headers(dl))
+                    marker = {"replayed_at": now_ms, "source_topic": dl["source_topic"],
+                              "error_kind": dl["error_kind"]}
+                    await producer.send(ledger, json.dumps(marker).encode(), key=dl["dead_letter_id"].encode())
     finally:
         await producer.stop()
-    return [dl["dead_letter_id"] for dl in dead]
+    return already, [dl["dead_letter_id"] for dl in todo]

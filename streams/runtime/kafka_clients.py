@@ -203,15 +203,15 @@ async def describe_failure(exc: BaseException, clients: KafkaClients | str, *, f
         cause = await probe(clients)
         if cause is not None:
             return cause
-    return _explain(exc, where, _username(clients), from_kafka)
+    return _explain(exc, where, clients, from_kafka)
 
 
-def _explain(exc: BaseException, where: str, username: str | None, from_kafka: bool) -> str:
+def _explain(exc: BaseException, where: str, clients: KafkaClients | str, from_kafka: bool) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, KafkaConfigError):
         return text
     if isinstance(exc, (SaslAuthenticationFailed, AuthenticationFailedError)):
-        return (f"Kafka at {where} rejected the SASL credentials of user {username!r} "
+        return (f"Kafka at {where} rejected the SASL credentials of user {_username(clients)!r} "
                 "(check KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SASL_MECHANISM)")
     if isinstance(exc, UnsupportedSaslMechanismError):
         return f"Kafka at {where} does not offer this SASL mechanism (KAFKA_SASL_MECHANISM): {text}"
@@ -220,6 +220,8 @@ def _explain(exc: BaseException, where: str, username: str | None, from_kafka: b
             return f"TLS with Kafka at {where} failed (check KAFKA_SSL_*): {_ssl_reason(exc)}"
         if isinstance(exc, KafkaConnectionError | OSError | TimeoutError):
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else text
+            if isinstance(exc, KafkaConnectionError) and text.endswith("closed"):
+                reason += _hung_up_hint(clients)
             return f"cannot reach Kafka at {where}: {reason}"
         return f"Kafka at {where}: {text}"
     first = str(exc).strip()
@@ -237,9 +239,22 @@ async def probe(clients: KafkaClients | str, timeout: float = 10.0) -> str | Non
         conn = await asyncio.wait_for(create_conn(host, int(port_text), request_timeout_ms=int(timeout * 1000),
                                                   **security), timeout)
     except Exception as exc:
-        return _explain(exc, first, _username(clients), from_kafka=True)
+        return _explain(exc, first, clients, from_kafka=True)
     conn.close()
     return None
+
+
+def _hung_up_hint(clients: KafkaClients | str) -> str:
+    """What to check when a broker closes a connection it just accepted: a TLS listener that wants a
+    client certificate ends the handshake that way (TLS 1.3 checks it after the client's side is
+    done), and so does a listener spoken to in another protocol."""
+    if not isinstance(clients, KafkaClients):
+        return ""
+    settings = clients.settings
+    if settings.kafka_security_protocol in _SSL_PROTOCOLS and settings.kafka_ssl_certfile is None:
+        return (" by the broker (if it requires mutual TLS, set KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE; "
+                "else check KAFKA_SECURITY_PROTOCOL)")
+    return f" by the broker (check that KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol} is its listener's)"
 
 
 def _ssl_reason(exc: ssl.SSLError) -> str:

@@ -39,10 +39,22 @@ def pick_port(settings: Settings) -> int:
         return port
 
 
+def check_bindable(host: str, port: int) -> None:
+    """Raise ``OSError`` when ``host:port`` cannot be listened on (taken, or not an address of this
+    machine), so the worker says so in one line before it starts, not Faust with a traceback after.
+    ``SO_REUSEADDR`` as aiohttp binds: a port left in TIME_WAIT by a previous run is free."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+
+
 def url_for(host: str, port: int) -> str:
-    """The URL others reach a server listening on ``host:port`` with (a wildcard address: loopback)."""
-    if host in ("0.0.0.0", "::", ""):
+    """The URL others reach a server listening on ``host:port`` with (a wildcard address: loopback).
+    A server bound to "::" listens on IPv6 only (asyncio sets IPV6_V6ONLY), hence [::1] there."""
+    if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}"

@@ -5,6 +5,7 @@ broken configuration (wrong password, unreadable or wrong CA, unreachable broker
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -18,10 +19,12 @@ from aiokafka import TopicPartition
 from deploy.kafka.launcher import LocalKafka, SaslSslListener, free_port
 from sinks.client import close, connect
 from streams.producer import CreditflowProducer, DeliveryError
+from streams.runtime.dead_letter_replay import read_all
 from streams.runtime.kafka_clients import KafkaClients, describe_failure
 from streams.runtime.topics import ensure_topics
 from streams.settings import Settings
 from streams.synthetic.generator import Generator
+from streams.wire.dead_letters import build_dead_letter, encode_dead_letter
 from tests.integration.harness import REPO, Worker, wait_drained
 from tests.integration.tls_material import TlsMaterial, make_tls_material
 
@@ -141,7 +144,9 @@ def test_worker_over_sasl_ssl_lands_every_event(secured: SecuredBroker, topic_se
     asyncio.run(ensure_topics(secured.secured, settings))
     # The worker is given the SASL_SSL address only: a client made without the settings' security
     # could not talk to it, so this covers every client it makes (processor, sink, changelogs, Faust).
-    worker = Worker(base, "all", tmp_path, "secured", **secured.env(mechanism="SCRAM-SHA-256")).start()
+    # At DEBUG: the clients' own debug lines must not carry the password or the key either.
+    worker = Worker(base, "all", tmp_path, "secured", CREDITFLOW_LOG_LEVEL="DEBUG",
+                    **secured.env(mechanism="SCRAM-SHA-256")).start()
     try:
         async def produce() -> None:
             async with CreditflowProducer(settings) as producer:
@@ -158,7 +163,9 @@ def test_worker_over_sasl_ssl_lands_every_event(secured: SecuredBroker, topic_se
     finally:
         worker.stop(timeout=30)
     log = worker.log_path.read_text(errors="replace")
-    assert SCRAM_PASSWORD not in log
+    assert SCRAM_PASSWORD not in log and "[DEBUG]" in log
+    key_lines = [ln for ln in secured.tls.client_key.read_text().splitlines() if not ln.startswith("-----")]
+    assert key_lines and not any(ln in log for ln in key_lines)
     assert f"kafka={secured.secured}" in log
     try:
         count, distinct = connect(base.resolved_clickhouse_url).query(
@@ -193,7 +200,7 @@ def test_wrong_password_is_one_line_from_the_cli(secured: SecuredBroker, tmp_pat
 
 
 @pytest.mark.parametrize("case", ["missing CA file", "untrusted CA", "unreachable broker", "not host:port",
-                                  "password without user"])
+                                  "password without user", "no client certificate"])
 def test_broken_configuration_stops_the_worker_with_one_line(secured: SecuredBroker, tmp_path: Path,
                                                             case: str) -> None:
     env: dict[str, Any] = {
@@ -202,6 +209,8 @@ def test_broken_configuration_stops_the_worker_with_one_line(secured: SecuredBro
         "unreachable broker": {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"},
         "not host:port": {"KAFKA_BOOTSTRAP_SERVERS": "kafka.example"},
         "password without user": {**secured.env(), "KAFKA_SASL_USERNAME": ""},
+        # The broker requires mutual TLS; "" is unset, as deployment templates write it.
+        "no client certificate": secured.env(KAFKA_SSL_CERTFILE="", KAFKA_SSL_KEYFILE=""),
     }[case]
     line = _one_line(_cli(["worker"], env, tmp_path, timeout=180))
     expected = {
@@ -210,6 +219,48 @@ def test_broken_configuration_stops_the_worker_with_one_line(secured: SecuredBro
         "unreachable broker": "cannot reach Kafka",
         "not host:port": "kafka.example",
         "password without user": "KAFKA_SASL_USERNAME",
+        "no client certificate": "set KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE",
     }[case]
     assert line.startswith("error:") and expected in line, line
     assert SCRAM_PASSWORD not in line
+
+
+def test_every_kafka_command_speaks_sasl_ssl_and_fails_in_one_line(secured: SecuredBroker, tmp_path: Path) -> None:
+    """The commands that read or write topics (dead letters, alerts, balances) over SASL_SSL with
+    mutual TLS, given only the exported settings; with a wrong password each says so in one line."""
+    prefix = "cmds."
+    settings = secured.settings(Settings(topic_prefix=prefix))
+    dead = build_dead_letter(settings.topic("interaction-events"), 0, 7, b"acct-1", b"not avro", [],
+                             "BAD_MAGIC", "bad magic byte", 1_700_000_000_000)
+
+    async def setup() -> None:
+        await ensure_topics(secured.secured, settings)
+        producer = KafkaClients(settings).producer()
+        await producer.start()
+        try:
+            await producer.send_and_wait(settings.topic("dead-letters"), encode_dead_letter(dead),
+                                         key=dead["dead_letter_id"].encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(setup())
+    env = secured.env(CREDITFLOW_TOPIC_PREFIX=prefix)
+    listed = _cli(["dead-letters", "list", "--json"], env, tmp_path)
+    assert listed.returncode == 0 and json.loads(listed.stdout)["dead_letter_id"] == dead["dead_letter_id"], listed
+    replayed = _cli(["dead-letters", "replay"], env, tmp_path)
+    assert replayed.returncode == 0 and "replayed 1 dead letter" in replayed.stdout, replayed
+    resubmitted = asyncio.run(read_all(KafkaClients(settings), settings.topic("interaction-events"),
+                                       lambda rec: rec.value))
+    assert resubmitted == [b"not avro"]
+    tail = _cli(["alerts", "tail", "--from-beginning", "--no-follow"], env, tmp_path)
+    assert tail.returncode == 0 and "Traceback" not in tail.stderr, tail
+    balance = _cli(["balance", "acct-1"], env, tmp_path)  # read from the (empty) credit-balances topic
+    assert "no balance for account 'acct-1' on the credit-balances topic" in _one_line(balance)
+
+    wrong = {**env, "KAFKA_SASL_PASSWORD": WRONG_PASSWORD}
+    for args in (["dead-letters", "list"], ["dead-letters", "replay"], ["alerts", "tail", "--no-follow"],
+                 ["balance", "acct-1"]):
+        line = _one_line(_cli(args, wrong, tmp_path))
+        assert line.startswith("error:") and f"rejected the SASL credentials of user '{SCRAM_USER}'" in line, \
+            (args, line)
+        assert WRONG_PASSWORD not in line

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -225,6 +226,20 @@ def test_with_nothing_running_the_cli_opens_chdb_itself_behind_the_same_guard(se
         done = cli(settings, "query", sql)
         assert done.returncode == 2 and "refused" in done.stderr and "root:" not in done.stdout, done.stderr
         assert "Traceback" not in done.stderr
+    # Evasions the guard's lexer could misread are refused by the engine's own reading of the text.
+    canary = settings.data_dir / "canary.txt"
+    canary.parent.mkdir(parents=True, exist_ok=True)
+    canary.write_text("CANARY-51c0\n")
+    planted = settings.data_dir / "planted.tsv"
+    for sql in (f"SELECT 'x' AS x$y$ INTO OUTFILE '{planted}' -- $y$",
+                f"SELECT 1 AS x$y$; SELECT file('{canary}') -- $y$", "SELECT * FROM python(canary)"):
+        done = cli(settings, "query", sql)
+        assert done.returncode != 0 and re.search("refused|exactly one statement", done.stderr), done.stderr
+        assert "CANARY" not in done.stdout + done.stderr and not planted.exists()
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    # chDB turns introspection functions on; this path turns them off, as the bridge does.
+    intro = cli(settings, "query", "SELECT addressToLine(toUInt64(1)) AS line")
+    assert intro.returncode == 1 and "FUNCTION_NOT_ALLOWED" in intro.stderr and ".so" not in intro.stdout, intro
     # The engine's own limits apply on this path too.
     slow = cli(settings, "query", "SELECT count() FROM numbers(100000000000)",
                CREDITFLOW_SQL_MAX_EXECUTION_SECONDS="1")

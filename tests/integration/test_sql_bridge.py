@@ -84,7 +84,7 @@ def _bridge(engine: tuple[Any, ReadOnlySession, ThreadPoolExecutor], access: Acc
     async def on_engine_thread(fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(thread, fn)
 
-    return SqlBridge(session, on_engine_thread, access)
+    return SqlBridge(session, on_engine_thread, access, max_in_flight=4)
 
 
 @pytest.fixture
@@ -147,6 +147,17 @@ def test_ping_formats_parameters_and_post_bodies(served: Served) -> None:
         assert response.read() == b"0\n1\n"
     status, body, _ = _get(served.url, "SELECT 1 AS one FORMAT JSONCompact")
     assert status == 200 and b'"data":' in body
+    # Statements span lines, tabs and backslashes; ?query= and the body join into one statement.
+    request = urllib.request.Request(f"{served.url}/?query=SELECT+count()", method="POST",
+                                     data=b"FROM t\r\n\tWHERE s != 'a\\tb' -- note\n")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.read() == b"100\n"
+    status, body, _ = _get(served.url, "SELECT {n:UInt8}", param_n="1); SELECT 2")
+    assert status == 400 and b"BAD_QUERY_PARAMETER" in body
+    # A syntax error reads as ClickHouse's own, about the caller's statement.
+    status, body, headers = _get(served.url, "SELECT a FROM")
+    assert (status, headers["X-ClickHouse-Exception-Code"]) == (400, "62"), body
+    assert b"Syntax error" in body and b"formatQuerySingleLine" not in body, body
 
 
 ESCAPES = [
@@ -161,6 +172,15 @@ ESCAPES = [
     "SELECT * FROM postgresql('127.0.0.1:9', 'd', 't', 'u', 'p')",
     "SELECT * FROM executable('cat /etc/passwd', 'TSV', 'a String')",
     "SELECT 1 SETTINGS readonly = 0",
+    # ClickHouse reads x$y$ as one name: nothing up to the next $y$ may hide from the guard.
+    "SELECT 1 AS x$y$; SELECT file('/etc/passwd') -- $y$",
+    "SELECT 1 AS x$y$, file('/etc/passwd') AS z$y$",
+    # Table functions are allowed by name (numbers, view, ...); these are not on the list.
+    "SELECT * FROM python(t)",
+    "SELECT * FROM arrowstream(t)",
+    "SELECT * FROM bigquery('project', 'dataset', 'table')",
+    "SELECT * FROM eval('SELECT 1')",
+    "SELECT * FROM format(LineAsString, 'x')",
     "INSERT INTO t VALUES (1000, 'x')",
     "DROP TABLE t",
 ]
@@ -178,6 +198,30 @@ def test_into_outfile_writes_nothing(served: Served, tmp_path: Path) -> None:
     target = tmp_path / "out.tsv"
     status, _, _ = _get(served.url, f"SELECT * FROM t INTO OUTFILE '{target}'")
     assert status == 403 and not target.exists()
+    # The same clause behind a name with dollar signs, which a naive lexer reads as a heredoc.
+    status, body, _ = _get(served.url, f"SELECT 'planted' AS x$y$ INTO OUTFILE '{target}' FORMAT TSV -- $y$")
+    assert status == 403 and not target.exists(), body
+
+
+def test_introspection_of_the_worker_process_is_off(served: Served) -> None:
+    # chDB turns introspection functions on; they read the process' binaries and thread stacks.
+    for sql in ("SELECT addressToLine(toUInt64(1))",
+                "SELECT addressToSymbol(arrayJoin(trace)) FROM system.stack_trace"):
+        status, body, headers = _get(served.url, sql)
+        assert status == 403 and headers["X-ClickHouse-Exception-Code"] == "446", body
+        assert b".so" not in body
+
+
+def test_a_second_statement_never_runs(served: Served, tmp_path: Path) -> None:
+    canary = tmp_path / "canary.txt"
+    canary.write_text("CANARY-7f3a\n")
+    for sql in (f"SELECT 1 AS x$y$; SELECT file('{canary}') -- $y$",
+                f"SELECT 1 AS x$y$; SELECT * FROM numbers(1) AS z$y$; SELECT file('{canary}')"):
+        status, body, _ = _get(served.url, sql)
+        assert status in (400, 403) and b"CANARY" not in body, body
+    # What is admitted is what the engine runs: one statement, in ClickHouse's own spelling.
+    status, body, _ = _get(served.url, "select a as x$y$ from t order by a limit 2 -- $y$")
+    assert (status, body) == (200, b"0\n1\n")
 
 
 def test_settings_from_the_url_are_refused_and_the_writer_still_writes(
@@ -227,3 +271,37 @@ def test_beyond_loopback_a_password_is_required(engine: tuple[Any, ReadOnlySessi
         assert client.command("SELECT count() FROM t") == 100
     finally:
         locked.stop()
+
+
+def test_queries_handed_to_the_sinks_thread_are_capped(
+        engine: tuple[Any, ReadOnlySession, ThreadPoolExecutor]) -> None:
+    """Queries share the sink's one ClickHouse thread with its inserts: a flood of slow ones would
+    hold the inserts back for minutes. At most max_in_flight are handed to the thread at once; the
+    rest wait their turn for as long as a query may run (LIMITS: 2 s), then are turned away."""
+    _writer, session, thread = engine
+    handed: list[int] = []
+    waiting = 0
+
+    async def on_engine_thread(fn: Callable[[], Any]) -> Any:
+        nonlocal waiting
+        waiting += 1
+        handed.append(waiting)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(thread, fn)
+        finally:
+            waiting -= 1
+
+    server = Served(SqlBridge(session, on_engine_thread, Access("default", None, loopback=True), 2))
+    slow = "SELECT sum(sleepEachRow(0.3)) FROM numbers(4)"  # one block: 1.2 s
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda _: _get(server.url, slow), range(8)))
+        statuses = sorted(status for status, _, _ in answers)
+        assert max(handed) == 2, handed
+        # 8 x 1.2 s cannot all start within 2 s of waiting: the first ones ran, the last were turned away.
+        assert statuses.count(200) >= 2 and 503 in statuses, statuses
+        turned_away = [body for status, body, _ in answers if status == 503]
+        assert all(b"TOO_MANY_SIMULTANEOUS_QUERIES" in body for body in turned_away), turned_away
+        assert _get(server.url, "SELECT count() FROM t")[:2] == (200, b"100\n")
+    finally:
+        server.stop()

@@ -91,3 +91,52 @@ def test_dead_letters_replayed_twice_are_metered_once(settings: Settings, worker
     listed = [json.loads(line) for line in _cli(worker, "list", "--json", "--limit", "1000").splitlines()]
     assert len(listed) == len(early) and all(d["replayed"] for d in listed)
     verify_exact(settings, good + early, grants)
+
+
+def test_two_replays_at_once_resubmit_each_dead_letter_once(settings: Settings,  # noqa: F811
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay paused after reading the markers while another replay runs whole: the paused one was
+    fenced when the other started, so it cannot re-submit what the other just did."""
+    from aiokafka.errors import KafkaError
+
+    from streams.runtime import dead_letter_replay as replays
+    from streams.runtime.topics import DEAD_LETTER_REPLAYS, DEAD_LETTERS
+    from streams.wire.dead_letters import build_dead_letter, encode_dead_letter
+
+    bootstrap = settings.kafka_bootstrap_servers or ""
+    asyncio.run(ensure_topics(bootstrap, settings))
+    source = settings.topic("interaction-events")
+    dead = [build_dead_letter(source, 0, offset, b"acct", b"bytes-%d" % offset, [], "UNKNOWN_SCHEMA",
+                              "no schema", 1_000 + offset) for offset in range(25)]
+    send_raw(settings, DEAD_LETTERS,
+             [(dl["dead_letter_id"].encode(), encode_dead_letter(dl), [], None) for dl in dead])
+    dead_topic, ledger = settings.topic(DEAD_LETTERS), settings.topic(DEAD_LETTER_REPLAYS)
+    txn_id, wanted = f"{settings.app_id}-dead-letter-replay", replays.DeadLetterFilter()
+    asyncio.run(replays.ensure_ledger(bootstrap, ledger, 1, settings.replication_factor))
+
+    async def both() -> tuple[BaseException | tuple[int, list[str]], tuple[int, list[str]]]:
+        read, go_on = asyncio.Event(), asyncio.Event()
+        original = replays.read_replayed
+
+        async def slow_read(*args: object) -> dict[str, dict[str, object]]:
+            markers = await original(*args)  # type: ignore[arg-type]
+            if not read.is_set():  # the first run: paused with what it read
+                read.set()
+                await go_on.wait()
+            return markers
+
+        monkeypatch.setattr(replays, "read_replayed", slow_read)
+        first = asyncio.ensure_future(replays.replay(bootstrap, dead_topic, ledger, txn_id, wanted, 1))
+        await read.wait()
+        second = await replays.replay(bootstrap, dead_topic, ledger, txn_id, wanted, 2)
+        go_on.set()
+        try:
+            return await first, second
+        except KafkaError as exc:
+            return exc, second
+
+    first, second = asyncio.run(both())
+    assert second == (0, [dl["dead_letter_id"] for dl in dead])
+    assert isinstance(first, BaseException) or first[1] == [], first
+    resubmitted = [r for r in read_topic(settings, source) if any(k == REPLAY_OF_HEADER for k, _ in r.headers)]
+    assert len(resubmitted) == len(dead), "each dead letter re-submitted once"

@@ -61,3 +61,14 @@ def test_widths_narrow_the_widest_column_first_and_never_below_a_word() -> None:
     widths = column_widths(["name", "n"], [["alpha beta gamma", "12345"]], [True, False], 16)
     assert widths == [9, 5]
     assert column_widths(["name", "n"], [["alpha beta gamma", "12345"]], [True, False], 10) is None
+
+
+def test_a_narrow_table_keeps_its_title_and_row_count_on_one_line_each() -> None:
+    console = Console(width=80, record=True, force_terminal=False)
+    console.print(Fitted(["1"], [(1,)], to_text))
+    console.print(Fitted(["priority", "samples"], [("LOW", 134)], to_text,
+                         title="data-collection priority and refinement samples"))
+    lines = [line.strip() for line in console.export_text().splitlines()]
+    assert "1 row" in lines, lines
+    assert "data-collection priority and refinement samples" in lines, lines
+    assert not any(len(line) == 1 and line.isalpha() for line in lines), lines

@@ -152,3 +152,19 @@ def test_other_failures_keep_their_own_first_line() -> None:
     assert asyncio.run(describe_failure(clickhouse, clients)) == "cannot reach ClickHouse at http://ch:8123"
     assert asyncio.run(describe_failure(TimeoutError(), clients, from_kafka=True)) == (
         "cannot reach Kafka at h:1: TimeoutError")
+
+
+def test_a_broker_hanging_up_names_the_likely_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TLS listener that requires a client certificate, or a listener spoken to in the wrong
+    protocol, closes the connection right after it opens: the line says what to check."""
+    closed = KafkaConnectionError("Connection at broker-1:9093 closed")
+
+    async def hangs_up(*args: object, **kwargs: object) -> None:
+        raise closed
+
+    monkeypatch.setattr("streams.runtime.kafka_clients.create_conn", hangs_up)
+    no_cert = asyncio.run(describe_failure(closed, KafkaClients(_sasl()), from_kafka=True))
+    assert no_cert.startswith("cannot reach Kafka at broker-1:9093") and "KAFKA_SSL_CERTFILE" in no_cert, no_cert
+    plain = KafkaClients(Settings(KAFKA_BOOTSTRAP_SERVERS="broker-1:9093"))
+    wrong_protocol = asyncio.run(describe_failure(closed, plain, from_kafka=True))
+    assert "KAFKA_SECURITY_PROTOCOL" in wrong_protocol and "KAFKA_SSL_CERTFILE" not in wrong_protocol, wrong_protocol

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
-from streams.runtime.web import pick_port, running_workers
+import pytest
+from aiohttp import web
+
+from streams.runtime.web import pick_port, running_workers, url_for
 from streams.settings import Settings
 
 
@@ -34,3 +39,29 @@ def test_running_workers_without_folder(tmp_path: Path) -> None:
 def test_pick_port_keeps_a_configured_port_and_finds_a_free_one() -> None:
     assert pick_port(Settings(web_port=6066)) == 6066
     assert 0 < pick_port(Settings(web_port=0)) < 65536
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "127.0.0.1", "::1"])
+def test_the_announced_url_reaches_a_server_on_a_wildcard_address(host: str) -> None:
+    """A server bound to "::" listens on IPv6 only (asyncio sets IPV6_V6ONLY), so the URL others
+    use must be [::1], not 127.0.0.1."""
+
+    async def probe() -> bytes:
+        app = web.Application()
+
+        async def ok(request: web.Request) -> web.Response:
+            return web.Response(text="Ok.")
+
+        app.router.add_get("/ping", ok)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, host, 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            url = url_for(host, port)
+            return await asyncio.to_thread(lambda: urllib.request.urlopen(f"{url}/ping", timeout=10).read())
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(probe()) == b"Ok."
