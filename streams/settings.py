@@ -181,7 +181,7 @@ class Settings(BaseSettings):
         default=None,
         description="static group member id (KIP-345), unique to this worker and stable across its restarts; "
         "unset = derived from the host name, data dir and web port (streams/runtime/membership.py); "
-        "\"\" or none = dynamic membership",
+        "none = dynamic membership",
     )
     kafka_log_interval_seconds: float = Field(
         default=30.0, ge=0,

@@ -18,8 +18,8 @@ advertises its URL there, ``streams/runtime/owners.py``). A port picked at rando
 =0) is therefore remembered in the seat and taken again on restart while it is free; if it is not,
 the worker joins under a new id (a restart as slow as a dynamic member's, never a wrong URL).
 
-``CREDITFLOW_GROUP_INSTANCE_ID`` set to a name still wins; set to ``""`` or ``none`` it keeps dynamic
-membership.
+``CREDITFLOW_GROUP_INSTANCE_ID`` set to a name still wins; set to ``none`` it keeps dynamic membership
+(an empty variable is an unset one, as for every setting; ``""`` given in code means dynamic too).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from streams.settings import Settings
 
 log = logging.getLogger("creditflow")
 
-# Values of CREDITFLOW_GROUP_INSTANCE_ID that ask for dynamic membership.
+# Values of group_instance_id that ask for dynamic membership (from the environment: none).
 DYNAMIC = frozenset({"", "none"})
 _SEATS = "members"
 # Kafka accepts [a-zA-Z0-9._-] in group.instance.id, at most 249 characters.

@@ -103,7 +103,10 @@ def test_explicit_settings_win(tmp_path: Path) -> None:
 
 
 def test_the_environment_opt_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("CREDITFLOW_GROUP_INSTANCE_ID", "")
+    monkeypatch.setenv("CREDITFLOW_GROUP_INSTANCE_ID", "none")
     assert membership.static_id(membership.settle(_settings(tmp_path))) is None
+    # An empty variable is an unset one (as for every setting): the default id.
+    monkeypatch.setenv("CREDITFLOW_GROUP_INSTANCE_ID", "")
+    assert membership.static_id(membership.settle(_settings(tmp_path))) is not None
     monkeypatch.delenv("CREDITFLOW_GROUP_INSTANCE_ID")
     assert membership.static_id(membership.settle(_settings(tmp_path))) is not None
