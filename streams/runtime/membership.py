@@ -13,10 +13,11 @@ is static by default, with an id that is
   same seat back.
 
 The web port is part of the id because the groups remember it: Faust's assignor rejects a kept
-assignment that names another URL, and the broker keeps a static member's client id (the processor
-advertises its URL there, ``streams/runtime/owners.py``). A port picked at random (``CREDITFLOW_WEB_PORT``
-=0) is therefore remembered in the seat and taken again on restart while it is free; if it is not,
-the worker joins under a new id (a restart as slow as a dynamic member's, never a wrong URL).
+assignment that names another URL, and the broker may keep a static member's client id across a
+rejoin (not verified here; the processor advertises its URL there, ``streams/runtime/owners.py``).
+A port picked at random (``CREDITFLOW_WEB_PORT=0``) is therefore remembered in the seat and taken
+again on restart while it is free; if it is not, the worker joins under a new id (a restart as slow
+as a dynamic member's, never a wrong URL).
 
 ``CREDITFLOW_GROUP_INSTANCE_ID`` set to a name still wins; set to ``none`` it keeps dynamic membership
 (an empty variable is an unset one, as for every setting; ``""`` given in code means dynamic too).
