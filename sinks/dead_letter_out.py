@@ -45,8 +45,10 @@ def undecodable(records: Sequence[Any], decoder: Decoder) -> list[DeadLetter]:
 
 class SinkDeadLetters:
     def __init__(self, producer: AIOKafkaProducer, topic: str, routes: Mapping[str, Route],
-                 decoders: Mapping[str, Decoder]) -> None:
+                 decoders: Mapping[str, Decoder],
+                 on_published: Callable[[Sequence[DeadLetter]], None] | None = None) -> None:
         self.producer = producer
+        self.on_published = on_published
         self.topic = topic
         self.routes = routes
         self.decoders = decoders
@@ -74,4 +76,6 @@ class SinkDeadLetters:
                 if not current():
                     return False
         self.published += len(dead)
+        if self.on_published is not None:
+            self.on_published(dead)
         return current()

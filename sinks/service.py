@@ -202,7 +202,8 @@ class ClickHouseSink(Service):
         self.make_decoders()
         producer = self.kafka.producer(acks="all", enable_idempotence=True)
         await producer.start()
-        self.dead_letters = SinkDeadLetters(producer, self.dead_letters_topic, self.routes, self.decoders)
+        self.dead_letters = SinkDeadLetters(producer, self.dead_letters_topic, self.routes, self.decoders,
+                                            self.metrics.dead_lettered)
         self.consumer = AIOKafkaConsumer(
             **self.kafka.common(),
             group_id=self.group,

@@ -40,6 +40,8 @@ from typing import Any, TypeVar
 
 import faust
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from sinks.sql_guard import CANONICAL_SQL, Admitted, SqlRefused, admit, escaped, vet
 from streams.runtime.web import add_route
@@ -210,6 +212,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def host_name(host: str) -> str:
+    """The name in a Host header, without its port ("[::1]:8123" -> "::1")."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
 @dataclass(frozen=True)
 class Access:
     """Who may query: the configured user and password, and whether the bridge listens beyond
@@ -219,12 +228,19 @@ class Access:
     password: str | None
     loopback: bool
 
-    def check(self, user: str | None, password: str | None) -> None:
+    def check(self, user: str | None, password: str | None, host: str | None = None) -> None:
         if self.password is None:
             if not self.loopback:
                 raise BridgeError(401, 516, "AUTHENTICATION_FAILED",
                                   "live SQL listens beyond loopback and no password is configured: set "
                                   "CREDITFLOW_SQL_PASSWORD on the worker")
+            # Without a password, loopback is the only lock. A web page whose name its owner points at
+            # 127.0.0.1 (DNS rebinding) can make the browser of someone on this machine ask anyway, but
+            # the request then names the page's host.
+            if host is not None and not is_loopback(host_name(host)):
+                raise BridgeError(403, 516, "AUTHENTICATION_FAILED",
+                                  f"Host {host!r} is not a loopback name; without a password live SQL answers "
+                                  "only requests addressed to localhost, 127.0.0.1 or [::1]")
             return
         ok_user = hmac.compare_digest((user or "default").encode(), self.user.encode())
         ok_password = hmac.compare_digest((password or "").encode(), self.password.encode())
@@ -295,7 +311,7 @@ class SqlBridge:
         query_id = request.query.get("query_id") or str(uuid.uuid4())
         headers = {"X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Server-Display-Name": "creditflow"}
         try:
-            self.access.check(*credentials(request))
+            self.access.check(*credentials(request), host=request.headers.get("Host"))
             sql = await self._statement(request)
             database = request.query.get("database") or "default"
             if database != "default":
@@ -338,7 +354,13 @@ class SqlBridge:
     async def _statement(self, request: web.Request) -> str:
         parts = [request.query.get("query", "")]
         if request.method == "POST" and request.can_read_body:
-            body = await request.content.read(MAX_QUERY_BYTES + 1)
+            try:  # aiohttp undoes a gzip or deflate Content-Encoding as it reads
+                body = await request.content.read(MAX_QUERY_BYTES + 1)
+            except (RequestPayloadError, HttpProcessingError):
+                encoding = request.headers.get("Content-Encoding", "none")
+                raise BridgeError(400, 1002, "UNKNOWN_EXCEPTION",
+                                  f"Cannot decompress or read the request body (Content-Encoding: {encoding})",
+                                  ) from None
             if len(body) > MAX_QUERY_BYTES:
                 raise BridgeError(413, 62, "SYNTAX_ERROR", f"Query is longer than {MAX_QUERY_BYTES} bytes")
             parts.append(body.decode("utf-8", errors="replace"))

@@ -50,6 +50,8 @@ FORBIDDEN_FUNCTIONS = frozenset({
 FORBIDDEN_PREFIXES = ("file", "url", "s3", "hdfs", "azure", "iceberg", "deltalake", "hudi", "paimon",
                       "remote", "cluster", "mysql", "postgres", "mongo", "redis", "sqlite", "jdbc", "odbc",
                       "executable", "arrowflight", "ytsaurus", "gcs", "oss", "cosn", "kafka", "nats", "rabbitmq")
+# Scalar functions the prefixes above would catch that compute on their arguments only.
+PURE_DESPITE_PREFIX = frozenset({"urlhierarchy", "urlpathhierarchy", "kafkamurmurhash"})
 # Table functions a statement may read from: generators and views of this database's own tables.
 # Everything else is refused, so a table function added in a later ClickHouse or chDB (chDB's
 # ``python``, ``arrowstream``; ``bigquery``, ``eval``) never becomes a way out. Compared lower-cased.
@@ -157,7 +159,7 @@ def tokenize(sql: str) -> list[Token]:
 
 def forbidden_function(name: str) -> bool:
     low = name.lower()
-    return low in FORBIDDEN_FUNCTIONS or low.startswith(FORBIDDEN_PREFIXES)
+    return low in FORBIDDEN_FUNCTIONS or (low.startswith(FORBIDDEN_PREFIXES) and low not in PURE_DESPITE_PREFIX)
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,12 @@ class ChartSpec:
 
 
 CHARTS: tuple[ChartSpec, ...] = (
-    ChartSpec("scorecard", "Programme scorecard: credit recipients vs the others",
-              "Conversion to a paid plan, feature categories used per account and per team, and churn in the "
-              "first billing cycle (v_programme_scorecard).", "bars", "wide", """
-        SELECT metric, ifNull(recipients, 0) AS recipients, ifNull(non_recipients, 0) AS non_recipients
+    ChartSpec("scorecard", "Programme scorecard: credit recipients / the others",
+              "Each measure for credit recipients divided by the same for the others (1 = no difference): "
+              "conversion to a paid plan, feature categories used per account and per team, and churn in the "
+              "first billing cycle (lower is better). The values behind each ratio are in the table "
+              "(v_programme_scorecard).", "bars", "wide", """
+        SELECT metric, ifNull(ratio, 0) AS `recipients / others`
         FROM v_programme_scorecard ORDER BY ord"""),
     ChartSpec("credits", "List credits by feature per day", "What requests would cost at list price, by the "
               "feature category that priced them (v_credits_by_feature).", "line", "long", f"""

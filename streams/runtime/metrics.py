@@ -168,6 +168,11 @@ class Metrics:
         for topic, n in per_topic.items():
             self.events_consumed.labels(group, topic).inc(n)
 
+    def dead_lettered(self, dead: Iterable[Mapping[str, Any]]) -> None:
+        """Dead letters published (the processor's for its inputs, the sink's for inputs only it reads)."""
+        for kind, n in Tally(d["error_kind"] for d in dead).items():
+            self.dead_letters.labels(kind).inc(n)
+
     def processor_batch(self, *, events: int, metered: int, skipped: int, dead: Iterable[Mapping[str, Any]],
                         alerts: Iterable[tuple[str, Mapping[str, Any]]], started: float,
                         write_phases: Sequence[float], unpriced: Mapping[str, int] | None = None) -> None:
@@ -179,8 +184,7 @@ class Metrics:
             self.unpriced.labels(self._unpriced_label(model)).inc(n)
         if skipped:
             self.duplicates.inc(skipped)
-        for kind, n in Tally(d["error_kind"] for d in dead).items():
-            self.dead_letters.labels(kind).inc(n)
+        self.dead_lettered(dead)
         for (rule, severity), n in Tally((a["rule_id"], a["severity"]) for _, a in alerts).items():
             self.alerts.labels(rule, severity).inc(n)
         self.batch_events.observe(events)

@@ -305,3 +305,35 @@ def test_queries_handed_to_the_sinks_thread_are_capped(
         assert _get(server.url, "SELECT count() FROM t")[:2] == (200, b"100\n")
     finally:
         server.stop()
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"{url}/", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_compressed_bodies_are_read_and_broken_ones_are_a_clear_400(served: Served) -> None:
+    import gzip
+    import zlib
+
+    sql = b"SELECT count() FROM t"
+    assert _post(served.url, gzip.compress(sql), {"Content-Encoding": "gzip"}) == (200, b"100\n")
+    assert _post(served.url, zlib.compress(sql), {"Content-Encoding": "deflate"}) == (200, b"100\n")
+    status, body = _post(served.url, b"not gzip at all", {"Content-Encoding": "gzip"})
+    assert status == 400 and b"Traceback" not in body and b"ompress" in body, body
+
+
+def test_without_a_password_only_loopback_names_may_ask(served: Served) -> None:
+    """DNS rebinding: a web page on evil.example resolving its name to 127.0.0.1 makes the browser
+    send the bridge's own loopback requests with Host: evil.example. Without a password, only
+    loopback names are answered."""
+    port = served.url.rsplit(":", 1)[1]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
+        assert _get(served.url, "SELECT 1", headers={"Host": host})[:2] == (200, b"1\n"), host
+    for host in (f"evil.example:{port}", "evil.example", f"192.0.2.7:{port}"):
+        status, body, _ = _get(served.url, "SELECT 1", headers={"Host": host})
+        assert status == 403 and b"Host" in body, (host, status, body)

@@ -61,3 +61,15 @@ def test_a_fetch_made_stale_while_kafka_was_away_is_not_buffered(tmp_path: Path)
     changes = names[SUBSCRIPTION_CHANGES]
     fetched = {TopicPartition(changes, 0): [_Rec(changes, 0, 0, b"junk")]}
     assert not asyncio.run(out.publish(fetched, lambda: False))
+
+
+def test_published_dead_letters_are_counted_in_the_workers_metrics(tmp_path: Path) -> None:
+    from streams.runtime.metrics import Metrics
+
+    out, names = _out(tmp_path, _Producer())
+    metrics = Metrics()
+    out.on_published = metrics.dead_lettered
+    changes = names[SUBSCRIPTION_CHANGES]
+    fetched = {TopicPartition(changes, 0): [_Rec(changes, 0, n, b"junk") for n in range(3)]}
+    assert asyncio.run(out.publish(fetched, lambda: True))
+    assert metrics.dead_letters.labels("BAD_MAGIC")._value.get() == 3

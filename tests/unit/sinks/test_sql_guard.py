@@ -25,6 +25,7 @@ from sinks.sql_guard import (
     "SELECT 'file(\\'/etc/passwd\\')' AS s", "SELECT format('{} {}', 'a', 'b')", "SELECT count() FROM numbers(10)",
     "SELECT * FROM v_credits_by_feature WHERE day >= {since:Date}", "SELECT $$file('x')$$",
     "SELECT 1 /* url('http://x') */", "SELECT `url` FROM t", "SELECT input_tokens FROM events",
+    "SELECT URLHierarchy('https://a.example/b/c')", "SELECT kafkaMurmurHash('acct-1') % 6",
 ])
 def test_read_only_statements_pass(sql: str) -> None:
     assert admit(sql).sql
