@@ -124,14 +124,12 @@ def release_seats() -> None:
 
 
 def _bindable(host: str, port: int) -> bool:
-    """Whether a server could listen on ``host:port`` now (SO_REUSEADDR, as aiohttp binds: connections
-    of the previous process in TIME_WAIT are no obstacle, a listener is)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
+    from streams.runtime.web import check_bindable
+
+    try:
+        check_bindable(host, port)
+    except OSError:
+        return False
     return True
 
 
