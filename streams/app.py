@@ -19,9 +19,14 @@ from streams.settings import Role, Settings
 
 
 def create_app(settings: Settings, bootstrap: str) -> faust.App:
+    from streams.runtime import leave_group, membership
     from streams.runtime.web import pick_port, register_web
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Static group membership by default, with the web port it names (see membership), and a static
+    # member that still leaves its groups when stopped gracefully.
+    settings = membership.settle(settings)
+    leave_group.install()
     tune_for_batches()
     limit_kafka_logs(settings.kafka_log_interval_seconds)
     app = faust.App(

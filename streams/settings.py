@@ -80,7 +80,8 @@ class Settings(BaseSettings):
     web_host: str = Field(default="127.0.0.1", description="address the worker's HTTP server listens on")
     web_port: int = Field(
         default=0, ge=0, le=65535,
-        description="port of the worker's HTTP server; 0 = any free port, announced under <data dir>/workers/",
+        description="port of the worker's HTTP server; 0 = a free port, announced under <data dir>/workers/ and "
+        "taken again when the worker restarts while it is still free (streams/runtime/membership.py)",
     )
     # Live SQL: the read-only ClickHouse HTTP interface the chDB-holding worker serves on its web
     # server (sinks/sql_bridge.py), and the limits of `creditflow query` too.
@@ -178,8 +179,9 @@ class Settings(BaseSettings):
     )
     group_instance_id: str | None = Field(
         default=None,
-        description="static group membership (KIP-345): a name unique to this worker and stable across its "
-        "restarts (e.g. a StatefulSet pod name); a restarted worker then gets its partitions back at once",
+        description="static group member id (KIP-345), unique to this worker and stable across its restarts; "
+        "unset = derived from the host name, data dir and web port (streams/runtime/membership.py); "
+        "none = dynamic membership",
     )
     kafka_log_interval_seconds: float = Field(
         default=30.0, ge=0,

@@ -26,6 +26,8 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 
+from streams.runtime.membership import static_id
+
 if TYPE_CHECKING:
     from streams.settings import Settings
 
@@ -129,8 +131,10 @@ class KafkaClients:
     def group_member(self, role: str) -> dict[str, Any]:
         """Consumer-group arguments of a worker's ``role`` consumer (processor, sink).
 
-        With ``CREDITFLOW_GROUP_INSTANCE_ID`` the member is static: a restarted worker takes its
-        partitions back at once instead of waiting for its dead predecessor's session to expire.
+        A static member (``streams/runtime/membership.py``: a worker's settled id, or
+        ``CREDITFLOW_GROUP_INSTANCE_ID``) takes its partitions back at once after a restart instead of
+        waiting for its dead predecessor's session to expire; it leaves the group explicitly on a
+        graceful stop (``streams/runtime/leave_group.py``).
         """
         session = self.settings.kafka_session_timeout_ms
         out: dict[str, Any] = {
@@ -138,8 +142,9 @@ class KafkaClients:
             # The usual third of the session, at most a second: missing heartbeats are noticed soon.
             "heartbeat_interval_ms": min(1_000, session // 3),
         }
-        if self.settings.group_instance_id:
-            out["group_instance_id"] = f"{self.settings.group_instance_id}-{role}"
+        instance = static_id(self.settings)
+        if instance:
+            out["group_instance_id"] = f"{instance}-{role}"
         return out
 
 
@@ -170,17 +175,19 @@ def faust_broker_settings(settings: Settings, bootstrap: str) -> dict[str, Any]:
     elif protocol == "SSL":
         credentials = faust.SSLCredentials(security["ssl_context"])
     session_s = settings.kafka_session_timeout_ms / 1000
+    instance = static_id(settings)
     return {
         "broker": f"kafka://{bootstrap}",
         "broker_credentials": credentials,
         "broker_session_timeout": session_s,
         "broker_heartbeat_interval": min(1.0, session_s / 3),
-        # Faust's own consumer group gates the worker's start (its services start once that group has
-        # joined): a static member rejoins at once after a restart instead of waiting for its dead
-        # predecessor's session to expire. Only with a fixed web port: Faust checks that an assignment
-        # kept from before the restart names this worker's URL, and port 0 picks a new one each start.
-        "consumer_group_instance_id": f"{settings.group_instance_id}-faust"
-        if settings.group_instance_id and settings.web_port else None,
+        # Faust's own consumer group gates the worker's start (the processor and the sink start once that
+        # group has joined; measured: with Faust's member dynamic a restarted worker's first commit
+        # waits ~10 s, a session timeout): a static member rejoins at once. Faust checks that an
+        # assignment kept from before the restart names this worker's URL, so the id names the web
+        # port too, and there is none before a port is pinned (streams/runtime/membership.py).
+        "consumer_group_instance_id": f"{instance}-faust-{settings.web_port}"
+        if instance and settings.web_port else None,
     }
 
 

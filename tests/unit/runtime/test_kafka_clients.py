@@ -109,6 +109,10 @@ def test_group_membership_static_only_when_named() -> None:
     static = KafkaClients(Settings(KAFKA_BOOTSTRAP_SERVERS="h:1", group_instance_id="pod-3",
                                    KAFKA_SESSION_TIMEOUT_MS=6_000)).group_member("sink")
     assert static == {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000, "group_instance_id": "pod-3-sink"}
+    # The explicit opt-outs keep dynamic membership.
+    for off in ("", "none", "NONE"):
+        member = KafkaClients(Settings(KAFKA_BOOTSTRAP_SERVERS="h:1", group_instance_id=off)).group_member("sink")
+        assert "group_instance_id" not in member
 
 
 def test_faust_gets_the_same_credentials() -> None:
@@ -117,9 +121,11 @@ def test_faust_gets_the_same_credentials() -> None:
     assert isinstance(creds, faust.SASLCredentials)
     assert creds.protocol.value == "SASL_SSL" and creds.mechanism.value == "SCRAM-SHA-512"
     assert creds.username == "svc" and SECRET not in repr(creds)
-    assert conf["broker"] == "kafka://broker-1:9093" and conf["consumer_group_instance_id"] == "pod-1-faust"
-    # With a web port picked at each start Faust would reject its own kept assignment: dynamic there.
+    # Faust rejects a kept assignment naming another URL: its member id names the web port.
+    assert conf["broker"] == "kafka://broker-1:9093" and conf["consumer_group_instance_id"] == "pod-1-faust-6066"
+    # No port pinned yet (membership.settle pins it): dynamic there.
     assert faust_broker_settings(_sasl(group_instance_id="pod-1"), "b:1")["consumer_group_instance_id"] is None
+    assert faust_broker_settings(_sasl(group_instance_id="", web_port=1), "b:1")["consumer_group_instance_id"] is None
     ssl_only = faust_broker_settings(Settings(KAFKA_SECURITY_PROTOCOL="SSL"), "b:1")["broker_credentials"]
     assert isinstance(ssl_only, faust.SSLCredentials)
     plain = faust_broker_settings(Settings(), "b:1")
