@@ -102,12 +102,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    IllegalOperation,
+    KafkaError,
+    ProducerFenced,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
 from aiokafka.structs import OffsetAndMetadata
 
 from streams.runtime.changelog import ChangelogTable
 from streams.runtime.kafka_clients import KafkaClients
-from streams.runtime.rewind import TransactionTimedOut
+from streams.runtime.rewind import TransactionBroken, TransactionTimedOut
 from streams.settings import Settings
 
 log = logging.getLogger("creditflow.checkpoint")
@@ -282,27 +289,47 @@ class Checkpoint:
         # 1-3. Sent in this order; all acknowledged before the commit (state is invisible until then,
         # so it need not wait for the outputs' acknowledgements, only the commit does).
         pending: list[Awaitable[Any]] = []
-        if batch.publish is not None:  # 1. outputs
-            assert self.outputs is not None, "set outputs, the producer of the outputs, before writing"
-            pending.extend(await batch.publish(self.outputs))
-        for changes in (batch.detection_state, batch.account_state):  # 2. detection, 3. account state
-            by_partition: dict[int, list[tuple[ChangelogTable, int, str, Any]]] = {}
-            for change in changes:
-                by_partition.setdefault(change[1], []).append(change)
-            for p, items in by_partition.items():
-                pending.extend(await _put(producers[p], items))
+        try:
+            if batch.publish is not None:  # 1. outputs
+                assert self.outputs is not None, "set outputs, the producer of the outputs, before writing"
+                pending.extend(await batch.publish(self.outputs))
+            for changes in (batch.detection_state, batch.account_state):  # 2. detection, 3. account state
+                by_partition: dict[int, list[tuple[ChangelogTable, int, str, Any]]] = {}
+                for change in changes:
+                    by_partition.setdefault(change[1], []).append(change)
+                for p, items in by_partition.items():
+                    pending.extend(await _put(producers[p], items))
+        except IllegalOperation as exc:  # "not in transaction": aiokafka ended one under the write
+            await asyncio.gather(*pending, return_exceptions=True)
+            broken = _broken(producers.values())
+            if broken is None:
+                raise
+            if not isinstance(broken, ProducerFenced):
+                raise _rewind_for(broken) from exc
+            errors: list[BaseException] = [broken]
+        else:
+            # Every future is awaited (a fenced producer fails them all; none is left unretrieved).
+            errors = [r for r in await asyncio.gather(*pending, return_exceptions=True) if isinstance(r, BaseException)]
         t2 = time.perf_counter()
-        # Every future is awaited (a fenced producer fails them all; none is left unretrieved).
-        errors = [r for r in await asyncio.gather(*pending, return_exceptions=True) if isinstance(r, BaseException)]
         if any(isinstance(e, ProducerFenced) for e in errors):
             self._timed_out(opened, parts)
             await asyncio.gather(*(self._abort(pr) for pr in producers.values()))
             return self._lost(parts)
         if errors:
-            raise errors[0]
+            broken = _broken(producers.values())
+            if broken is None:
+                raise errors[0]
+            raise _rewind_for(broken) from errors[0]
         t3 = time.perf_counter()
         # 4. State and input offsets become visible together, partition by partition.
-        committed = await asyncio.gather(*(self._commit(producers[p]) for p in parts))
+        outcomes = await asyncio.gather(*(self._commit(producers[p]) for p in parts), return_exceptions=True)
+        failed = [r for r in outcomes if isinstance(r, BaseException)]
+        if failed:
+            broken = _broken(producers.values())
+            if broken is None:
+                raise failed[0]
+            raise _rewind_for(broken) from failed[0]
+        committed = [r is True for r in outcomes]
         if not all(committed):
             self._timed_out(opened, [p for p, ok in zip(parts, committed, strict=True) if not ok])
         self.last_phases = (t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)  # read by the metrics
@@ -366,6 +393,34 @@ class Checkpoint:
             await producer.abort_transaction()
         except KafkaError as exc:  # fenced: the broker aborted it already, or will
             log.debug("abort: %r", exc)
+
+
+# Failures a rewind cannot mend: the worker exits and says why.
+_PERMANENT = (TopicAuthorizationFailedError, GroupAuthorizationFailedError, TransactionalIdAuthorizationFailed)
+
+
+def _broken(producers: Iterable[AIOKafkaProducer]) -> BaseException | None:
+    """The error with which aiokafka ended a transaction under a write (an error it deems abortable,
+    or its sender stopped: the transaction is then no longer "in transaction" and every send raises
+    ``IllegalOperation``), or None while each one is still open."""
+    for producer in producers:
+        txn = getattr(producer, "_txn_manager", None)
+        state = getattr(getattr(txn, "state", None), "name", "")
+        if state not in ("ABORTABLE_ERROR", "FATAL_ERROR"):  # open, or committed by this write
+            continue
+        waiter = getattr(txn, "_transaction_waiter", None)
+        if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled() and waiter.exception():
+            return waiter.exception()
+        return KafkaError(f"transaction ended under the write ({state})")
+    return None
+
+
+def _rewind_for(cause: BaseException) -> BaseException:
+    """What ``write`` raises for a transaction that ended under it: nothing of it is committed, so the
+    rewind (a fresh producer by re-acquiring, the committed state) mends it, unless it was refused."""
+    if isinstance(cause, _PERMANENT):
+        return cause
+    return TransactionBroken(f"transaction ended under the write: {cause!r}")
 
 
 def _discard(future: asyncio.Future[Any]) -> None:

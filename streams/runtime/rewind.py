@@ -40,6 +40,14 @@ class TransactionTimedOut(KafkaError):
     retriable = True
 
 
+class TransactionBroken(KafkaError):
+    """aiokafka ended a transaction under a write after an error of its own (its sender stopped, or
+    an abortable error): nothing of it is committed, and its producer is of no further use.
+    Retriable: the rewind re-acquires a fresh producer and replays from the committed state."""
+
+    retriable = True
+
+
 def retriable(exc: BaseException) -> bool:
     """Whether ``exc`` is the Kafka cluster (or part of it) being away, not a bug."""
     return isinstance(exc, KafkaError) and (exc.retriable or isinstance(exc, _ALSO_RETRIABLE))
