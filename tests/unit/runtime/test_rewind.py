@@ -187,3 +187,40 @@ def test_a_step_0_begun_for_a_dropped_batch_is_discarded_with_its_partition() ->
     # Not awaited by a write that will never come: cancelled, or its error retrieved (no asyncio noise).
     assert pending.cancelled() and failed.done()
     assert checkpoint._begun == {} and checkpoint._begun_at is None
+
+
+class _State:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _Txn:
+    def __init__(self, state: str, cause: BaseException | None) -> None:
+        self.state = _State(state)
+        self._transaction_waiter: asyncio.Future[None] | None = None
+        self.cause = cause
+
+
+def _txn_producer(state: str, cause: BaseException | None = None) -> Any:
+    producer = _Producer(0)
+    txn = _Txn(state, cause)
+    if cause is not None:
+        loop = asyncio.new_event_loop()
+        txn._transaction_waiter = loop.create_future()
+        txn._transaction_waiter.set_exception(cause)
+        loop.close()
+    producer._txn_manager = txn  # type: ignore[attr-defined]
+    return producer
+
+
+def test_a_transaction_ended_under_a_write_is_read_for_its_cause() -> None:
+    from streams.runtime.checkpoint import _broken, _rewind_for
+
+    open_, committed = _txn_producer("IN_TRANSACTION"), _txn_producer("READY")
+    assert _broken([open_, committed]) is None, "open or committed: nothing ended under the write"
+    fenced = _txn_producer("FATAL_ERROR", ProducerFenced())
+    assert isinstance(_broken([open_, fenced]), ProducerFenced)  # the fenced way, not a rewind
+    lost = _txn_producer("FATAL_ERROR", KafkaConnectionError("sender stopped"))
+    assert retriable(_rewind_for(_broken([lost])))  # type: ignore[arg-type]
+    refused = _txn_producer("ABORTABLE_ERROR", TopicAuthorizationFailedError())
+    assert not retriable(_rewind_for(_broken([refused])))  # type: ignore[arg-type]
