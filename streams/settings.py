@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     )
     process_batch: int = Field(default=20_000, ge=1, description="events per processor batch")
     process_within: float = Field(default=0.25, gt=0, description="max wait to fill a processor batch (s)")
+    process_fetch_wait_ms: int = Field(
+        default=150, ge=0, le=5_000,
+        description="how long the broker may hold a processor fetch to fill it (ms); 0 answers at once",
+    )
     state_hot_keys: int = Field(
         default=20_000, ge=0,
         description="decoded entries kept per state table (most recently written or read); the other keys "

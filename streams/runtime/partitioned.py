@@ -119,6 +119,14 @@ class PartitionedService(Service):
             auto_offset_reset="earliest",
             max_poll_records=self.settings.process_batch,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            # aiokafka fetches a partition again only once its buffered records are consumed. With a
+            # fetch answered at once, the fetch sent as a batch starts returns almost nothing, and
+            # what arrives during the batch waits a whole extra batch: latency of two cycles. Held by
+            # the broker a little (or until 1 MiB is there), the fetch brings what arrived while the
+            # batch ran. At 3,300 events/s this took balance freshness p99 from 0.9-1.1 s to 0.26-0.55
+            # s, the same throughput (docs/performance.md).
+            fetch_min_bytes=1024 * 1024,
+            fetch_max_wait_ms=self.settings.process_fetch_wait_ms,
             # Range assignment hands partition i of every input to the same worker, so everything
             # keyed by one account (grants, events, reviews) meets that account's state.
             partition_assignment_strategy=(RangePartitionAssignor,),
