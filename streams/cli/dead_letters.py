@@ -21,6 +21,7 @@ from rich.table import Table
 
 from streams.runtime.dead_letter_replay import (
     DeadLetterFilter,
+    ReplayFenced,
     ensure_ledger,
     read_dead_letters,
     read_replayed,
@@ -92,6 +93,8 @@ def _run(coro: Coroutine[Any, Any, T], bootstrap: KafkaClients) -> T:
     # Kafka's own errors (credentials, TLS, unreachable) are said by the command group, as everywhere.
     try:
         return asyncio.run(coro)
+    except ReplayFenced as exc:
+        raise click.ClickException(str(exc)) from None
     except (OSError, TimeoutError) as exc:
         raise click.ClickException(f"Kafka at {bootstrap}: {exc}") from None
 

@@ -128,6 +128,19 @@ TRANSACTION_TIMEOUT_MS = 60_000
 _STOP_TIMEOUT_S = 30.0
 
 
+async def stop_transactional(producer: AIOKafkaProducer) -> None:
+    """Stop a transactional producer that may have been fenced, quietly."""
+    try:
+        await producer.stop()
+    except KafkaError as exc:  # a fenced producer may refuse to flush; nothing of it is wanted
+        log.debug("closing a released producer: %r", exc)
+    # A fenced producer's transaction manager fails a future nobody awaits (aiokafka); asyncio would
+    # log it at ERROR as "never retrieved" though the fence is expected and already handled.
+    waiter = getattr(getattr(producer, "_txn_manager", None), "_transaction_waiter", None)
+    if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled():
+        waiter.exception()
+
+
 def transactional_id(group: str, partition: int) -> str:
     """One id per input partition: the next owner of the partition reuses it, which is the fence."""
     return f"{group}-p{partition}"
@@ -229,17 +242,7 @@ class Checkpoint:
 
     @staticmethod
     async def _stop(producer: AIOKafkaProducer) -> None:
-        try:
-            # Bounded: a producer released by a rewind while the cluster is away would wait for it.
-            async with asyncio.timeout(_STOP_TIMEOUT_S):
-                await producer.stop()
-        except (KafkaError, TimeoutError) as exc:  # fenced, or the cluster away; nothing of it is wanted
-            log.debug("closing a released producer: %r", exc)
-        # A fenced producer's transaction manager fails a future nobody awaits (aiokafka); asyncio would
-        # log it at ERROR as "never retrieved" though the fence is expected and already handled.
-        waiter = getattr(getattr(producer, "_txn_manager", None), "_transaction_waiter", None)
-        if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled():
-            waiter.exception()
+        await stop_transactional(producer)
 
     async def close(self) -> None:
         self.release(list(self.producers))

@@ -18,12 +18,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.errors import IllegalOperation, ProducerFenced
 
+from streams.runtime.checkpoint import stop_transactional
 from streams.runtime.kafka_clients import KafkaClients, clients_for
 from streams.runtime.topics import create_topic
 from streams.wire.codec import DecodeError, Decoder
 from streams.wire.headers import REPLAY_OF_HEADER
 from streams.wire.models import DeadLetter
+
+
+class ReplayFenced(RuntimeError):
+    """A later replay fenced this one before it committed."""
 
 
 @dataclass(frozen=True)
@@ -141,13 +147,19 @@ async def replay(bootstrap: KafkaClients | str, dead_topic: str, ledger: str, tr
         todo = to_replay(dead, replayed, wanted)
         already = sum(1 for dl in dead if wanted.matches(dl) and dl["dead_letter_id"] in replayed)
         if todo:
-            async with producer.transaction():
-                for dl in todo:
-                    await producer.send(dl["source_topic"], dl["original"], key=dl["key"],
-                                        headers=replay_headers(dl))
-                    marker = {"replayed_at": now_ms, "source_topic": dl["source_topic"],
-                              "error_kind": dl["error_kind"]}
-                    await producer.send(ledger, json.dumps(marker).encode(), key=dl["dead_letter_id"].encode())
+            try:
+                async with producer.transaction():
+                    for dl in todo:
+                        await producer.send(dl["source_topic"], dl["original"], key=dl["key"],
+                                            headers=replay_headers(dl))
+                        marker = {"replayed_at": now_ms, "source_topic": dl["source_topic"],
+                                  "error_kind": dl["error_kind"]}
+                        await producer.send(ledger, json.dumps(marker).encode(), key=dl["dead_letter_id"].encode())
+            # Fenced: aiokafka says so with ProducerFenced, or, once its sender has stopped on it, by
+            # refusing to send outside a transaction.
+            except (ProducerFenced, IllegalOperation) as exc:
+                raise ReplayFenced("another `creditflow dead-letters replay` started while this one ran; nothing "
+                                   "of this run was committed: run it again to replay what is left") from exc
     finally:
-        await producer.stop()
+        await stop_transactional(producer)
     return already, [dl["dead_letter_id"] for dl in todo]
