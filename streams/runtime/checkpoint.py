@@ -99,7 +99,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
@@ -112,6 +112,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
+from streams.runtime.background_stops import BackgroundStops
 from streams.runtime.changelog import ChangelogTable
 from streams.runtime.kafka_clients import KafkaClients
 from streams.runtime.rewind import TransactionBroken, TransactionTimedOut
@@ -125,7 +126,6 @@ Publish = Callable[[AIOKafkaProducer], Awaitable[list[Awaitable[Any]]]]
 # aiokafka's default, written down: a fence met later than this after a write began may be the
 # broker's abort of a timed-out transaction rather than another owner's (``TransactionTimedOut``).
 TRANSACTION_TIMEOUT_MS = 60_000
-_STOP_TIMEOUT_S = 30.0
 
 
 async def stop_transactional(producer: AIOKafkaProducer) -> None:
@@ -179,7 +179,7 @@ class Checkpoint:
         self.producers: dict[int, AIOKafkaProducer] = {}
         # Outputs go through the worker's idempotent producer, outside the transactions (see above).
         self.outputs: AIOKafkaProducer | None = None
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing = BackgroundStops()
         # Step 0 started by ``begin`` while the batch is computed: partition -> (producer, its future).
         self._begun: dict[int, tuple[AIOKafkaProducer, asyncio.Future[bool]]] = {}
         # When the first of them started: a transaction is open from step 0 (``TransactionTimedOut``).
@@ -236,18 +236,11 @@ class Checkpoint:
                 self._begun_at = None
             producer = self.producers.pop(p, None)
             if producer is not None:
-                task = asyncio.ensure_future(self._stop(producer))
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
-
-    @staticmethod
-    async def _stop(producer: AIOKafkaProducer) -> None:
-        await stop_transactional(producer)
+                self._closing.start(stop_transactional(producer))
 
     async def close(self) -> None:
         self.release(list(self.producers))
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._closing.wait()
 
     def begin(self, offsets: Mapping[int, Mapping[TopicPartition, int]]) -> None:
         """Start step 0 for a batch's input partitions as soon as its records are fetched, so the fence
@@ -305,10 +298,8 @@ class Checkpoint:
         except IllegalOperation as exc:  # "not in transaction": aiokafka ended one under the write
             await asyncio.gather(*pending, return_exceptions=True)
             broken = _broken(producers.values())
-            if broken is None:
-                raise
             if not isinstance(broken, ProducerFenced):
-                raise _rewind_for(broken) from exc
+                _raise_for_ended(broken, exc)
             errors: list[BaseException] = [broken]
         else:
             # Every future is awaited (a fenced producer fails them all; none is left unretrieved).
@@ -319,19 +310,13 @@ class Checkpoint:
             await asyncio.gather(*(self._abort(pr) for pr in producers.values()))
             return self._lost(parts)
         if errors:
-            broken = _broken(producers.values())
-            if broken is None:
-                raise errors[0]
-            raise _rewind_for(broken) from errors[0]
+            _raise_for_ended(_broken(producers.values()), errors[0])
         t3 = time.perf_counter()
         # 4. State and input offsets become visible together, partition by partition.
         outcomes = await asyncio.gather(*(self._commit(producers[p]) for p in parts), return_exceptions=True)
         failed = [r for r in outcomes if isinstance(r, BaseException)]
         if failed:
-            broken = _broken(producers.values())
-            if broken is None:
-                raise failed[0]
-            raise _rewind_for(broken) from failed[0]
+            _raise_for_ended(_broken(producers.values()), failed[0])
         committed = [r is True for r in outcomes]
         if not all(committed):
             self._timed_out(opened, [p for p, ok in zip(parts, committed, strict=True) if not ok])
@@ -424,6 +409,14 @@ def _rewind_for(cause: BaseException) -> BaseException:
     if isinstance(cause, _PERMANENT):
         return cause
     return TransactionBroken(f"transaction ended under the write: {cause!r}")
+
+
+def _raise_for_ended(cause: BaseException | None, error: BaseException) -> NoReturn:
+    """Raise ``error`` itself while every transaction is still open (``cause`` None), else what a
+    transaction that ended under the write with ``cause`` calls for (``_rewind_for``)."""
+    if cause is None:
+        raise error
+    raise _rewind_for(cause) from error
 
 
 def _discard(future: asyncio.Future[Any]) -> None:

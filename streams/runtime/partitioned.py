@@ -27,6 +27,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from mode import Service
 
 from streams.runtime import gc_policy
+from streams.runtime.background_stops import BackgroundStops
 from streams.runtime.changelog import ChangelogTable
 from streams.runtime.kafka_clients import KafkaClients
 from streams.runtime.metrics import Metrics
@@ -84,7 +85,7 @@ class PartitionedService(Service):
         self.metrics = Metrics()
         self.outage = OutageLog(self.logger, settings.kafka_log_interval_seconds)
         self.rewinds = 0
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing = BackgroundStops()
 
     # -- what a subclass provides --------------------------------------------------------------------
 
@@ -179,8 +180,7 @@ class PartitionedService(Service):
             await self.consumer.stop()
         if self.producer is not None:
             await self.producer.stop()
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._closing.wait()
         # The local stores are scratch (the changelogs hold the state): free their disk now.
         for table in self.tables:
             table.close()
@@ -290,9 +290,7 @@ class PartitionedService(Service):
             raise
         old, self.producer = self.producer, fresh
         if old is not None:
-            task = asyncio.ensure_future(_stop_within(old, STOP_TIMEOUT_S, self.logger))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._closing.start(_stop_within(old, STOP_TIMEOUT_S, self.logger))
 
     def die(self, what: str, exc: BaseException) -> None:
         self.logger.critical("%s failed; exiting without committing so the batch is replayed: %r", what, exc,

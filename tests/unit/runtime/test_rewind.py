@@ -137,7 +137,7 @@ def test_a_rewind_drops_state_waits_for_the_cluster_then_takes_back_and_seeks_to
         released: list[set[int]] = []
         service.on_release = released.append  # type: ignore[method-assign]
         await service.rewind("batch", UnknownTopicOrPartitionError())
-        await asyncio.gather(*service._closing)
+        await service._closing.wait()
         return service, consumer, (old, released)
 
     service, consumer, (old, released) = asyncio.run(run())
